@@ -1,0 +1,1 @@
+"""moed clients: wire protocol, client library and moectl (no MLX)."""

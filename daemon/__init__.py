@@ -1,0 +1,1 @@
+"""moed daemon side: the only place MLX lives (store, engine, CLI)."""

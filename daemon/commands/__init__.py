@@ -1,0 +1,1 @@
+"""One module per `moed` subcommand; see moed.daemon.cli."""

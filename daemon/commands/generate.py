@@ -1,0 +1,80 @@
+"""`moed generate STORE PROMPT`: stream one generation in-process and print its stats.
+
+    moed generate STORE "prompt" [--max-tokens 128] [--temp 0] [--top-p 0] [--top-k 0] [--seed N]
+                  [--cache-budget 25%] [--read-mode direct|buffered] [--read-threads 4] [--chat] [--json]
+
+Tokens are printed as they come; the stats (prompt and generation tok/s, hit rate, bytes read, peak RSS) follow
+on stderr, or as one JSON object on stdout with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate from a store in-process", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", help="store folder made by `moed convert`")
+    p.add_argument("prompt")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temp", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cache-budget", default="100%", help="e.g. 25%%, 0.25, 2GB, 512MiB (default 100%%)")
+    p.add_argument("--read-mode", choices=("direct", "buffered"), default="direct")
+    p.add_argument("--read-threads", type=int, default=4)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--json", action="store_true", help="print the text and stats as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.generate import GenerationStats, generate
+    from ..engine.model import load_engine
+    from ..store.format import StoreError
+
+    try:
+        engine = load_engine(args.store, budget=args.cache_budget, read_mode=args.read_mode,
+                             read_threads=args.read_threads)
+    except (StoreError, ValueError) as e:
+        print(f"moed generate: {e}", file=sys.stderr)
+        return 2
+    stats, text = GenerationStats(), []
+    try:
+        for seg, _ in generate(engine, args.prompt, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p,
+                               top_k=args.top_k, min_p=args.min_p, seed=args.seed, chat=args.chat, stats=stats):
+            text.append(seg)
+            if not args.json:
+                print(seg, end="", flush=True)
+    except StoreError as e:
+        print(f"\nmoed generate: {e}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps({"text": "".join(text), "stats": stats.as_dict()}))
+    else:
+        print()
+        _print_stats(engine, stats)
+    return 0
+
+
+def _print_stats(engine, s) -> None:
+    c = engine.cache.stats()
+    gb = 1e9
+    print(
+        f"prompt: {s.prompt_tokens} tokens, {s.prompt_tps:.2f} tok/s | generation: {s.generation_tokens} tokens, "
+        f"{s.generation_tps:.2f} tok/s ({s.finish_reason})\n"
+        f"cache: budget {c.budget_bytes / gb:.3f} GB ({c.slots} slots of {engine.cache.expert_bytes / 1e6:.2f} MB, "
+        f"{c.budget_bytes / engine.manifest.total_expert_bytes:.1%} of experts), hit rate {s.hit_rate:.1%} "
+        f"({s.cache_hits} hits, {s.cache_misses} misses)\n"
+        f"reads: {s.bytes_read / gb:.3f} GB ({s.prefill_bytes_read / gb:.3f} GB in prefill, "
+        f"{s.decode_bytes_per_token / 1e6:.2f} MB per decoded token), {s.read_seconds:.2f} s inside reads\n"
+        f"memory: dense weights {engine.dense_bytes / gb:.3f} GB, peak RSS {s.peak_rss_bytes / gb:.3f} GB",
+        file=sys.stderr,
+    )

@@ -1,0 +1,107 @@
+"""The streaming expert layer: a drop-in for mlx-lm's SwitchGLU whose expert weights live in the ExpertCache.
+
+mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, shared experts) and call
+`switch_mlp(x, indices)`; only that call is replaced. Per call:
+
+1. Read the routing indices on the host (one synchronisation per MoE layer; it also finishes every earlier
+   graph, which is what makes in-place slot writes safe).
+2. Acquire the distinct experts of the call from the cache (cached ones cost nothing; missing ones are read).
+   Prefill chunks and decode batches alike read each needed expert at most once per call.
+3. Map expert ids to slot ids and run the same ops SwitchGLU runs (`gather_qmm` / `gather_mm`, activation,
+   the same sort for large inputs) over the slot banks. Each output row depends only on its own input row and
+   expert, so the result is identical to mlx-lm's.
+
+If a call needs more distinct experts than the cache has slots, it runs in waves of at most `capacity` experts,
+each wave evaluated before the next one may evict its slots, so the budget holds even when a prompt chunk
+touches every expert of a layer.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models.switch_layers import SwitchGLU, _gather_sort, _scatter_unsort
+
+from .cache import ExpertCache
+
+PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+class StreamingSwitchGLU(nn.Module):
+    """SwitchGLU over cached experts. `layer` is the manifest position of this layer's expert file."""
+
+    def __init__(self, layer: int, original: SwitchGLU, cache: ExpertCache, quantization: dict | None):
+        super().__init__()
+        self._layer = layer
+        self._cache = cache
+        self.activation = original.activation
+        self._quant = quantization  # {"bits", "group_size", "mode"} or None for float experts
+        self._has_bias = any(f"{p}.bias" in {t.name for t in cache.layout.tensors} for p in PROJECTIONS)
+        self.freeze()
+
+    # -- host side --------------------------------------------------------------------------------------------
+    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        # x: [..., D]; indices: [..., k] expert ids -> returns [..., k, D]
+        idx = np.array(indices)  # the one host sync of this layer
+        experts, inverse = np.unique(idx, return_inverse=True)
+        cap = self._cache.capacity
+        if len(experts) <= cap:
+            slots = self._cache.acquire(self._layer, experts)
+            return self._compute(x, mx.array(slots[inverse].reshape(idx.shape).astype(np.uint32)))
+        return self._compute_in_waves(x, idx, experts, cap)
+
+    def _compute_in_waves(self, x: mx.array, idx: np.ndarray, experts: np.ndarray, cap: int) -> mx.array:
+        # Rows are (token, choice) pairs; each wave computes the rows routed to its experts and scatters them.
+        k = idx.shape[-1]
+        flat_idx = idx.reshape(-1)  # [T*k]
+        x_rows = x.reshape(-1, x.shape[-1])  # [T, D]
+        out = None
+        for start in range(0, len(experts), cap):
+            wave = experts[start : start + cap]
+            slots = self._cache.acquire(self._layer, wave)
+            rows = np.nonzero(np.isin(flat_idx, wave))[0]  # positions in [T*k]
+            lut = dict(zip(wave.tolist(), slots.tolist()))
+            slot_ids = mx.array(np.array([lut[e] for e in flat_idx[rows].tolist()], dtype=np.uint32))
+            # one choice per row: x [n, D], indices [n, 1] -> y [n, 1, D]
+            y = self._compute(x_rows[mx.array(rows // k)], slot_ids[:, None])[:, 0, :]
+            if out is None:
+                out = mx.zeros((flat_idx.size, y.shape[-1]), dtype=y.dtype)
+            out[mx.array(rows)] = y
+            mx.eval(out)  # finish this wave before the next acquire may evict its slots
+        return out.reshape(*idx.shape, -1)
+
+    # -- device side (mirrors mlx_lm SwitchGLU.__call__) ----------------------------------------------------------
+    def _compute(self, x: mx.array, slot_idx: mx.array) -> mx.array:
+        x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, D]
+        do_sort = slot_idx.size >= 64  # the same rule as SwitchGLU: sort rows by expert for large inputs
+        idx, inv_order = slot_idx, None
+        if do_sort:
+            x, idx, inv_order = _gather_sort(x, slot_idx)
+        x_up = self._linear("up_proj", x, idx, do_sort)
+        x_gate = self._linear("gate_proj", x, idx, do_sort)
+        x = self._linear("down_proj", self.activation(x_up, x_gate), idx, do_sort)
+        if do_sort:
+            x = _scatter_unsort(x, inv_order, slot_idx.shape)
+        return x.squeeze(-2)  # [..., k, D]
+
+    def _linear(self, proj: str, x: mx.array, idx: mx.array, sorted_indices: bool) -> mx.array:
+        v = self._cache.views
+        if self._quant is not None:
+            y = mx.gather_qmm(
+                x,
+                v[f"{proj}.weight"],
+                v[f"{proj}.scales"],
+                v.get(f"{proj}.biases"),
+                rhs_indices=idx,
+                transpose=True,
+                group_size=self._quant["group_size"],
+                bits=self._quant["bits"],
+                mode=self._quant.get("mode", "affine"),
+                sorted_indices=sorted_indices,
+            )
+        else:
+            y = mx.gather_mm(x, v[f"{proj}.weight"].swapaxes(-1, -2), rhs_indices=idx, sorted_indices=sorted_indices)
+        if self._has_bias:
+            y = y + mx.expand_dims(v[f"{proj}.bias"][idx], -2)
+        return y

@@ -1,0 +1,130 @@
+"""Load a packed expert store as an mlx-lm model whose SwitchGLU layers stream from an ExpertCache.
+
+mlx-lm builds the model (its class for the checkpoint's `model_type`, its sanitize, its quantization of the dense
+layers) from the store's config.json and dense safetensors, lazily. Before anything is evaluated, every SwitchGLU
+named in the manifest is swapped for a StreamingSwitchGLU, so the expert weights mlx-lm would have created are
+never materialised; then the dense weights are evaluated (resident) and the tokenizer is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.switch_layers import SwitchGLU
+from mlx_lm.utils import load_model, load_tokenizer
+
+from ..store.format import Manifest, StoreError, read_manifest
+from ..store.reader import ExpertReader
+from .cache import ExpertCache
+from .experts import StreamingSwitchGLU
+
+
+@dataclass
+class Engine:
+    """A loaded store: the model, its tokenizer, and the expert machinery behind it."""
+
+    model: nn.Module
+    tokenizer: object
+    manifest: Manifest
+    cache: ExpertCache
+    reader: ExpertReader
+    dense_bytes: int
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def parse_budget(spec: str | int | float | None, total_expert_bytes: int) -> int:
+    """A cache budget in bytes from '25%', '0.25', '1.5GB', '512MiB', a byte count, or None (= 100 %).
+
+    Raises:
+        ValueError: the spec is not one of those forms, or is not positive.
+    """
+    if spec is None:
+        return total_expert_bytes
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        value = float(spec)
+        budget = value * total_expert_bytes if 0 < value <= 1 and isinstance(spec, float) else value
+    else:
+        s = str(spec).strip().upper().replace(" ", "")
+        units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9, "B": 1}
+        try:
+            if s.endswith("%"):
+                budget = float(s[:-1]) / 100 * total_expert_bytes
+            elif (unit := next((u for u in units if s.endswith(u)), None)) is not None:
+                budget = float(s[: -len(unit)]) * units[unit]
+            elif "." in s:
+                budget = float(s) * total_expert_bytes
+            else:
+                budget = float(s)
+        except ValueError:
+            raise ValueError(f"cache budget {spec!r}: expected e.g. '25%', '0.25', '2GB', '512MiB' or bytes") from None
+    if budget <= 0:
+        raise ValueError(f"cache budget {spec!r} must be positive")
+    return int(budget)
+
+
+def load_engine(
+    store: str | os.PathLike[str],
+    *,
+    budget: str | int | float | None = None,
+    read_mode: str = "direct",
+    read_threads: int = 4,
+    verify: bool = True,
+) -> Engine:
+    """Load a store for streaming generation.
+
+    Args:
+        store: the store folder (made by `moed convert`).
+        budget: expert cache budget (see parse_budget); at least one expert.
+        read_mode: "direct" (O_DIRECT / F_NOCACHE) or "buffered" (page cache).
+        read_threads: reader threads.
+        verify: check each expert's CRC-32 on its first read.
+
+    Raises:
+        StoreError: the store is missing, incomplete or does not match its model.
+        ValueError: a bad budget.
+    """
+    root = Path(store)
+    manifest = read_manifest(root)
+    budget_bytes = parse_budget(budget, manifest.total_expert_bytes)
+    model, _ = load_model(root, lazy=True, strict=False)
+    reader = ExpertReader(root, manifest, mode=read_mode, threads=read_threads, verify=verify)
+    try:
+        cache = ExpertCache(manifest.layout, reader, budget_bytes)
+        _swap_expert_layers(model, manifest, cache)
+        dense = model.parameters()
+        mx.eval(dense)
+        dense_bytes = sum(a.nbytes for _, a in _flatten(dense))
+        tokenizer = load_tokenizer(root)
+    except BaseException:
+        reader.close()
+        raise
+    return Engine(model, tokenizer, manifest, cache, reader, dense_bytes)
+
+
+def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache) -> None:
+    modules = dict(model.named_modules())
+    for pos, layer in enumerate(manifest.layers):
+        original = modules.get(layer.module)
+        if not isinstance(original, SwitchGLU):
+            raise StoreError(
+                f"store layer {layer.index}: module {layer.module} is not a SwitchGLU in mlx-lm's "
+                f"{manifest.model_type} model (found {type(original).__name__})"
+            )
+        parent_path, _, name = layer.module.rpartition(".")
+        parent = modules[parent_path] if parent_path else model
+        setattr(parent, name, StreamingSwitchGLU(pos, original, cache, manifest.quantization))
+    left = [p for p, m in model.named_modules() if isinstance(m, SwitchGLU)]
+    if left:
+        raise StoreError(f"the store has no experts for SwitchGLU modules {left[:3]}{'...' if len(left) > 3 else ''}")
+
+
+def _flatten(tree):
+    from mlx.utils import tree_flatten
+
+    return tree_flatten(tree)

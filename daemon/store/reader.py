@@ -1,0 +1,326 @@
+"""The expert reader: every routed expert the daemon loads from the packed store comes through here.
+
+`ExpertReader.read(layer, expert, sink)` reads one expert record (exactly `record_bytes` at
+`expert * record_bytes` of the layer's file) with one positional read into a page-aligned buffer, checks its
+CRC-32 against the manifest the first time that expert is read, hands the payload to `sink` on the reader
+thread, puts the buffer back in the pool and resolves the returned future.
+
+How it runs:
+  * Threads: `threads` persistent workers take requests from one priority queue (lower number first, FIFO
+    within a priority: 0 = demand reads, higher = prefetch). `os.preadv` and `zlib.crc32` release the GIL, so
+    reads and checksums of different experts overlap; sinks run on the workers and hold the GIL while in Python.
+  * Buffers and memory bound: `buffers` (default 2 x threads) record-sized slices of one anonymous mmap (page
+    aligned, as O_DIRECT requires). A worker takes a request only once a buffer is free, so expert I/O holds at
+    most buffers x record_bytes bytes however many requests are queued (a queued request is only a small tuple).
+  * Modes: "direct" bypasses the page cache (Linux O_DIRECT, macOS F_NOCACHE) so the daemon's expert cache, not
+    the kernel, decides what stays in RAM. Where the filesystem refuses it (EINVAL on open or first read), that
+    file is read buffered, a warning is logged and `stats().mode` says so. "buffered" uses the page cache.
+  * One fd per layer file, opened on first use and kept until close().
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import mmap
+import os
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from moed.daemon.store.format import Manifest, StoreError, crc32
+
+try:
+    import fcntl
+except ImportError:  # not on Windows; direct mode then falls back to buffered
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[np.ndarray], None]
+_PREADV = getattr(os, "preadv", None)  # macOS >= 11, Linux; os.pread (one extra copy) elsewhere
+
+
+def open_for_read(path: str, mode: str) -> tuple[int, bool]:
+    """Open `path` read-only; returns (fd, direct), direct saying whether the page cache is bypassed.
+
+    In "direct" mode an EINVAL from the O_DIRECT open (filesystem without direct I/O) gives a buffered fd.
+    """
+    if mode == "direct":
+        o_direct = getattr(os, "O_DIRECT", None)
+        f_nocache = getattr(fcntl, "F_NOCACHE", None) if fcntl is not None else None
+        if sys.platform == "darwin" and f_nocache is not None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.fcntl(fd, f_nocache, 1)  # macOS has no O_DIRECT: F_NOCACHE per fd instead
+                return fd, True
+            except OSError:
+                return fd, False
+        if o_direct is not None and sys.platform != "darwin":
+            try:
+                return os.open(path, os.O_RDONLY | o_direct), True
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+    return os.open(path, os.O_RDONLY), False
+
+
+def pread_into(fd: int, buf: np.ndarray, offset: int) -> int:
+    """Fill `buf` from `fd` at `offset`; returns the bytes read (fewer than len(buf) only at end of file)."""
+    n, got = len(buf), 0
+    while got < n:
+        if _PREADV is not None:
+            r = _PREADV(fd, [buf[got:]], offset + got)
+        else:
+            data = os.pread(fd, n - got, offset + got)
+            r = len(data)
+            buf[got : got + r] = np.frombuffer(data, dtype=np.uint8)
+        if r == 0:
+            break
+        got += r
+    return got
+
+
+@dataclass(frozen=True)
+class ReaderStats:
+    """A snapshot of an ExpertReader's counters (errors counts failed reads, not sink exceptions)."""
+
+    reads: int  # positional reads that returned (a short read counts, with the bytes it got)
+    bytes_read: int
+    read_ns: int  # summed over threads: time spent inside preadv/pread
+    verify_ns: int  # summed over threads: time spent computing CRC-32
+    errors: int
+    mode: str  # "direct", "buffered", or "buffered (direct unsupported on <file>)"
+
+
+@dataclass
+class _LayerFile:
+    path: str
+    fd: int
+    direct: bool
+    proven: bool = False  # a read has succeeded on this fd: a later EINVAL is an error, not a fallback
+
+
+class ExpertReader:
+    """Reads expert records of one store; see the module docstring for threads, buffers and the memory bound.
+
+    `layer` arguments are the manifest's layer *positions* (indices into `manifest.layers`), not the model's
+    layer numbers (`LayerEntry.index`, which error messages name); `expert` is the expert id in that layer.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], manifest: Manifest, *, mode: str = "direct",
+                 threads: int = 4, verify: bool = True, buffers: int | None = None):
+        if mode not in ("direct", "buffered"):
+            raise ValueError(f"mode must be 'direct' or 'buffered', not {mode!r}")
+        if threads < 1 or (buffers is not None and buffers < 1):
+            raise ValueError("threads and buffers must be at least 1")
+        self.root, self.manifest, self.verify = Path(root), manifest, verify
+        self._mode, self._mode_in_effect = mode, mode
+        rb = manifest.layout.record_bytes
+        nbuf = buffers if buffers is not None else 2 * threads
+        self._mm: mmap.mmap | None = mmap.mmap(-1, nbuf * rb)  # anonymous mmap: page aligned
+        self._bufs: list[np.ndarray] | None = [np.frombuffer(self._mm, np.uint8, rb, i * rb) for i in range(nbuf)]
+        self._free = list(range(nbuf))
+        self._heap: list[tuple[int, int, int, int, Sink, Future[None]]] = []
+        self._seq = itertools.count()  # FIFO tie-break within a priority
+        self._cond = threading.Condition()  # guards _heap, _free, _closed
+        self._closed = False
+        self._files: dict[int, _LayerFile] = {}  # by layer position, guarded by _files_lock
+        self._stale_fds: list[int] = []  # replaced by a fallback; closed only in close(), a read may still use one
+        self._files_lock = threading.Lock()
+        self._verified = [bytearray(layer.num_experts) for layer in manifest.layers]
+        self._stats_lock = threading.Lock()
+        self._reads = self._bytes = self._read_ns = self._verify_ns = self._errors = 0
+        self._workers = [threading.Thread(target=self._work, name=f"moed-reader-{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._workers:
+            t.start()
+
+    def read(self, layer: int, expert: int, sink: Sink, *, priority: int = 0) -> Future[None]:
+        """Queue a read of expert `expert` of layer position `layer`; `sink(payload)` runs on a reader thread.
+
+        `payload` is a read-only uint8 view of the buffer's first payload_bytes, valid only during the call: the
+        sink copies what it keeps. The future resolves (None) after the sink returns and the buffer is back in the
+        pool; it fails with StoreError on I/O, truncation or checksum errors, or with whatever the sink raised.
+        """
+        if not (0 <= layer < len(self.manifest.layers) and 0 <= expert < self.manifest.layers[layer].num_experts):
+            raise IndexError(f"no expert {expert} at layer position {layer} in this store")
+        fut: Future[None] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("ExpertReader is closed")
+            heapq.heappush(self._heap, (priority, next(self._seq), layer, expert, sink, fut))
+            self._cond.notify()
+        return fut
+
+    def read_now(self, layer: int, expert: int) -> np.ndarray:
+        """Read one expert synchronously and return a copy of its payload (do not call from a sink)."""
+        out: list[np.ndarray] = []
+        self.read(layer, expert, lambda p: out.append(p.copy())).result()
+        return out[0]
+
+    def stats(self) -> ReaderStats:
+        with self._stats_lock:
+            return ReaderStats(self._reads, self._bytes, self._read_ns, self._verify_ns, self._errors,
+                               self._mode_in_effect)
+
+    def close(self) -> None:
+        """Cancel queued reads, let running ones finish, stop the workers, close fds, unmap buffers. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            pending, self._heap = self._heap, []
+            self._cond.notify_all()
+        for *_, fut in pending:
+            fut.cancel()
+        me = threading.current_thread()
+        for t in self._workers:
+            if t is not me:  # close() from inside a sink must not join its own thread
+                t.join()
+        with self._files_lock:
+            for fd in [f.fd for f in self._files.values()] + self._stale_fds:
+                os.close(fd)
+            self._files.clear()
+            self._stale_fds.clear()
+        self._bufs = None  # drop our views so the mmap has no exported buffers left
+        try:
+            if self._mm is not None:
+                self._mm.close()
+        except BufferError:  # a sink kept a payload view: leave the mapping to the garbage collector
+            log.debug("expert reader buffers still referenced at close; unmapped when released")
+        self._mm = None
+
+    def __enter__(self) -> "ExpertReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                # take a request only with a free buffer in hand: the most urgent request gets the next buffer
+                while not self._closed and not (self._heap and self._free):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                _, _, layer, expert, sink, fut = heapq.heappop(self._heap)
+                bi = self._free.pop()
+            if fut.set_running_or_notify_cancel():
+                self._serve(layer, expert, sink, fut, bi)
+            else:
+                self._release(bi)
+
+    def _release(self, bi: int) -> None:
+        with self._cond:
+            self._free.append(bi)
+            self._cond.notify()
+
+    def _serve(self, layer: int, expert: int, sink: Sink, fut: Future[None], bi: int) -> None:
+        try:
+            sink(self._fetch(layer, expert, self._bufs[bi]))  # type: ignore[index]  # set until close()
+        except BaseException as e:  # the future must always resolve and the buffer go back, whatever went wrong
+            self._release(bi)
+            fut.set_exception(e)
+        else:
+            self._release(bi)
+            fut.set_result(None)
+
+    def _fetch(self, layer: int, expert: int, buf: np.ndarray) -> np.ndarray:
+        """Read and (first time) verify one record into buf; returns the read-only payload view."""
+        entry, layout = self.manifest.layers[layer], self.manifest.layout
+        offset = entry.offset(expert, layout)
+        try:
+            got, path = self._read_record(layer, buf, offset)
+            if got != layout.record_bytes:
+                raise StoreError(f"layer {entry.index} expert {expert}: short read of {path} at offset {offset}: "
+                                 f"expected {layout.record_bytes} bytes, got {got} (file truncated?)")
+            payload = buf[: layout.payload_bytes]
+            payload.flags.writeable = False
+            if self.verify and not self._verified[layer][expert]:
+                t0 = time.perf_counter_ns()
+                got_crc = crc32(payload)
+                with self._stats_lock:
+                    self._verify_ns += time.perf_counter_ns() - t0
+                want = entry.checksums[expert]
+                if got_crc != want:
+                    raise StoreError(f"layer {entry.index} expert {expert}: checksum mismatch in {path} at offset "
+                                     f"{offset}: manifest says crc32 {want:08x}, record has {got_crc:08x}")
+                self._verified[layer][expert] = 1
+            return payload
+        except StoreError:
+            with self._stats_lock:
+                self._errors += 1
+            raise
+
+    def _read_record(self, layer: int, buf: np.ndarray, offset: int) -> tuple[int, str]:
+        lf = self._file(layer)
+        try:
+            try:
+                got = self._timed_pread(lf.fd, buf, offset)
+            except OSError as e:
+                if not (e.errno == errno.EINVAL and lf.direct and not lf.proven):
+                    raise
+                lf = self._fall_back(layer, lf)  # the fs accepted O_DIRECT on open but refuses the read
+                got = self._timed_pread(lf.fd, buf, offset)
+        except OSError as e:
+            raise StoreError(f"reading {lf.path} at offset {offset} failed: {e}") from e
+        lf.proven = True
+        return got, lf.path
+
+    def _timed_pread(self, fd: int, buf: np.ndarray, offset: int) -> int:
+        t0 = time.perf_counter_ns()
+        got = pread_into(fd, buf, offset)
+        dt = time.perf_counter_ns() - t0
+        with self._stats_lock:
+            self._reads += 1
+            self._bytes += got
+            self._read_ns += dt
+        return got
+
+    def _file(self, layer: int) -> _LayerFile:
+        lf = self._files.get(layer)
+        if lf is not None:
+            return lf
+        with self._files_lock:
+            if layer not in self._files:
+                if self._closed:
+                    raise StoreError("ExpertReader is closed")
+                path = str(self.root / self.manifest.layers[layer].file)
+                try:
+                    fd, direct = open_for_read(path, self._mode)
+                except OSError as e:
+                    raise StoreError(f"cannot open expert file {path}: {e}") from e
+                self._files[layer] = _LayerFile(path, fd, direct)
+                if self._mode == "direct" and not direct:
+                    self._note_fallback(path)
+            return self._files[layer]
+
+    def _fall_back(self, layer: int, failed: _LayerFile) -> _LayerFile:
+        with self._files_lock:
+            lf = self._files[layer]
+            if lf is failed:  # another thread may have replaced it already
+                try:
+                    fd, _ = open_for_read(failed.path, "buffered")
+                except OSError as e:
+                    raise StoreError(f"cannot open expert file {failed.path}: {e}") from e
+                self._stale_fds.append(failed.fd)
+                lf = self._files[layer] = _LayerFile(failed.path, fd, False)
+                self._note_fallback(failed.path)
+            return lf
+
+    def _note_fallback(self, path: str) -> None:
+        with self._stats_lock:
+            if self._mode_in_effect != "direct":
+                return  # report the first fallback once
+            self._mode_in_effect = f"buffered (direct unsupported on {path})"
+        log.warning("expert store: direct I/O is not supported on %s; reading it through the page cache", path)

@@ -1,0 +1,1 @@
+"""moed governor: battery/thermal policy, readings in, limits out (no MLX)."""

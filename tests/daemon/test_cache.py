@@ -1,0 +1,128 @@
+"""ExpertCache invariants with an in-memory reader: budget, pinning, LRU, resize, failed reads, slot contents."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from moed.daemon.engine.cache import ExpertCache
+from moed.daemon.store.format import RecordLayout, StoreError
+
+LAYOUT = RecordLayout.build([("w.weight", "uint32", (4, 8)), ("w.scales", "bfloat16", (4, 2))])
+
+
+def payload(layer: int, expert: int) -> np.ndarray:
+    rng = np.random.default_rng(layer * 1000 + expert)
+    return rng.integers(0, 255, LAYOUT.payload_bytes, dtype=np.uint8)
+
+
+class FakeReader:
+    """Serves deterministic payloads synchronously; can be told to fail an expert."""
+
+    def __init__(self):
+        self.reads: list[tuple[int, int]] = []
+        self.fail: set[tuple[int, int]] = set()
+
+    def read(self, layer, expert, sink, *, priority=0):
+        self.reads.append((layer, expert))
+        fut: Future = Future()
+        if (layer, expert) in self.fail:
+            fut.set_exception(StoreError(f"layer {layer} expert {expert}: checksum mismatch"))
+        else:
+            sink(payload(layer, expert))
+            fut.set_result(None)
+        return fut
+
+
+def slot_bytes(cache: ExpertCache, slot: int) -> dict[str, bytes]:
+    # bank bytes through MLX (bfloat16 has no numpy type: read it back as uint16)
+    out = {}
+    for name, v in cache.views.items():
+        row = v[slot].view(mx.uint16) if v.dtype == mx.bfloat16 else v[slot]
+        out[name] = np.array(row).tobytes()
+    return out
+
+
+def expected_bytes(layer: int, expert: int) -> dict[str, bytes]:
+    p = payload(layer, expert)
+    return {t.name: p[t.offset : t.offset + t.nbytes].tobytes() for t in LAYOUT.tensors}
+
+
+def make(slots: int) -> tuple[ExpertCache, FakeReader]:
+    reader = FakeReader()
+    return ExpertCache(LAYOUT, reader, slots * sum(t.nbytes for t in LAYOUT.tensors)), reader
+
+
+def test_slots_hold_exactly_the_record_bytes():
+    cache, _ = make(4)
+    slots = cache.acquire(1, np.array([3, 0, 2]))
+    for e, s in zip([3, 0, 2], slots):
+        assert slot_bytes(cache, int(s)) == expected_bytes(1, e)
+    assert cache.views["w.scales"].dtype == mx.bfloat16 and cache.views["w.weight"].shape == (4, 4, 8)
+
+
+def test_budget_is_never_exceeded_and_lru_evicts_oldest():
+    cache, reader = make(3)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        layer = int(rng.integers(0, 4))
+        experts = np.unique(rng.integers(0, 8, size=int(rng.integers(1, 4))))
+        slots = cache.acquire(layer, experts)
+        assert len(set(slots.tolist())) == len(experts)  # distinct slots: nothing the step needs was evicted
+        for e, s in zip(experts, slots):
+            assert slot_bytes(cache, int(s)) == expected_bytes(layer, int(e))
+        st = cache.stats()
+        assert st.used_bytes <= st.budget_bytes and len(cache.resident()) <= 3
+    cache.acquire(9, np.array([0, 1, 2]))
+    cache.acquire(9, np.array([0]))  # touch 0: now 1 is the oldest
+    cache.acquire(9, np.array([5]))
+    assert not cache.contains(9, 1) and cache.contains(9, 0) and cache.contains(9, 2)
+
+
+def test_hits_and_misses_are_counted():
+    cache, reader = make(4)
+    cache.acquire(0, np.array([1, 2]))
+    cache.acquire(0, np.array([1, 2, 3]))
+    st = cache.stats()
+    assert (st.hits, st.misses) == (2, 3) and len(reader.reads) == 3
+    assert st.hit_rate == pytest.approx(0.4)
+
+
+def test_asking_for_more_than_capacity_is_refused():
+    cache, _ = make(2)
+    with pytest.raises(ValueError, match="2 slots"):
+        cache.acquire(0, np.array([0, 1, 2]))
+
+
+def test_failed_read_frees_its_slot_and_keeps_serving():
+    cache, reader = make(2)
+    reader.fail.add((0, 1))
+    with pytest.raises(StoreError, match="expert 1"):
+        cache.acquire(0, np.array([0, 1]))
+    assert not cache.contains(0, 1)
+    reader.fail.clear()
+    slots = cache.acquire(0, np.array([1, 4]))
+    assert slot_bytes(cache, int(slots[0])) == expected_bytes(0, 1)
+
+
+def test_resize_shrinks_keeping_most_recent_and_grows():
+    cache, reader = make(4)
+    for e in range(4):
+        cache.acquire(0, np.array([e]))
+    cache.resize(2 * cache.expert_bytes)
+    assert cache.capacity == 2 and cache.resident() == [(0, 2), (0, 3)]
+    assert cache.stats().evictions == 2 and cache.stats().used_bytes == 2 * cache.expert_bytes
+    s = cache.acquire(0, np.array([3]))  # still resident, with the right bytes, after the copy
+    assert slot_bytes(cache, int(s[0])) == expected_bytes(0, 3) and len(reader.reads) == 4
+    cache.resize(6 * cache.expert_bytes)
+    assert cache.capacity == 6 and cache.resident() == [(0, 2), (0, 3)]
+    cache.acquire(0, np.array([0, 1, 4, 5]))
+    assert len(cache.resident()) == 6
+
+
+def test_budget_below_one_expert_is_an_error():
+    with pytest.raises(ValueError, match="below one expert"):
+        ExpertCache(LAYOUT, FakeReader(), 10)
