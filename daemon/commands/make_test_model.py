@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     p.add_argument("--experts", type=int, default=None, help="override the preset's expert count")
     p.add_argument("--shard-gb", type=float, default=2.0, help="largest shard file, in GiB")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                   help="float dtype of the mlx layout (float32 runs fastest on MLX's CPU backend)")
     p.set_defaults(func=run)
     return p
 
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             group_size=args.group_size,
             seed=args.seed,
             shard_gb=args.shard_gb,
+            dtype=args.dtype,
             layers=args.layers,
             experts=args.experts,
         )

@@ -6,26 +6,31 @@ How it works
   global across layers. The streaming layer maps routed expert ids to slot ids and runs `gather_qmm` over the
   bank directly: a cache hit costs no copy.
 - Reads land in MLX-owned memory: each bank is allocated as raw bytes and written through a numpy view of its
-  buffer, on the reader's threads, from the aligned read buffer (one memcpy per expert, GIL released).
-  Writing into MLX memory is safe because slots are only (re)filled by `acquire`, which the MLX thread calls
-  after evaluating the routing of the current layer, and that evaluation has finished every earlier graph that
-  could read the bank (see experts.py).
+  buffer, on the reader's threads, straight from the aligned read buffer (one memcpy per tensor).
+- Writing into MLX memory is safe because a slot is only handed to a read when no pending MLX graph can read
+  it: every output computed from the banks is registered (`guard`) and evaluated before the next acquire
+  refills anything; the slots of the current call are *busy* until then, the experts of the current call are
+  *pinned*, and loading slots are never victims.
+- Demand reads (`acquire`) block until their experts are resident; `prefetch` starts reads and returns at once
+  (lower priority in the reader's queue), and a later `acquire` of an expert still in flight just waits for it.
+- Eviction policy, per slot in numpy arrays (the victim is one argmin):
+  "lru" (least recently used) or "lfu" (frequency with exponential ageing: a use adds 1 to a score that halves
+  every `half_life` calls; the lowest score goes). Prefetched experts enter with the score of one use.
 - Memory: slots * expert_bytes, where slots = budget // expert_bytes (at least 1). Nothing else grows.
-- Policy: LRU over (layer, expert) keys. `acquire` pins the experts it was asked for, so an expert the current
-  step needs is never evicted to make room for another one of the same step.
-- `resize(budget)` reallocates the banks at the new size, keeping the most recently used experts, and returns
-  the freed memory to the OS (mx.clear_cache). Shrinking evicts.
+  `resize(budget)` reallocates the banks keeping the highest-ranked experts (a transient copy of both banks)
+  and returns the old memory to the OS. Shrinking evicts.
+- Usage statistics (decayed use counts per (layer, expert)) persist across restarts via `usage()` and
+  `warm(order)`; see model.Engine.save_state / warm_start.
 
 Everything here runs on the one thread that owns MLX, except the sinks, which run on reader threads and only
-touch the slot they were given.
+write the slot they were given.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import mlx.core as mx
@@ -34,13 +39,12 @@ import numpy as np
 from ..store.format import RecordLayout
 
 _MLX_DTYPES = {
-    "uint32": mx.uint32,
-    "uint8": mx.uint8,
-    "int8": mx.int8,
-    "float32": mx.float32,
-    "float16": mx.float16,
-    "bfloat16": mx.bfloat16,
+    "uint32": mx.uint32, "uint8": mx.uint8, "int8": mx.int8,
+    "float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16,
 }
+POLICIES = ("lru", "lfu")
+FREE, READY, LOADING = 0, 1, 2
+DEMAND, PREFETCH, WARM = 0, 1, 2  # reader priorities: lower is more urgent
 
 
 class Reader(Protocol):
@@ -51,148 +55,175 @@ class Reader(Protocol):
 
 @dataclass
 class CacheStats:
-    """Counters since start (or the last reset): a hit is a requested expert found resident."""
+    """Counters since start (or the last reset). A hit is a requested expert already resident; an in-flight hit
+    was being read (by a prefetch) when requested; a miss had to be read on demand."""
 
     hits: int = 0
+    inflight_hits: int = 0
     misses: int = 0
     evictions: int = 0
     bytes_loaded: int = 0
+    prefetches: int = 0  # prefetch reads issued
+    prefetch_used: int = 0  # prefetched experts later requested
+    prefetch_wasted: int = 0  # prefetched experts evicted before any request
+    wait_seconds: float = 0.0  # time acquire spent waiting for reads
     budget_bytes: int = 0
     used_bytes: int = 0
     slots: int = 0
 
     @property
     def hit_rate(self) -> float:
-        n = self.hits + self.misses
-        return self.hits / n if n else 0.0
+        n = self.hits + self.inflight_hits + self.misses
+        return (self.hits + self.inflight_hits) / n if n else 0.0
 
     def as_dict(self) -> dict[str, float | int]:
-        d = dict(self.__dict__)
-        d["hit_rate"] = self.hit_rate
-        return d
+        return {**asdict(self), "hit_rate": self.hit_rate}
 
 
 class ExpertCache:
     """A budgeted cache of experts in slot banks; see the module docstring."""
 
-    def __init__(self, layout: RecordLayout, reader: Reader, budget_bytes: int):
-        self.layout = layout
-        self.reader = reader
-        # bytes one expert occupies in the banks (tensor bytes, without record padding)
-        self.expert_bytes = sum(t.nbytes for t in layout.tensors)
-        self._lock = threading.Lock()  # guards counters touched by reader threads
-        self._stats = CacheStats()
-        self._slot_of: OrderedDict[tuple[int, int], int] = OrderedDict()  # LRU order: oldest first
-        self._key_of: list[tuple[int, int] | None] = []
-        self._free: list[int] = []
-        self._banks: dict[str, mx.array] = {}
-        self._host: dict[str, np.ndarray] = {}
-        self.views: dict[str, mx.array] = {}
-        self._allocate(self._slots_for(budget_bytes))
-        self._stats.budget_bytes = budget_bytes
+    def __init__(self, layout: RecordLayout, reader: Reader, budget_bytes: int, *, policy: str = "lfu",
+                 half_life: float = 256.0):
+        if policy not in POLICIES:
+            raise ValueError(f"cache policy {policy!r}: expected one of {POLICIES}")
+        self.layout, self.reader, self.policy = layout, reader, policy
+        self.expert_bytes = sum(t.nbytes for t in layout.tensors)  # bank bytes per expert (no record padding)
+        self._decay = 0.5 ** (1.0 / half_life)
+        self._stats = CacheStats(budget_bytes=budget_bytes)
+        self._lock = threading.Lock()  # stats() may be read from other threads
+        self._tick = 0  # one per acquire call
+        self._where: dict[tuple[int, int], int] = {}  # (layer, expert) -> slot
+        self._futures: dict[int, Future] = {}  # slot -> read in flight
+        self._prefetched: set[int] = set()  # slots filled by prefetch and not requested yet
+        self._busy = np.zeros(0, dtype=np.int64)  # slots the pending graph reads
+        self._usage: dict[tuple[int, int], float] = {}  # decayed use counts, for warm restarts
+        self._pending: list[mx.array] = []  # lazy outputs that read the banks (see guard)
+        self._allocate(self._slots_for(budget_bytes), [])
 
     # -- sizing -----------------------------------------------------------------------------------------------
     def _slots_for(self, budget_bytes: int) -> int:
         if budget_bytes < self.expert_bytes:
-            raise ValueError(
-                f"cache budget {budget_bytes} bytes is below one expert ({self.expert_bytes} bytes)"
-            )
+            raise ValueError(f"cache budget {budget_bytes} bytes is below one expert ({self.expert_bytes} bytes)")
         return budget_bytes // self.expert_bytes
 
     @property
     def capacity(self) -> int:
         """Number of expert slots."""
-        return len(self._key_of)
+        return len(self._state)
 
-    def _allocate(self, slots: int, keep: list[tuple[int, int]] | None = None) -> None:
-        """(Re)build the banks with `slots` slots, copying the experts in `keep` (at most `slots`) over."""
-        old_host, old_slot = self._host, dict(self._slot_of)
-        banks: dict[str, mx.array] = {}
-        for t in self.layout.tensors:
-            banks[t.name] = mx.zeros((slots, t.nbytes), dtype=mx.uint8)
+    def _allocate(self, slots: int, keep: list[tuple[tuple[int, int], int]]) -> None:
+        """(Re)build the banks with `slots` slots, copying the (key, old slot) pairs in `keep` over."""
+        banks = {t.name: mx.zeros((slots, t.nbytes), dtype=mx.uint8) for t in self.layout.tensors}
         mx.eval(list(banks.values()))
         host = {name: np.array(b, copy=False) for name, b in banks.items()}  # writable views of MLX memory
-        key_of: list[tuple[int, int] | None] = [None] * slots
-        slot_of: OrderedDict[tuple[int, int], int] = OrderedDict()
-        for new, key in enumerate(keep or []):
+        state, key_of = np.full(slots, FREE, np.int8), [None] * slots
+        score, last = np.zeros(slots), np.zeros(slots)
+        where: dict[tuple[int, int], int] = {}
+        for new, (key, old) in enumerate(keep):
             for name in host:
-                host[name][new] = old_host[name][old_slot[key]]
-            key_of[new] = key
-            slot_of[key] = new
-        self._banks, self._host, self._key_of, self._slot_of = banks, host, key_of, slot_of
-        self._free = [s for s in range(slots - 1, -1, -1) if key_of[s] is None]
+                host[name][new] = self._host[name][old]
+            state[new], key_of[new], score[new], last[new] = READY, key, self._score[old], self._last[old]
+            where[key] = new
+        self._banks, self._host, self._where = banks, host, where
+        self._state, self._key_of, self._score, self._last = state, key_of, score, last
+        self._prefetched, self._busy = set(), np.zeros(0, dtype=np.int64)
         # Typed views the compute reads: [slots, *per-expert shape]; they share the banks' buffers.
-        self.views = {
-            t.name: banks[t.name].view(_MLX_DTYPES[t.dtype]).reshape((slots,) + t.shape) for t in self.layout.tensors
-        }
+        self.views = {t.name: banks[t.name].view(_MLX_DTYPES[t.dtype]).reshape((slots,) + t.shape)
+                      for t in self.layout.tensors}
         mx.eval(list(self.views.values()))
-        self._stats.slots = slots
-        self._stats.used_bytes = len(slot_of) * self.expert_bytes
+        with self._lock:
+            self._stats.slots, self._stats.used_bytes = slots, len(where) * self.expert_bytes
 
     def resize(self, budget_bytes: int) -> None:
-        """Change the budget; shrinking evicts the least recently used experts. Call on the MLX thread."""
+        """Change the budget; shrinking evicts the lowest-ranked experts. Call on the MLX thread."""
         slots = self._slots_for(budget_bytes)
-        keep = list(self._slot_of)[-slots:]  # most recently used last
-        evicted = len(self._slot_of) - len(keep)
-        old = self._banks
+        self._settle_graphs()
+        self._drain()
+        rank = self._rank()
+        ready = sorted(self._where.items(), key=lambda ks: rank[ks[1]], reverse=True)  # best first
+        keep = ready[:slots]
         self._allocate(slots, keep)
-        del old
         mx.clear_cache()  # hand the old banks' memory back instead of keeping it in MLX's buffer cache
         with self._lock:
-            self._stats.evictions += evicted
+            self._stats.evictions += len(ready) - len(keep)
             self._stats.budget_bytes = budget_bytes
 
-    # -- lookups ----------------------------------------------------------------------------------------------
-    def contains(self, layer: int, expert: int) -> bool:
-        return (layer, expert) in self._slot_of
+    def guard(self, output: mx.array) -> None:
+        """Register a lazy output computed from the banks: it is evaluated before any slot is refilled.
 
-    def resident(self) -> list[tuple[int, int]]:
-        """Resident (layer, expert) keys, least recently used first."""
-        return list(self._slot_of)
-
-    def acquire(self, layer: int, experts: np.ndarray) -> np.ndarray:
-        """Make the given distinct experts of one layer resident and return their slot ids (same order).
-
-        Waits for the reads of missing experts. At most `capacity` experts may be asked for at once: the caller
-        splits larger sets into waves. Raises the reader's StoreError if a read fails (the slot is freed).
+        The next layer's routing sync usually evaluates it anyway; this covers the outputs nothing downstream
+        forces in time (e.g. the last layer's under teacher forcing, where the next token does not depend on it).
         """
-        if len(experts) > self.capacity:
-            raise ValueError(f"asked for {len(experts)} experts at once, the cache has {self.capacity} slots")
-        pinned = {(layer, int(e)) for e in experts}
-        slots = np.empty(len(experts), dtype=np.int64)
-        pending: list[tuple[int, tuple[int, int], Future]] = []
-        hits = 0
-        for i, e in enumerate(experts):
-            key = (layer, int(e))
-            slot = self._slot_of.get(key)
-            if slot is not None:
-                self._slot_of.move_to_end(key)
-                hits += 1
-            else:
-                slot = self._take_slot(pinned)
-                self._key_of[slot] = key
-                self._slot_of[key] = slot
-                pending.append((slot, key, self.reader.read(layer, int(e), self._sink(slot))))
-            slots[i] = slot
-        self._wait(pending)
-        with self._lock:
-            self._stats.hits += hits
-            self._stats.misses += len(pending)
-            self._stats.bytes_loaded += len(pending) * self.layout.record_bytes
-            self._stats.used_bytes = len(self._slot_of) * self.expert_bytes
-        return slots
+        self._pending.append(output)
 
-    def _take_slot(self, pinned: set[tuple[int, int]]) -> int:
-        if self._free:
-            return self._free.pop()
-        for key in self._slot_of:  # oldest first
-            if key not in pinned:
-                slot = self._slot_of.pop(key)
-                self._key_of[slot] = None
-                with self._lock:
-                    self._stats.evictions += 1
+    def _settle_graphs(self) -> None:
+        if self._pending:
+            mx.eval(self._pending)  # a no-op for outputs already evaluated
+            self._pending.clear()
+
+    def _reap(self) -> None:
+        """Settle reads that have finished, so their slots become ready (and evictable)."""
+        for slot in [s for s, f in self._futures.items() if f.done()]:
+            self._settle(slot)
+
+    def _drain(self) -> None:
+        """Wait for reads in flight (before the banks they write into are replaced)."""
+        for slot in list(self._futures):
+            self._settle(slot)
+
+    # -- policy -----------------------------------------------------------------------------------------------
+    def _rank(self) -> np.ndarray:
+        """Per-slot keep-priority now: higher is more worth keeping."""
+        if self.policy == "lru":
+            return self._last.copy()
+        return self._score * self._decay ** (self._tick - self._last)
+
+    def _touch(self, slot: int, order: float = 0.0) -> None:
+        # `order` in [0, 1) breaks ties within one call: experts listed first count as used first
+        now = self._tick + order
+        if self.policy == "lfu":
+            self._score[slot] = self._score[slot] * self._decay ** (now - self._last[slot]) + 1.0
+        self._last[slot] = now
+
+    def _victim(self, pinned: np.ndarray, wait: bool = False) -> int:
+        """A free slot, else evict the lowest-ranked evictable one. Slots being read into cannot be evicted;
+        with wait=True (demand reads) the oldest unpinned read in flight is finished first if nothing else is
+        evictable. Raises RuntimeError if no slot can be had."""
+        while True:
+            free = np.flatnonzero(self._state == FREE)
+            if len(free):
+                return int(free[0])
+            rank = self._rank()
+            rank[self._state != READY] = np.inf  # never evict a slot being read into
+            rank[pinned] = np.inf
+            rank[self._busy] = np.inf
+            slot = int(np.argmin(rank))
+            if np.isfinite(rank[slot]):
+                self._evict(slot)
                 return slot
-        raise RuntimeError("no evictable slot: every slot is pinned by the current step")
+            pinned_set = set(pinned.tolist())
+            loading = [s for s in self._futures if s not in pinned_set]
+            if not wait or not loading:
+                raise RuntimeError("no evictable slot: every slot is pinned, busy or loading")
+            self._settle(loading[0])  # a prefetch the current step does not need: let it land, then evict it
+
+    def _evict(self, slot: int) -> None:
+        key = self._key_of[slot]
+        del self._where[key]
+        self._key_of[slot], self._state[slot] = None, FREE
+        with self._lock:
+            self._stats.evictions += 1
+            if slot in self._prefetched:
+                self._stats.prefetch_wasted += 1
+        self._prefetched.discard(slot)
+
+    # -- loads ------------------------------------------------------------------------------------------------
+    def _load(self, key: tuple[int, int], slot: int, priority: int) -> None:
+        self._key_of[slot], self._state[slot], self._where[key] = key, LOADING, slot
+        # a demand load is scored by the use that follows; a prefetch enters with the score of one use
+        self._score[slot], self._last[slot] = (0.0 if priority == DEMAND else 1.0), self._tick
+        self._futures[slot] = self.reader.read(key[0], key[1], self._sink(slot), priority=priority)
 
     def _sink(self, slot: int):
         host, tensors = self._host, self.layout.tensors
@@ -203,23 +234,142 @@ class ExpertCache:
 
         return copy_into_slot
 
-    def _wait(self, pending: list[tuple[int, tuple[int, int], Future]]) -> None:
-        error: BaseException | None = None
-        for slot, key, fut in pending:
-            try:
-                fut.result()
-            except BaseException as e:  # free the slot so the cache never claims garbage
-                self._slot_of.pop(key, None)
-                self._key_of[slot] = None
-                self._free.append(slot)
-                error = error or e
-        if error is not None:
-            raise error
+    def _settle(self, slot: int) -> BaseException | None:
+        """Wait for the read into `slot`; on failure free the slot and return the error."""
+        fut = self._futures.pop(slot)
+        try:
+            fut.result()
+        except BaseException as e:  # the slot holds garbage: forget it
+            self._where.pop(self._key_of[slot], None)
+            self._key_of[slot], self._state[slot] = None, FREE
+            self._prefetched.discard(slot)
+            return e
+        self._state[slot] = READY
+        with self._lock:
+            self._stats.bytes_loaded += self.layout.record_bytes
+            self._stats.used_bytes = len(self._where) * self.expert_bytes
+        return None
 
-    # -- counters ---------------------------------------------------------------------------------------------
+    # -- the two entry points -----------------------------------------------------------------------------------
+    def acquire(self, layer: int, experts: np.ndarray, before_wait=None) -> np.ndarray:
+        """Make the given distinct experts of one layer resident and return their slot ids (same order).
+
+        Waits for reads still needed; `before_wait()` runs once the demand reads are queued and the slots are
+        claimed (the streaming layer starts its prefetches there, so they queue behind the demand reads). At most
+        `capacity` experts may be asked for at once (callers split larger sets into waves). The returned slots
+        stay busy until the next acquire. Raises the reader's StoreError if a read fails (its slot is freed).
+        """
+        if len(experts) > self.capacity:
+            raise ValueError(f"asked for {len(experts)} experts at once, the cache has {self.capacity} slots")
+        self._tick += 1
+        self._settle_graphs()
+        self._busy = np.zeros(0, dtype=np.int64)  # no pending graph reads the banks now
+        self._reap()
+        slots = np.array([self._where.get((layer, int(e)), -1) for e in experts], dtype=np.int64)
+        hits = int(np.sum(slots >= 0))
+        inflight = [int(s) for s in slots if s >= 0 and self._state[s] == LOADING and not self._futures[s].done()]
+        for i in np.flatnonzero(slots < 0):
+            slots[i] = self._victim(slots[slots >= 0], wait=True)
+            self._load((layer, int(experts[i])), int(slots[i]), DEMAND)
+        self._busy = slots.copy()  # from here on nothing may evict them
+        if before_wait is not None:
+            before_wait()
+        waited = self._wait_all(slots, layer, experts)
+        for i, s in enumerate(slots):
+            self._touch(int(s), i / len(slots))
+            if s in self._prefetched:
+                self._prefetched.discard(int(s))
+                with self._lock:
+                    self._stats.prefetch_used += 1
+        for e in experts:
+            key = (layer, int(e))
+            self._usage[key] = self._usage.get(key, 0.0) + 1.0
+        with self._lock:
+            self._stats.hits += hits - len(inflight)
+            self._stats.inflight_hits += len(inflight)
+            self._stats.misses += len(experts) - hits
+            self._stats.wait_seconds += waited
+        return slots
+
+    def _wait_all(self, slots: np.ndarray, layer: int, experts: np.ndarray) -> float:
+        import time
+
+        t0, error = time.perf_counter(), None
+        for i, s in enumerate(slots):
+            if int(s) in self._futures:
+                err = self._settle(int(s))
+                if err is not None and self._retry_once(int(s), layer, int(experts[i])):
+                    continue
+                error = error or err
+        if error is not None:
+            for s in slots:  # leave nothing of this call half-claimed
+                if self._state[int(s)] == LOADING:
+                    self._settle(int(s))
+            raise error
+        return time.perf_counter() - t0
+
+    def _retry_once(self, slot: int, layer: int, expert: int) -> bool:
+        """A failed read is retried once as a demand read (a transient error must not fail a request); a second
+        failure raises."""
+        if (layer, expert) in self._where or self._state[slot] != FREE:
+            return False
+        self._load((layer, expert), slot, DEMAND)
+        again = self._settle(slot)
+        if again is not None:
+            raise again
+        return True
+
+    def prefetch(self, layer: int, experts, *, priority: int = PREFETCH, limit: int | None = None,
+                 score: float = 1.0) -> int:
+        """Start reads of experts not resident or in flight, without waiting; returns how many were started.
+
+        Never evicts a slot the current step needs (busy), a slot being read, or an expert asked for in the same
+        call; stops when no slot may be taken or `limit` reads were started. `score` is the LFU score the experts
+        enter with (a warm start passes their past use)."""
+        started, pinned = 0, []
+        if not self._busy.size:  # outside a layer call (warm start): finish every graph first
+            self._settle_graphs()
+        self._reap()
+        for e in experts:
+            key = (layer, int(e))
+            if key in self._where:
+                continue
+            if limit is not None and started >= limit:
+                break
+            try:
+                slot = self._victim(np.array(pinned, dtype=np.int64))
+            except RuntimeError:
+                break
+            self._load(key, slot, priority)
+            self._score[slot] = score
+            self._prefetched.add(slot)
+            pinned.append(slot)
+            started += 1
+        with self._lock:
+            self._stats.prefetches += started
+        return started
+
+    # -- lookups and counters -----------------------------------------------------------------------------------
+    def contains(self, layer: int, expert: int) -> bool:
+        return (layer, expert) in self._where
+
+    def resident(self) -> list[tuple[int, int]]:
+        """Resident or loading (layer, expert) keys, lowest-ranked first."""
+        rank = self._rank()
+        return sorted(self._where, key=lambda k: rank[self._where[k]])
+
+    def seed_usage(self, usage: dict[tuple[int, int], float]) -> None:
+        """Start the usage counts from a previous run's (see warm.py)."""
+        for key, count in usage.items():
+            self._usage[key] = self._usage.get(key, 0.0) + count
+
+    def usage(self) -> dict[tuple[int, int], float]:
+        """Use counts per (layer, expert) since start (for warm restarts)."""
+        return dict(self._usage)
+
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(**self._stats.__dict__)
+            return CacheStats(**asdict(self._stats))
 
     def reset_stats(self) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ import numpy as np
 from mlx_lm.models.switch_layers import SwitchGLU, _gather_sort, _scatter_unsort
 
 from .cache import ExpertCache
+from .prefetch import Prefetcher
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
@@ -31,10 +32,12 @@ PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 class StreamingSwitchGLU(nn.Module):
     """SwitchGLU over cached experts. `layer` is the manifest position of this layer's expert file."""
 
-    def __init__(self, layer: int, original: SwitchGLU, cache: ExpertCache, quantization: dict | None):
+    def __init__(self, layer: int, original: SwitchGLU, cache: ExpertCache, quantization: dict | None,
+                 prefetcher: Prefetcher | None = None):
         super().__init__()
         self._layer = layer
         self._cache = cache
+        self._prefetcher = prefetcher
         self.activation = original.activation
         self._quant = quantization  # {"bits", "group_size", "mode"} or None for float experts
         self._has_bias = any(f"{p}.bias" in {t.name for t in cache.layout.tensors} for p in PROJECTIONS)
@@ -43,13 +46,23 @@ class StreamingSwitchGLU(nn.Module):
     # -- host side --------------------------------------------------------------------------------------------
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         # x: [..., D]; indices: [..., k] expert ids -> returns [..., k, D]
-        idx = np.array(indices)  # the one host sync of this layer
+        pf = self._prefetcher
+        preds = pf.predict(self._layer, x) if pf is not None and pf.depth else []
+        mx.eval(indices, *[p for _, p in preds])  # the one host sync of this layer
+        idx = np.array(indices)
         experts, inverse = np.unique(idx, return_inverse=True)
         cap = self._cache.capacity
-        if len(experts) <= cap:
-            slots = self._cache.acquire(self._layer, experts)
-            return self._compute(x, mx.array(slots[inverse].reshape(idx.shape).astype(np.uint32)))
-        return self._compute_in_waves(x, idx, experts, cap)
+        if len(experts) > cap:
+            return self._compute_in_waves(x, idx, experts, cap)
+
+        def start_prefetch() -> None:
+            if pf is not None:
+                pf.issue(self._layer, experts, [(j, np.array(p)) for j, p in preds])
+
+        slots = self._cache.acquire(self._layer, experts, before_wait=start_prefetch)
+        out = self._compute(x, mx.array(slots[inverse].reshape(idx.shape).astype(np.uint32)))
+        self._cache.guard(out)  # evaluated before any slot it reads can be refilled
+        return out
 
     def _compute_in_waves(self, x: mx.array, idx: np.ndarray, experts: np.ndarray, cap: int) -> mx.array:
         # Rows are (token, choice) pairs; each wave computes the rows routed to its experts and scatters them.

@@ -21,6 +21,11 @@ from ..store.format import Manifest, StoreError, read_manifest
 from ..store.reader import ExpertReader
 from .cache import ExpertCache
 from .experts import StreamingSwitchGLU
+from .prefetch import Prefetcher, find_router
+from .warm import load_usage, save_usage, warm_cache
+
+# LFU ageing: a use's weight halves every DECAY_TOKENS tokens (x MoE layers acquire calls)
+DECAY_TOKENS = 16
 
 
 @dataclass
@@ -32,7 +37,17 @@ class Engine:
     manifest: Manifest
     cache: ExpertCache
     reader: ExpertReader
+    prefetcher: Prefetcher
     dense_bytes: int
+
+    def save_state(self, path: str | os.PathLike[str]) -> None:
+        """Save the expert usage statistics (atomically) so a restart can warm the cache; see warm.py."""
+        save_usage(path, self.manifest, self.cache.usage())
+
+    def warm_start(self, path: str | os.PathLike[str]) -> int:
+        """Start background reads of the most used experts of a previous run, up to the budget; returns how
+        many were started. Never blocks on I/O: readiness is not delayed."""
+        return warm_cache(self.cache, load_usage(path, self.manifest))
 
     def close(self) -> None:
         self.reader.close()
@@ -75,6 +90,8 @@ def load_engine(
     read_mode: str = "direct",
     read_threads: int = 4,
     verify: bool = True,
+    policy: str = "lfu",
+    prefetch_depth: int = 1,
 ) -> Engine:
     """Load a store for streaming generation.
 
@@ -84,6 +101,8 @@ def load_engine(
         read_mode: "direct" (O_DIRECT / F_NOCACHE) or "buffered" (page cache).
         read_threads: reader threads.
         verify: check each expert's CRC-32 on its first read.
+        policy: cache eviction policy, "lfu" (frequency with ageing) or "lru".
+        prefetch_depth: how many MoE layers ahead to predict and prefetch (0 = off).
 
     Raises:
         StoreError: the store is missing, incomplete or does not match its model.
@@ -95,8 +114,9 @@ def load_engine(
     model, _ = load_model(root, lazy=True, strict=False)
     reader = ExpertReader(root, manifest, mode=read_mode, threads=read_threads, verify=verify)
     try:
-        cache = ExpertCache(manifest.layout, reader, budget_bytes)
-        _swap_expert_layers(model, manifest, cache)
+        cache = ExpertCache(manifest.layout, reader, budget_bytes, policy=policy,
+                            half_life=DECAY_TOKENS * len(manifest.layers))
+        prefetcher = _swap_expert_layers(model, manifest, cache, prefetch_depth)
         dense = model.parameters()
         mx.eval(dense)
         dense_bytes = sum(a.nbytes for _, a in _flatten(dense))
@@ -104,11 +124,13 @@ def load_engine(
     except BaseException:
         reader.close()
         raise
-    return Engine(model, tokenizer, manifest, cache, reader, dense_bytes)
+    return Engine(model, tokenizer, manifest, cache, reader, prefetcher, dense_bytes)
 
 
-def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache) -> None:
+def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache, depth: int) -> Prefetcher:
     modules = dict(model.named_modules())
+    parents = [modules.get(layer.module.rpartition(".")[0], model) for layer in manifest.layers]
+    prefetcher = Prefetcher(cache, [find_router(p, manifest.config) for p in parents], depth)
     for pos, layer in enumerate(manifest.layers):
         original = modules.get(layer.module)
         if not isinstance(original, SwitchGLU):
@@ -118,10 +140,11 @@ def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache
             )
         parent_path, _, name = layer.module.rpartition(".")
         parent = modules[parent_path] if parent_path else model
-        setattr(parent, name, StreamingSwitchGLU(pos, original, cache, manifest.quantization))
+        setattr(parent, name, StreamingSwitchGLU(pos, original, cache, manifest.quantization, prefetcher))
     left = [p for p, m in model.named_modules() if isinstance(m, SwitchGLU)]
     if left:
         raise StoreError(f"the store has no experts for SwitchGLU modules {left[:3]}{'...' if len(left) > 3 else ''}")
+    return prefetcher
 
 
 def _flatten(tree):

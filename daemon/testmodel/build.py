@@ -44,6 +44,7 @@ def make_test_model(
     *,
     shard_gb: float = DEFAULT_SHARD_GB,
     progress: bool | None = None,
+    dtype: str = "bfloat16",
     **overrides: Any,
 ) -> Path:
     """Write the test model to `out_dir` (which must not exist) and return its path.
@@ -52,7 +53,11 @@ def make_test_model(
     layout "mlx": what `mlx_lm.convert` makes of it: quantized to `bits` with `group_size`, or bf16
     when bits == 0. `overrides` replace preset dimensions (layers=, experts=, top_k=, hidden=, ...).
     `progress` (default: only for checkpoints over 256 MB) prints per-layer progress to stderr.
+    `dtype` (mlx layout only): the float dtype, as `mlx_lm.convert --dtype` sets it. "float32" is the one MLX's
+    CPU kernels run fast (its bf16/fp16 quantized matmuls are 8-30x slower), so CPU benchmarks use it.
     """
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype must be bfloat16, float16 or float32; got {dtype!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     if layout == "mlx" and bits not in (0, 2, 3, 4, 5, 6, 8):
@@ -76,10 +81,11 @@ def make_test_model(
         if layout == "hf":
             _write_hf(tmp, arch, dims, config, seed, max_bytes, progress)
         else:
-            _write_mlx(tmp, arch, dims, config, seed, bits, group_size, max_bytes, progress)
+            _write_mlx(tmp, arch, dims, {**config, "torch_dtype": dtype}, seed, bits, group_size, max_bytes,
+                       progress)
         recipe = {"arch": arch, "size": size, "layout": layout, "seed": seed, "dims": vars(dims)}
         if layout == "mlx":
-            recipe |= {"bits": bits, "group_size": group_size}
+            recipe |= {"bits": bits, "group_size": group_size, "dtype": dtype}
         (tmp / "moed_testmodel.json").write_text(json.dumps(recipe, indent=2) + "\n")
         os.rename(tmp, out)
     except BaseException:
@@ -118,7 +124,7 @@ def _write_mlx(tmp: Path, arch: str, dims: Dims, config: dict, seed: int, bits: 
                          total_parameters=layout.total_parameters)
     log = _logger(progress, writer.total_bytes, dims.layers)
     for unit in _units(layout.tensors):
-        for name, value in _mlx_values(unit, layout, arch, dims, seed):
+        for name, value in _mlx_values(unit, layout, arch, dims, seed, getattr(mx, config["torch_dtype"])):
             writer.add(name, value)
         log(unit[0].name, writer)
     writer.close()
@@ -134,15 +140,17 @@ def _units(tensors: list[TensorSpec]) -> list[list[TensorSpec]]:
 
 
 def _mlx_values(unit: list[TensorSpec], layout: MlxLayout, arch: str, dims: Dims,
-                seed: int) -> Iterator[tuple[str, mx.array]]:
+                seed: int, dtype: mx.Dtype) -> Iterator[tuple[str, mx.array]]:
     """Values of one unit's mlx tensors: bf16 values, stacked experts, mx.quantize'd where mlx-lm
     quantizes (weight, scales, biases of one module computed together, then handed out)."""
     def float_value(name: str) -> mx.array:
         shape = layout.float_shapes[name]
         names = expert_names(arch, name, dims.experts)
         if names is not None:
-            return stacked_value(seed, names, shape, dims.layers)
-        return tensor_value(seed, name, shape, dims.layers)
+            value = stacked_value(seed, names, shape, dims.layers)
+        else:
+            value = tensor_value(seed, name, shape, dims.layers)
+        return value if dtype == mx.bfloat16 else value.astype(dtype)  # the hf values, cast as convert casts
 
     quantized: dict[str, dict[str, mx.array]] = {}
     for t in unit:

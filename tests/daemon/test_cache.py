@@ -51,9 +51,9 @@ def expected_bytes(layer: int, expert: int) -> dict[str, bytes]:
     return {t.name: p[t.offset : t.offset + t.nbytes].tobytes() for t in LAYOUT.tensors}
 
 
-def make(slots: int) -> tuple[ExpertCache, FakeReader]:
+def make(slots: int, policy: str = "lru") -> tuple[ExpertCache, FakeReader]:
     reader = FakeReader()
-    return ExpertCache(LAYOUT, reader, slots * sum(t.nbytes for t in LAYOUT.tensors)), reader
+    return ExpertCache(LAYOUT, reader, slots * sum(t.nbytes for t in LAYOUT.tensors), policy=policy), reader
 
 
 def test_slots_hold_exactly_the_record_bytes():
@@ -126,3 +126,81 @@ def test_resize_shrinks_keeping_most_recent_and_grows():
 def test_budget_below_one_expert_is_an_error():
     with pytest.raises(ValueError, match="below one expert"):
         ExpertCache(LAYOUT, FakeReader(), 10)
+
+
+class SlowReader(FakeReader):
+    """Completes reads only when told to, so tests can see reads in flight."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending: list[tuple[Future, object, int, int]] = []
+
+    def read(self, layer, expert, sink, *, priority=0):
+        self.reads.append((layer, expert))
+        fut: Future = Future()
+        self.pending.append((fut, sink, layer, expert))
+        return fut
+
+    def finish_all(self):
+        for fut, sink, layer, expert in self.pending:
+            if not fut.done():
+                sink(payload(layer, expert))
+                fut.set_result(None)
+        self.pending.clear()
+
+
+def test_prefetch_never_evicts_the_current_step_and_is_counted():
+    cache, reader = make(4)
+    slots = cache.acquire(0, np.array([0, 1]))  # busy until the next acquire
+    assert cache.prefetch(1, [0, 1, 2, 3]) == 2  # only the two free slots may be taken
+    assert all(cache.contains(0, e) for e in (0, 1))
+    cache.acquire(1, np.array([0]))  # a prefetched expert is used ...
+    st = cache.stats()
+    assert (st.prefetches, st.prefetch_used, st.hits, st.misses) == (2, 1, 1, 2)
+    cache.acquire(2, np.array([5, 6, 7]))  # ... the other one is evicted unused
+    assert cache.stats().prefetch_wasted == 1
+    assert len(set(slots.tolist())) == 2
+
+
+def test_acquire_waits_for_a_prefetch_in_flight_and_counts_it():
+    reader = SlowReader()
+    cache = ExpertCache(LAYOUT, reader, 4 * sum(t.nbytes for t in LAYOUT.tensors))
+    cache.prefetch(3, [7])
+    assert cache.contains(3, 7) and len(reader.reads) == 1
+    import threading
+
+    threading.Timer(0.05, reader.finish_all).start()
+    slot = cache.acquire(3, np.array([7]))
+    assert slot_bytes(cache, int(slot[0])) == expected_bytes(3, 7) and len(reader.reads) == 1
+    assert cache.stats().inflight_hits == 1
+
+
+def test_demand_reads_wait_for_prefetches_when_every_slot_is_loading():
+    reader = SlowReader()
+    cache = ExpertCache(LAYOUT, reader, 2 * sum(t.nbytes for t in LAYOUT.tensors))
+    cache.prefetch(0, [0, 1])  # both slots loading
+    import threading
+
+    threading.Timer(0.05, reader.finish_all).start()
+    timer = threading.Timer(0.2, reader.finish_all)
+    timer.start()
+    slots = cache.acquire(1, np.array([4]))
+    timer.join()
+    assert slot_bytes(cache, int(slots[0])) == expected_bytes(1, 4)
+
+
+def test_lfu_keeps_a_hot_expert_through_a_scan_where_lru_loses_it():
+    for policy, survives in (("lfu", True), ("lru", False)):
+        cache, _ = make(3, policy)
+        for _ in range(5):
+            cache.acquire(0, np.array([0]))  # expert (0, 0) is hot
+        for e in range(1, 6):
+            cache.acquire(1, np.array([e]))  # a scan of one-off experts
+        assert cache.contains(0, 0) is survives, policy
+
+
+def test_usage_counts_every_request():
+    cache, _ = make(2)
+    cache.acquire(0, np.array([1, 2]))
+    cache.acquire(0, np.array([1]))
+    assert cache.usage() == {(0, 1): 2.0, (0, 2): 1.0}
