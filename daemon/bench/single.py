@@ -30,18 +30,27 @@ def run_moed(cfg: dict) -> dict:
 
     t0 = time.perf_counter()
     eng = load_engine(cfg["store"], budget=cfg.get("budget"), read_mode=cfg.get("read_mode", "direct"),
-                      read_threads=cfg.get("read_threads", 4))
+                      read_threads=cfg.get("read_threads", 4), policy=cfg.get("policy", "lfu"),
+                      prefetch_depth=cfg.get("prefetch_depth", 1))
     load_s = time.perf_counter() - t0
     marks: dict = {}
 
     def snapshot():
-        marks["cache"], marks["reader"] = eng.cache.stats(), eng.reader.stats()
+        marks["cache"], marks["reader"], marks["pf"] = eng.cache.stats(), eng.reader.stats(), eng.prefetcher.stats()
 
     out = _forced(eng.model, eng.tokenizer, cfg, snapshot)
-    c, r = eng.cache.stats(), eng.reader.stats()
-    c0, r0, steps = marks["cache"], marks["reader"], max(cfg["steps"], 1)
-    hits, misses = c.hits - c0.hits, c.misses - c0.misses
+    c, r, pf = eng.cache.stats(), eng.reader.stats(), eng.prefetcher.stats()
+    c0, r0, pf0, steps = marks["cache"], marks["reader"], marks["pf"], max(cfg["steps"], 1)
+    hits = c.hits + c.inflight_hits - c0.hits - c0.inflight_hits
+    misses = c.misses - c0.misses
+    needed, correct = pf.needed - pf0.needed, pf.correct - pf0.correct
     out.update({
+        "decode_wait_ms_per_token": (c.wait_seconds - c0.wait_seconds) * 1000 / steps,
+        "syncs_per_token": (c.acquires - c0.acquires) / steps,
+        "prefetch_accuracy": correct / needed if needed else None,
+        "prefetch_reads_per_token": (c.prefetches - c0.prefetches) / steps,
+        "prefetch_wasted_bytes_per_token": (c.prefetch_wasted - c0.prefetch_wasted) * eng.manifest.layout.record_bytes
+        / steps,
         "load_seconds": load_s,
         "budget_bytes": c.budget_bytes,
         "budget_fraction": c.budget_bytes / eng.manifest.total_expert_bytes,
@@ -56,6 +65,51 @@ def run_moed(cfg: dict) -> dict:
     out.update(_sampled(eng.model, eng.tokenizer, cfg))
     eng.close()
     return out
+
+
+def run_restart(cfg: dict) -> dict:
+    """Warm restart: run A decodes the text and saves its usage; run B (a fresh engine in this process, as a
+    restarted daemon) warm-starts from it and decodes the same text; hit rates over B's first `window` tokens
+    against A's steady state (its last `window` tokens)."""
+    import tempfile
+
+    from ..engine.model import load_engine
+    from .workload import corpus_tokens
+
+    window = cfg.get("window", 32)
+    kw = dict(budget=cfg.get("budget"), read_mode=cfg.get("read_mode", "direct"),
+              policy=cfg.get("policy", "lfu"), prefetch_depth=cfg.get("prefetch_depth", 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        a = load_engine(cfg["store"], **kw)
+        tokens = corpus_tokens(a.tokenizer, cfg["steps"] + 1)
+        rates_a = _hit_rates(a, tokens)
+        a.save_state(f"{tmp}/usage.json")
+        a.close()
+        b = load_engine(cfg["store"], **kw)
+        t0 = time.perf_counter()
+        started = b.warm_start(f"{tmp}/usage.json")
+        ready_s = time.perf_counter() - t0
+        rates_b = _hit_rates(b, tokens[: window + 1])
+        b.close()
+    steady = sum(rates_a[-window:]) / window
+    first = sum(rates_b[:window]) / window
+    return {"steady_hit_rate": steady, "restart_first_hit_rate": first, "gap_points": 100 * (steady - first),
+            "warm_reads_started": started, "warm_start_seconds": ready_s, "window": window}
+
+
+def _hit_rates(eng, tokens: list[int]) -> list[float]:
+    """Per-step hit rate of teacher-forced decoding (one token per step, from the first token)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache, rates = make_prompt_cache(eng.model), []
+    for tok in tokens:
+        s0 = eng.cache.stats()
+        mx.eval(eng.model(mx.array([[tok]]), cache=cache))
+        s1 = eng.cache.stats()
+        h = s1.hits + s1.inflight_hits - s0.hits - s0.inflight_hits
+        n = h + s1.misses - s0.misses
+        rates.append(h / n if n else 0.0)
+    return rates
 
 
 def run_readpath(cfg: dict) -> dict:
@@ -114,7 +168,7 @@ def _sampled(model, tokenizer, cfg: dict) -> dict:
 
 def main() -> int:
     cfg = json.loads(sys.argv[1])
-    runner = {"mlx-lm": run_mlx_lm, "moed": run_moed, "readpath": run_readpath}[cfg["kind"]]
+    runner = {"mlx-lm": run_mlx_lm, "moed": run_moed, "readpath": run_readpath, "restart": run_restart}[cfg["kind"]]
     out = {"config": cfg, **runner(cfg)}
     from ..engine.generate import peak_rss_bytes
 

@@ -1,12 +1,15 @@
-"""`moed bench STORE`: decode speed, reads and memory of moed against mlx-lm on the same checkpoint.
+"""`moed bench STORE`: decode speed, reads, overlap and memory of moed against mlx-lm on the same checkpoint.
 
-    moed bench STORE [--reference CKPT] [--budgets 100,25] [--read-modes direct] [--prompt-len 128]
-                     [--steps 64] [--sample-tokens 64] [--read-threads 4] [--repeat 1] [--out FILE.json]
+    moed bench STORE [--reference CKPT] [--plan axes|full] [--budgets 100,50,25,12.5] [--depths 0,1,2,3]
+                     [--read-modes direct,buffered] [--policies lfu,lru] [--prompt-len 128] [--steps 64]
+                     [--sample-tokens 32] [--read-threads 4] [--repeat 1] [--no-restart]
+                     [--out FILE.json] [--results docs/results.md --note "what this run is for"]
 
-Runs, each in its own process: mlx-lm with the whole checkpoint in RAM (when --reference is given), moed at each
-budget (percent of expert bytes) and read mode, and moed's read path against the raw device throughput. Decode is
-teacher-forced on a fixed text (median step), plus a seeded-sampling run; every hit rate is printed beside its
-budget fraction. Prints a table; writes all records as JSON to --out.
+Every configuration runs in its own process: mlx-lm with the whole checkpoint in RAM (--reference), moed at each
+point of the plan (see moed.daemon.bench.plan), moed's read path against the raw device throughput, and a warm
+restart. Decode is teacher-forced on a fixed text (median step) plus a seeded-sampling run; hit rates are printed
+beside budget fractions. Prints a markdown table; --out writes every record as JSON; --results appends the table to
+the results file.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -25,28 +29,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store")
     p.add_argument("--reference", help="the mlx-lm checkpoint the store was converted from")
-    p.add_argument("--budgets", default="100,25", help="comma-separated percents of expert bytes")
-    p.add_argument("--read-modes", default="direct", help="comma-separated: direct, buffered")
+    p.add_argument("--plan", choices=("axes", "full"), default="axes")
+    p.add_argument("--budgets", default="100,50,25,12.5", help="percents of expert bytes")
+    p.add_argument("--depths", default="0,1,2,3", help="prefetch depths")
+    p.add_argument("--read-modes", default="direct,buffered")
+    p.add_argument("--policies", default="lfu,lru")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--sample-tokens", type=int, default=64)
+    p.add_argument("--sample-tokens", type=int, default=32)
     p.add_argument("--read-threads", type=int, default=4)
     p.add_argument("--repeat", type=int, default=1, help="runs per configuration (the table shows medians)")
+    p.add_argument("--no-restart", action="store_true", help="skip the warm-restart run")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--results", type=Path, default=None, help="markdown file to append the table to")
+    p.add_argument("--note", default="", help="a line saying what this run is for (goes to --results)")
     p.set_defaults(func=run)
-
-
-def _configs(args: argparse.Namespace) -> list[dict]:
-    common = {"prompt_len": args.prompt_len, "steps": args.steps, "sample_tokens": args.sample_tokens,
-              "read_threads": args.read_threads}
-    cfgs = []
-    if args.reference:
-        cfgs.append({"kind": "mlx-lm", "model": args.reference, **common})
-    for mode in args.read_modes.split(","):
-        for b in args.budgets.split(","):
-            cfgs.append({"kind": "moed", "store": args.store, "budget": f"{b}%", "read_mode": mode, **common})
-        cfgs.append({"kind": "readpath", "store": args.store, "read_mode": mode, "read_threads": args.read_threads})
-    return cfgs
 
 
 def run_one(cfg: dict) -> dict:
@@ -58,40 +55,39 @@ def run_one(cfg: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _median(xs: list[float]) -> float:
-    s = sorted(xs)
-    return s[len(s) // 2] if s else 0.0
+def _axes(args: argparse.Namespace):
+    from ..bench.plan import Axes
 
-
-def _row(recs: list[dict]) -> str:
-    r, cfg = recs[0], recs[0]["config"]
-    if "error" in r:
-        return f"{cfg['kind']:<9} ERROR {r['error'][:200]}"
-    if cfg["kind"] == "readpath":
-        return (f"{'readpath':<9} {r['read_mode']:<9} moed {_median([x['moed_gb_per_s'] for x in recs]):.2f} GB/s"
-                f" vs raw device {_median([x['raw']['gb_per_s'] for x in recs]):.2f} GB/s"
-                f" ({_median([x['ratio'] for x in recs]):.0%}), {r['threads']} threads, {r['record_bytes']} B records")
-    name = "mlx-lm" if cfg["kind"] == "mlx-lm" else f"moed {cfg['budget']}"
-    mode = cfg.get("read_mode", "ram")
-    line = (f"{name:<10} {mode:<9} prefill {_median([x['prefill_tps'] for x in recs]):7.1f} tok/s | forced decode "
-            f"{_median([x['forced_decode_tps'] for x in recs]):6.2f} tok/s | sampled "
-            f"{_median([x.get('sampled_decode_tps', 0) for x in recs]):6.2f} tok/s | peak RSS "
-            f"{r['peak_rss_bytes'] / 1e9:.2f} GB")
-    if cfg["kind"] == "moed":
-        line += (f" | budget {r['budget_fraction']:.1%} hit {_median([x['decode_hit_rate'] for x in recs]):.1%}"
-                 f" read {_median([x['decode_bytes_read_per_token'] for x in recs]) / 1e6:.1f} MB/tok")
-    return line
+    split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
+    return Axes(budgets=split(args.budgets), depths=tuple(int(x) for x in split(args.depths)),
+                modes=split(args.read_modes), policies=split(args.policies))
 
 
 def run(args: argparse.Namespace) -> int:
-    records, rows = [], []
-    for cfg in _configs(args):
-        recs = [run_one(cfg) for _ in range(args.repeat)]
-        records.extend(recs)
-        rows.append(_row(recs))
-        print(rows[-1], flush=True)
+    from ..bench.plan import configs
+    from ..bench.report import summarise, table
+
+    common = {"prompt_len": args.prompt_len, "steps": args.steps, "sample_tokens": args.sample_tokens,
+              "read_threads": args.read_threads}
+    records = []
+    for cfg in configs(args.store, args.reference, _axes(args), args.plan, common, not args.no_restart):
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            records.append(run_one(cfg))
+            print(f"[bench] {cfg['kind']} {cfg.get('budget', '')} depth={cfg.get('prefetch_depth', '')} "
+                  f"{cfg.get('read_mode', '')} {cfg.get('policy', '')}: {time.perf_counter() - t0:.0f} s"
+                  + (" ERROR" if "error" in records[-1] else ""), file=sys.stderr, flush=True)
+    text = table(summarise(records))
+    print(text)
+    meta = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "backend": next((r.get("backend") for r in records if "backend" in r), None),
+            "args": {k: str(v) for k, v in vars(args).items() if k != "func"}}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": records}, indent=1))
-        print(f"wrote {args.out}", file=sys.stderr)
+        args.out.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+    if args.results:
+        with open(args.results, "a") as f:
+            f.write(f"\n### {meta['time']} — {Path(args.store).name} on {meta['backend']} "
+                    f"({meta['cpus']} CPUs)\n\n{args.note}\n\n`moed bench {args.store} --plan {args.plan} "
+                    f"--prompt-len {args.prompt_len} --steps {args.steps} --repeat {args.repeat}`\n\n{text}\n")
     return 1 if any("error" in r for r in records) else 0

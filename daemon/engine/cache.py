@@ -15,7 +15,10 @@ How it works
   (lower priority in the reader's queue), and a later `acquire` of an expert still in flight just waits for it.
 - Eviction policy, per slot in numpy arrays (the victim is one argmin):
   "lru" (least recently used) or "lfu" (frequency with exponential ageing: a use adds 1 to a score that halves
-  every `half_life` calls; the lowest score goes). Prefetched experts enter with the score of one use.
+  every `half_life` calls; the lowest score goes). Prefetched experts enter with score 0, so a misprediction is
+  the first to go. Trace simulations on the teacher-forced workload (docs/results.md) chose these: LFU with a
+  16-token half-life beats LRU at 12.5-50 % budgets with and without prefetch; entering prefetches at one use
+  instead made it lose to LRU once prefetch was on.
 - Memory: slots * expert_bytes, where slots = budget // expert_bytes (at least 1). Nothing else grows.
   `resize(budget)` reallocates the banks keeping the highest-ranked experts (a transient copy of both banks)
   and returns the old memory to the OS. Shrinking evicts.
@@ -67,6 +70,7 @@ class CacheStats:
     prefetch_used: int = 0  # prefetched experts later requested
     prefetch_wasted: int = 0  # prefetched experts evicted before any request
     wait_seconds: float = 0.0  # time acquire spent waiting for reads
+    acquires: int = 0  # layer calls served (each is one host synchronisation)
     budget_bytes: int = 0
     used_bytes: int = 0
     slots: int = 0
@@ -221,8 +225,8 @@ class ExpertCache:
     # -- loads ------------------------------------------------------------------------------------------------
     def _load(self, key: tuple[int, int], slot: int, priority: int) -> None:
         self._key_of[slot], self._state[slot], self._where[key] = key, LOADING, slot
-        # a demand load is scored by the use that follows; a prefetch enters with the score of one use
-        self._score[slot], self._last[slot] = (0.0 if priority == DEMAND else 1.0), self._tick
+        # scored by the uses that follow: a prefetch that is never used is the first to go
+        self._score[slot], self._last[slot] = 0.0, self._tick
         self._futures[slot] = self.reader.read(key[0], key[1], self._sink(slot), priority=priority)
 
     def _sink(self, slot: int):
@@ -289,6 +293,7 @@ class ExpertCache:
             self._stats.inflight_hits += len(inflight)
             self._stats.misses += len(experts) - hits
             self._stats.wait_seconds += waited
+            self._stats.acquires += 1
         return slots
 
     def _wait_all(self, slots: np.ndarray, layer: int, experts: np.ndarray) -> float:
@@ -320,7 +325,7 @@ class ExpertCache:
         return True
 
     def prefetch(self, layer: int, experts, *, priority: int = PREFETCH, limit: int | None = None,
-                 score: float = 1.0) -> int:
+                 score: float = 0.0) -> int:
         """Start reads of experts not resident or in flight, without waiting; returns how many were started.
 
         Never evicts a slot the current step needs (busy), a slot being read, or an expert asked for in the same
