@@ -38,7 +38,7 @@ def ensure_store(base: Path, arch: str, size: str) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     if not (ckpt / "config.json").is_file():
         print(f"making a random-weight {arch} ({size}) checkpoint in {ckpt}", file=sys.stderr)
-        make_test_model(ckpt, arch=arch, size=size, layout="mlx", bits=4)
+        make_test_model(ckpt, arch=arch, size=size, layout="mlx", bits=4, dtype="float32")  # fp32: fast on CPU
     print(f"converting {ckpt} into the packed expert store {store}", file=sys.stderr)
     convert(ckpt, store, progress=lambda msg: print(msg, file=sys.stderr))
     return store
@@ -53,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
     gen_args = argparse.Namespace(
         store=str(store), prompt=args.prompt, max_tokens=args.max_tokens, temp=0.8, top_p=0.95, top_k=0,
         min_p=0.0, seed=0, cache_budget=args.cache_budget, read_mode="direct", read_threads=4, chat=False,
-        json=False,
+        json=False, prefetch_depth=1, policy="lfu",
     )
     return generate(gen_args)

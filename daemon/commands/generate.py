@@ -1,7 +1,8 @@
 """`moed generate STORE PROMPT`: stream one generation in-process and print its stats.
 
     moed generate STORE "prompt" [--max-tokens 128] [--temp 0] [--top-p 0] [--top-k 0] [--seed N]
-                  [--cache-budget 25%] [--read-mode direct|buffered] [--read-threads 4] [--chat] [--json]
+                  [--cache-budget 25%] [--read-mode direct|buffered] [--read-threads 4]
+                  [--prefetch-depth 1] [--policy lfu|lru] [--chat] [--json]
 
 Tokens are printed as they come; the stats (prompt and generation tok/s, hit rate, bytes read, peak RSS) follow
 on stderr, or as one JSON object on stdout with --json.
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-budget", default="100%", help="e.g. 25%%, 0.25, 2GB, 512MiB (default 100%%)")
     p.add_argument("--read-mode", choices=("direct", "buffered"), default="direct")
     p.add_argument("--read-threads", type=int, default=4)
+    p.add_argument("--prefetch-depth", type=int, default=1, help="MoE layers ahead to prefetch (0 = off)")
+    p.add_argument("--policy", choices=("lfu", "lru"), default="lfu", help="cache eviction policy")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--json", action="store_true", help="print the text and stats as one JSON object")
     p.set_defaults(func=run)
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         engine = load_engine(args.store, budget=args.cache_budget, read_mode=args.read_mode,
-                             read_threads=args.read_threads)
+                             read_threads=args.read_threads, prefetch_depth=args.prefetch_depth,
+                             policy=args.policy)
     except (StoreError, ValueError) as e:
         print(f"moed generate: {e}", file=sys.stderr)
         return 2
