@@ -236,3 +236,18 @@ def test_command(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out)
     assert json.loads((out / "moed_testmodel.json").read_text())["dims"]["layers"] == 2
     assert args.func(args) == 2  # exists now
+
+
+@pytest.mark.parametrize("arch", REQUIRED_ARCHES)
+def test_float32_mlx_layout_matches_mlx_lm_convert_with_dtype(tmp_path, arch):
+    import mlx.core as mx
+    import mlx_lm
+
+    hf = make_test_model(tmp_path / "hf", arch=arch, layout="hf", seed=5)
+    ours = make_test_model(tmp_path / "mlx", arch=arch, layout="mlx", bits=4, seed=5, dtype="float32")
+    mlx_lm.convert(str(hf), str(tmp_path / "converted"), quantize=True, q_bits=4, q_group_size=64, dtype="float32")
+    a, b = mx.load(str(ours / "model.safetensors")), mx.load(str(tmp_path / "converted" / "model.safetensors"))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and mx.array_equal(a[k], b[k]).item(), k
+    assert any(v.dtype == mx.float32 for v in a.values())
