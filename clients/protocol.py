@@ -20,7 +20,8 @@ This module needs only the standard library and msgpack: clients import it witho
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, TypeGuard
+from collections.abc import Callable
+from typing import Any, TypeGuard
 
 import msgpack  # type: ignore[import-untyped]  # no stubs; wrapped in pack/unpack below
 

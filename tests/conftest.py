@@ -6,9 +6,6 @@ from pathlib import Path
 
 import pytest
 
-ARCHES = ("qwen3_moe", "mixtral", "qwen2_moe")
-
-
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """Builds (once) and returns checkpoint/store folders: model_dir(arch, kind) with kind in

@@ -167,8 +167,11 @@ class ExpertCache:
             self._pending.clear()
 
     def _reap(self) -> None:
-        """Settle reads that have finished, so their slots become ready (and evictable)."""
-        for slot in [s for s, f in self._futures.items() if f.done()]:
+        """Settle reads that have finished, so their slots become ready (and evictable). Slots of the current
+        call are left to its own wait: a failed read there must be seen (and retried) by that call, not freed
+        and reused behind its back."""
+        busy = set(self._busy.tolist())
+        for slot in [s for s, f in self._futures.items() if f.done() and s not in busy]:
             self._settle(slot)
 
     def _drain(self) -> None:

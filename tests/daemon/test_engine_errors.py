@@ -83,3 +83,20 @@ def test_parse_budget(spec, want):
 def test_parse_budget_rejects(spec):
     with pytest.raises(ValueError, match="cache budget"):
         parse_budget(spec, 1000)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_a_corrupt_expert_is_never_served_even_when_prefetched(store_copy, depth):
+    m = read_manifest(store_copy)
+    path = store_copy / m.layers[1].file
+    data = bytearray(path.read_bytes())
+    for e in range(m.layers[1].num_experts):  # every record of layer 1 is corrupt
+        data[e * m.layout.record_bytes + 7] ^= 0x5A
+    path.write_bytes(bytes(data))
+    for _ in range(6):  # prefetch timing varies from run to run
+        eng = load_engine(store_copy, budget="100%", read_mode="buffered", prefetch_depth=depth)
+        try:
+            with pytest.raises(StoreError, match=rf"layer {m.layers[1].index}\b.*checksum mismatch"):
+                mx.eval(eng.model(mx.array([[5, 6, 7, 8]])))
+        finally:
+            eng.close()

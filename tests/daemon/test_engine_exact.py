@@ -16,11 +16,11 @@ from mlx_lm import load as mlx_load
 from mlx_lm.generate import stream_generate
 from mlx_lm.models.cache import make_prompt_cache
 
-from conftest import ARCHES
 from moed.daemon.engine.model import load_engine
 from moed.daemon.store.format import read_manifest
 
 PROMPT = "We hold these truths to be self-evident, that all men are created equal"
+ARCHES = ("qwen3_moe", "mixtral", "qwen2_moe")
 SOURCES = {"mlx": "mlx", "hf": "hf-ref"}  # store source -> the mlx-lm checkpoint it must match
 
 

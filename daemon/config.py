@@ -1,0 +1,295 @@
+"""The daemon's configuration: one frozen dataclass per component, from a TOML file, then environment, then flags.
+
+    [engine]     store, cache_budget, read_mode, read_threads, cache_policy, prefetch_depth
+    [scheduler]  max_batch, queue_limit, context_limit, prefill_step, progress_interval_s, keep_alive_s,
+                 idle_cache_budget, drain_timeout_s
+    [server]     endpoint, state_dir, send_hwm, heartbeat_s, slow_client_bytes, slow_client_s
+    [log]        log_level, log_file, log_max_bytes, log_backups
+
+Key names are unique across sections, so a key may also be written at the top level of the file, and each has
+one environment variable, MOED_<KEY> (e.g. MOED_MAX_BATCH=4, MOED_ENDPOINT=tcp://127.0.0.1:7878). Later layers
+override earlier ones: defaults < file < environment < command-line flags. Everything is validated before the
+daemon starts; an unknown key, a wrong type or a value out of range raises ConfigError naming the key and where it
+came from. docs/daemon.md has the table of keys (generated from the `doc` metadata below).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+ENV_PREFIX = "MOED_"
+ENV_CONFIG = "MOED_CONFIG"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and its source."""
+
+
+def _key(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+def _at_least(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be >= {lo}"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _budget(v: str) -> str | None:
+    from .engine.model import parse_budget  # here, not at the top: that module brings in MLX
+
+    try:
+        parse_budget(v, 1 << 40)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    store: str = _key("", "the expert store to serve (a folder made by `moed convert`); required")
+    cache_budget: str = _key("100%", "expert cache budget: a percent of the store's expert bytes (`25%`), a fraction "
+                             "(`0.25`) or a size (`2GB`, `512MiB`)", _budget)
+    read_mode: str = _key("direct", "`direct` (O_DIRECT / F_NOCACHE) or `buffered` (page cache)",
+                          _one_of("direct", "buffered"))
+    read_threads: int = _key(4, "expert reader threads", _at_least(1))
+    cache_policy: str = _key("lfu", "cache eviction policy: `lfu` or `lru`", _one_of("lfu", "lru"))
+    prefetch_depth: int = _key(1, "MoE layers ahead to predict and prefetch (0 = off)", _at_least(0))
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = _key(8, "batch ceiling: requests decoded together (the governor may lower it at run time)",
+                          _at_least(1))
+    queue_limit: int = _key(64, "requests waiting for a batch slot beyond which new ones get `busy`", _at_least(0))
+    context_limit: int = _key(0, "prompt plus max_tokens limit in tokens; 0 = the model's max_position_embeddings",
+                              _at_least(0))
+    prefill_step: int = _key(2048, "prompt tokens per prefill chunk (a decode step runs between chunks)",
+                             _at_least(1))
+    progress_interval_s: float = _key(1.0, "seconds between progress messages to queued and prefilling requests "
+                                      "(they double as liveness probes; the protocol promises at most 2)",
+                                      lambda v: None if 0 < v <= 2 else "must be in (0, 2]")
+    keep_alive_s: float = _key(300.0, "idle seconds before the cache shrinks to idle_cache_budget; < 0 = never",
+                               None)
+    idle_cache_budget: str = _key("10%", "the cache budget while idle (same forms as cache_budget)", _budget)
+    drain_timeout_s: float = _key(10.0, "on shutdown, seconds running requests may continue before they end "
+                                  "with done reason `shutdown`", _at_least(0))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    endpoint: str = _key("", "where to listen: `ipc://PATH` or `tcp://127.0.0.1:PORT` (loopback only); empty = "
+                         "ipc://$XDG_RUNTIME_DIR/moed/moed.sock, else ipc:///tmp/moed-<uid>/moed.sock")
+    state_dir: str = _key("", "where cache statistics are saved at shutdown; empty = the platform's state folder")
+    send_hwm: int = _key(1000, "messages queued per client before its stream counts as slow (ZeroMQ SNDHWM)",
+                         _at_least(1))
+    heartbeat_s: float = _key(2.0, "ZMTP heartbeat interval; a peer silent for 3 intervals is dropped",
+                              _at_least(0.1))
+    slow_client_bytes: int = _key(1 << 20, "undelivered bytes merged for one request before it fails with "
+                                  "`slow_client`", _at_least(1))
+    slow_client_s: float = _key(30.0, "seconds a request's stream may stay blocked before it fails with "
+                                "`slow_client`", _at_least(0.01))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    log_level: str = _key("info", "`debug`, `info`, `warning` or `error`", _one_of(*LOG_LEVELS))
+    log_file: str = _key("", "also log to this file, rotated by size; empty = stderr only")
+    log_max_bytes: int = _key(10 << 20, "rotate the log file at this size", _at_least(1024))
+    log_backups: int = _key(3, "rotated log files kept", _at_least(0))
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def replace(self, **values: Any) -> DaemonConfig:
+        """A copy with keys changed by name (e.g. `replace(max_batch=2)`), validated."""
+        return _build(self, {k: (v, "replace()") for k, v in values.items()})
+
+
+SECTIONS: dict[str, type] = {"engine": EngineConfig, "scheduler": SchedulerConfig, "server": ServerConfig,
+                             "log": LogConfig}
+# key -> (section, dataclass field); key names are unique across sections (asserted below)
+KEYS: dict[str, tuple[str, dataclasses.Field]] = {
+    f.name: (sec, f) for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+assert len(KEYS) == sum(len(dataclasses.fields(c)) for c in SECTIONS.values()), "config keys must be unique"
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None, default_path: Path | None = None) -> DaemonConfig:
+    """Build the config: defaults, then the TOML file, then MOED_<KEY> variables, then `flags` (None = not given).
+
+    `path` is the file to read (an error if missing); without it $MOED_CONFIG, else `default_path` (read only if
+    it exists; defaults to paths.config_path()).
+
+    Raises:
+        ConfigError: unreadable or invalid TOML, an unknown section or key, a wrong type, a bad value.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, tuple[Any, str]] = {}
+    file = _config_file(path, env, default_path)
+    if file is not None:
+        values.update(_read_file(file))
+    values.update(_read_env(env))
+    values.update({k: (v, "flag --" + k.replace("_", "-")) for k, v in (flags or {}).items() if v is not None})
+    return _build(DaemonConfig(), values)
+
+
+def _config_file(path: str | os.PathLike[str] | None, env: Mapping[str, str],
+                 default_path: Path | None) -> Path | None:
+    explicit = path if path is not None else env.get(ENV_CONFIG)
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    if default_path is None:
+        from .paths import config_path
+
+        default_path = config_path()
+    return default_path if default_path.is_file() else None
+
+
+def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    out: dict[str, tuple[Any, str]] = {}
+    for name, value in doc.items():
+        if isinstance(value, dict):
+            if name not in SECTIONS:
+                raise ConfigError(f"{path}: unknown section [{name}]; sections are {', '.join(SECTIONS)}")
+            for key, v in value.items():
+                if key not in KEYS or KEYS[key][0] != name:
+                    raise ConfigError(f"{path}: unknown key `{name}.{key}`; [{name}] has "
+                                      f"{', '.join(f.name for f in dataclasses.fields(SECTIONS[name]))}")
+                out[key] = (v, f"{path} [{name}]")
+        elif name in KEYS:
+            out[name] = (value, str(path))
+        else:
+            raise ConfigError(f"{path}: unknown key `{name}`; see `moed serve --help` or docs/daemon.md")
+    return out
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    out: dict[str, tuple[Any, str]] = {}
+    for key, (_, f) in KEYS.items():
+        name = ENV_PREFIX + key.upper()
+        if name in env:
+            out[key] = (_from_text(env[name], f, name), f"${name}")
+    return out
+
+
+def _from_text(text: str, f: dataclasses.Field, source: str) -> Any:
+    kind = _kind(f)
+    try:
+        return int(text) if kind is int else float(text) if kind is float else text
+    except ValueError:
+        raise ConfigError(f"{source}={text!r}: `{f.name}` must be {_type_name(kind)}") from None
+
+
+def _kind(f: dataclasses.Field) -> type:
+    return {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string"}[kind]
+
+
+def _build(base: DaemonConfig, values: Mapping[str, tuple[Any, str]]) -> DaemonConfig:
+    changes: dict[str, dict[str, Any]] = {sec: {} for sec in SECTIONS}
+    for key, (value, source) in values.items():
+        if key not in KEYS:
+            raise ConfigError(f"{source}: unknown key `{key}`")
+        sec, f = KEYS[key]
+        changes[sec][key] = _checked(value, f, f"`{sec}.{key}` (from {source})")
+    config = DaemonConfig(**{sec: dataclasses.replace(getattr(base, sec), **ch) for sec, ch in changes.items()})
+    _check_endpoint(config.server.endpoint)
+    return config
+
+
+def _checked(value: Any, f: dataclasses.Field, where: str) -> Any:
+    kind = _kind(f)
+    ok = (isinstance(value, kind) and not isinstance(value, bool)) or (
+        kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{where} must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
+    value = kind(value)
+    check = f.metadata.get("check")
+    problem = check(value) if check else None
+    if problem:
+        raise ConfigError(f"{where} {problem}, got {value!r}")
+    return value
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """ipc:// with a short enough path, or tcp:// on a loopback address."""
+    if not endpoint:
+        return
+    where = f"`server.endpoint` {endpoint!r}"
+    if endpoint.startswith("ipc://"):
+        from moed.clients.endpoints import check_ipc_endpoint
+
+        if not endpoint[len("ipc://"):]:
+            raise ConfigError(f"{where} needs a socket path")
+        try:
+            check_ipc_endpoint(endpoint)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        return
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        host = host.strip("[]")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where} needs a port in 1..65535 (tcp://127.0.0.1:PORT)")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(f"{where}: TCP is served on loopback only (127.0.0.1, ::1 or localhost), "
+                              f"never on {host or 'all interfaces'}")
+        return
+    raise ConfigError(f"{where} must start with ipc:// or tcp://")
+
+
+def describe() -> list[dict[str, str]]:
+    """One row per key (section, key, type, default, env, meaning), for docs and `moed serve --help-config`."""
+    rows = []
+    for key, (sec, f) in KEYS.items():
+        default = f.default
+        rows.append({"section": sec, "key": key, "type": _kind(f).__name__, "default": repr(default),
+                     "env": ENV_PREFIX + key.upper(), "meaning": f.metadata["doc"]})
+    return rows
+
+
+def as_toml(config: DaemonConfig) -> str:
+    """The effective config as TOML (what `moed serve --check` prints)."""
+    lines = []
+    for sec in SECTIONS:
+        lines.append(f"[{sec}]")
+        for f in dataclasses.fields(SECTIONS[sec]):
+            v = getattr(getattr(config, sec), f.name)
+            lines.append(f"{f.name} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)

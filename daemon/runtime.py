@@ -1,0 +1,112 @@
+"""Process plumbing of `moed serve`: the endpoint lock, the socket file, signals, and readiness for systemd.
+
+- EndpointLock: an exclusive flock(2) on a file beside the ipc socket (`moed.sock.lock`), or in the runtime
+  folder for tcp (`tcp-127.0.0.1-7878.lock`), taken before binding: a second daemon on the same endpoint fails
+  with a message naming the first one's pid instead of silently stealing the socket (a second ipc bind would
+  unlink and replace the first one's socket file). The kernel drops the lock when the process dies, so a crash
+  leaves no stale lock; a stale socket file is removed only while holding the lock.
+- Signals: SIGTERM and SIGINT begin a graceful shutdown; a second one ends running requests at once.
+- sd_notify: READY=1 / STOPPING=1 when $NOTIFY_SOCKET is set (systemd Type=notify); a no-op elsewhere.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import signal
+import socket
+from pathlib import Path
+from types import FrameType
+from typing import Callable
+
+from moed.clients.endpoints import ipc_path, make_runtime_dir, runtime_dir
+
+
+class EndpointInUse(RuntimeError):
+    """Another daemon holds the endpoint's lock (or, for tcp, another program holds the port)."""
+
+
+def lock_path(endpoint: str) -> Path:
+    """The lock file that guards an endpoint."""
+    sock = ipc_path(endpoint)
+    if sock is not None:
+        return sock.with_name(sock.name + ".lock")
+    name = re.sub(r"[^A-Za-z0-9.]+", "-", endpoint.split("://", 1)[-1]).strip("-")
+    return runtime_dir() / f"tcp-{name}.lock"
+
+
+def prepare_endpoint_dir(endpoint: str) -> None:
+    """Create and check the private (0700, ours) folder that holds the socket or the tcp lock file.
+
+    Raises:
+        PermissionError: the folder belongs to someone else or is open to others.
+    """
+    make_runtime_dir(lock_path(endpoint).parent)
+
+
+class EndpointLock:
+    """Held for the daemon's lifetime; `release()` removes the socket file (ipc) and the lock file."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint, self.path = endpoint, lock_path(endpoint)
+        self._fd: int | None = None
+
+    def acquire(self) -> EndpointLock:
+        """Take the lock and clear a stale ipc socket file.
+
+        Raises:
+            EndpointInUse: another process holds it; the message names its pid.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise EndpointInUse(f"another moed daemon (pid {pid}) is serving {self.endpoint}; stop it first "
+                                f"(`moectl shutdown`) or choose another endpoint") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        sock = ipc_path(self.endpoint)
+        if sock is not None and sock.exists():
+            sock.unlink()  # left by a daemon that died; we hold the lock, so nobody serves it
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        sock = ipc_path(self.endpoint)
+        if sock is not None:
+            sock.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)  # while still locked, so no other daemon can be using this file
+        os.close(self._fd)
+        self._fd = None
+
+
+def install_signal_handlers(on_signal: Callable[[str, int], None]) -> None:
+    """Call on_signal(name, count) on SIGTERM / SIGINT (count: how many so far). Main thread only."""
+    counts = {"n": 0}
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        counts["n"] += 1
+        on_signal(signal.Signals(signum).name, counts["n"])
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd about a state change (e.g. READY=1) when it started us with Type=notify."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError:
+        pass  # readiness is a courtesy to the service manager, never a reason to fail

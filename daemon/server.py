@@ -1,0 +1,249 @@
+"""The socket loop: one ROUTER socket, decode and validate, answer control requests at once, route the rest.
+
+It runs on one thread (the main thread under `moed serve`) and never computes: each frame is checked with
+protocol.parse_request; errors, hello, status, health, cancel, shutdown and governor_* are answered right away from
+state the scheduler publishes; a generate request is handed to the scheduler (which may refuse it: loading,
+shutting_down, busy). Replies from the scheduler arrive on a queue, with a byte on a socketpair to wake the poll,
+and go out through the Outbox (seq numbers, slow clients, dead clients; see delivery.py).
+
+Shutdown (a shutdown request, a signal, or the scheduler dying): the scheduler drains, the loop keeps answering
+(generate gets shutting_down) until the scheduler has stopped and every final went out or `flush_s` passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+import zmq
+
+from moed.clients import protocol
+
+from .delivery import Outbox
+from .jobs import JobError, Key
+from .logs import event
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+# ZeroMQ drops the connection of a peer whose frame exceeds MAXMSGSIZE; the daemon takes frames up to this size so
+# that one somewhat over protocol.MAX_MESSAGE_BYTES gets a `too_large` error instead of a silent disconnect.
+SOCKET_MAX_FRAME = 4 * protocol.MAX_MESSAGE_BYTES
+RECV_BATCH = 256  # frames handled per poll wake-up before replies get a turn
+FLUSH_S = 2.0  # after the scheduler stopped, how long finals may take to leave
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    try:
+        return pkg_version("moed")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Server:
+    def __init__(self, sock: zmq.Socket, scheduler_factory: Callable[..., Scheduler], *, slow_bytes: int,
+                 slow_s: float, drain_timeout_s: float):
+        self._sock = sock
+        self._replies: queue.SimpleQueue[tuple[Key, str, dict[str, Any]]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        self.scheduler = scheduler_factory(emit=self._post, on_exit=self._poke)
+        self._outbox = Outbox(sock, on_gone=lambda k: self.scheduler.cancel(k, "client_gone"),
+                              on_slow=lambda k: self.scheduler.cancel(k, "slow_client"),
+                              slow_bytes=slow_bytes, slow_s=slow_s)
+        self._drain_timeout_s = drain_timeout_s
+        self._stop_reason: str | None = None
+        self._stop_lock = threading.Lock()
+        self._draining = False
+        self._stopped_at: float | None = None
+        self._started = time.monotonic()
+        self._version = version()
+        self._handlers: dict[str, Callable[[bytes, dict[str, Any]], None]] = {
+            "hello": self._hello, "generate": self._generate, "cancel": self._cancel, "status": self._status,
+            "health": self._health, "shutdown": self._shutdown, "governor_get": self._no_governor,
+            "governor_set": self._no_governor,
+        }
+
+    # -- other threads ----------------------------------------------------------------------------------------
+    def _post(self, key: Key, kind: str, body: dict[str, Any]) -> None:
+        """The scheduler's emit: queue a reply and wake the loop."""
+        self._replies.put((key, kind, body))
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            self._wake_w.send(b"!")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending (or we are closing): either way the loop will look
+
+    def request_shutdown(self, reason: str, immediate: bool = False) -> None:
+        """Begin a graceful shutdown (thread- and signal-safe). immediate: end running requests now."""
+        with self._stop_lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+        if immediate:
+            self.scheduler.begin_drain(0.0)
+        self._poke()
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until shut down; returns the exit code (0 clean, 1 the scheduler failed)."""
+        self.scheduler.start()
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        try:
+            while not self._finished():
+                timeout = 20 if self._outbox.busy() else 500
+                ready = dict(poller.poll(timeout))
+                if self._sock in ready:
+                    self._receive()
+                if self._wake_r.fileno() in ready:
+                    self._drain_wake()
+                self._deliver()
+                self._outbox.retry()
+                self._check_stop()
+        finally:
+            self.scheduler.join(5.0)
+            self._wake_r.close()
+            self._wake_w.close()
+        return 1 if self.scheduler.fatal else 0
+
+    def _receive(self) -> None:
+        for _ in range(RECV_BATCH):
+            try:
+                frames = self._sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(frames[0], frames[1:])
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _deliver(self) -> None:
+        while True:
+            try:
+                key, kind, body = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            self._outbox.post(key, kind, body)
+
+    def _check_stop(self) -> None:
+        if self._stop_reason is None and self._scheduler_stopped():
+            self._stop_reason = f"the model thread stopped: {self.scheduler.fatal or 'no reason given'}"
+        if self._stop_reason is not None and not self._draining:
+            self._draining = True
+            event(log, logging.INFO, "shutting down", reason=self._stop_reason)
+            self.scheduler.begin_drain(self._drain_timeout_s)
+        if self._draining and self._stopped_at is None and self._scheduler_stopped():
+            self._stopped_at = time.monotonic()
+
+    def _scheduler_stopped(self) -> bool:
+        # "stopped" is set just before the thread's last wake-up: waiting for the thread to end would cost a poll
+        return self.scheduler.state == "stopped" or not self.scheduler.is_alive()
+
+    def _finished(self) -> bool:
+        if self._stopped_at is None:
+            return False
+        self._deliver()
+        if not self._outbox.busy():
+            return True
+        return time.monotonic() - self._stopped_at > FLUSH_S
+
+    # -- requests ---------------------------------------------------------------------------------------------
+    def _handle(self, client: bytes, body: list[bytes]) -> None:
+        if len(body) != 1:
+            self._error(client, None, "malformed", f"a request is one frame, got {len(body)} frames after the "
+                        f"identity (use a DEALER socket without an empty delimiter)")
+            return
+        try:
+            req = protocol.parse_request(body[0])
+        except protocol.ProtocolError as e:
+            self._error(client, e.request_id, e.code, e.message, **e.extra)
+            return
+        try:
+            self._handlers[req["type"]](client, req)
+        except Exception as e:  # noqa: BLE001 - a handler bug answers one request, it never stops the daemon
+            log.exception("handler failed")
+            self._error(client, req["id"], "internal", f"{req['type']} failed: {type(e).__name__}: {e}")
+
+    def _reply(self, client: bytes, rid: str, result: dict[str, Any]) -> None:
+        self._outbox.send_once(client, rid, "ok", result)
+
+    def _error(self, client: bytes, rid: str | None, code: str, message: str, **extra: Any) -> None:
+        log.debug("refused %s from %s: %s %s", rid, client.hex(), code, message)
+        self._outbox.send_once(client, rid, "error", {"code": code, "message": message, **extra})
+
+    def _hello(self, client: bytes, req: dict[str, Any]) -> None:
+        try:
+            v = protocol.negotiate(req["params"]["versions"])
+        except protocol.ProtocolError as e:
+            self._error(client, req["id"], e.code, e.message, **e.extra)
+            return
+        snap = self.scheduler.snapshot()
+        limits = {**protocol.LIMITS, "context_length": snap["context_limit"]}
+        event(log, logging.DEBUG, "hello", client=client.hex(), name=req["params"]["client"])
+        self._reply(client, req["id"], {"version": v, "server": f"moed/{self._version}",
+                                        "model_type": snap["model_type"], "limits": limits})
+
+    def _generate(self, client: bytes, req: dict[str, Any]) -> None:
+        key = (client, req["id"])
+        if self._outbox.in_flight(key):
+            self._refuse(key, "duplicate_id", f"request {req['id']!r} of this connection is still in flight; use a "
+                         f"new id for each request")
+            return
+        if self._draining:
+            self._refuse(key, "shutting_down", "the daemon is shutting down and admits no new work")
+            return
+        self._outbox.open(key)
+        try:
+            self.scheduler.submit(key, req["params"], time.monotonic_ns())
+        except JobError as e:
+            self._outbox.close(key)
+            self._refuse(key, e.code, e.message, **e.extra)
+
+    def _refuse(self, key: Key, code: str, message: str, **extra: Any) -> None:
+        """A generate request refused before the scheduler took it: logged like every generate request, once."""
+        event(log, logging.INFO, "request", id=key[1], client=key[0].hex(), error=code, message=message)
+        self._outbox.send_once(key[0], key[1], "error", {"code": code, "message": message, **extra})
+
+    def _cancel(self, client: bytes, req: dict[str, Any]) -> None:
+        key = (client, req["params"]["target"])
+        if self._outbox.streaming(key):
+            self._reply(client, req["id"], {"cancelled": self.scheduler.cancel(key, "cancelled")})
+        elif self._outbox.in_flight(key) or self._outbox.recently_finished(key):
+            self._reply(client, req["id"], {"cancelled": False})
+        else:
+            self._error(client, req["id"], "not_found", f"no request {key[1]!r} of this connection is in flight "
+                        f"(ids are per connection)")
+
+    def _status(self, client: bytes, req: dict[str, Any]) -> None:
+        snap = self.scheduler.snapshot()
+        if self._draining:
+            snap["state"] = "draining"
+        snap.update(uptime_s=round(time.monotonic() - self._started, 3), version=self._version)
+        self._reply(client, req["id"], snap)
+
+    def _health(self, client: bytes, req: dict[str, Any]) -> None:
+        state = "draining" if self._draining else self.scheduler.state
+        state = state if state in protocol.DAEMON_STATES else "draining"
+        self._reply(client, req["id"], {"ok": state == "ready", "state": state})
+
+    def _shutdown(self, client: bytes, req: dict[str, Any]) -> None:
+        self._reply(client, req["id"], {})
+        self.request_shutdown(f"shutdown request from {client.hex()}")
+
+    def _no_governor(self, client: bytes, req: dict[str, Any]) -> None:
+        self._error(client, req["id"], "not_available", "this daemon has no governor yet; set the batch ceiling "
+                    "and cache budget in its config (max_batch, cache_budget)")

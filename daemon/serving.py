@@ -1,0 +1,130 @@
+"""The daemon as a whole: endpoint lock, ROUTER socket, scheduler thread and socket loop, and its exit code.
+
+    Daemon(config).serve() -> exit code      # blocks; `moed serve` runs it on the main thread, tests on another
+
+Order at start: private runtime folder -> lock (exit 3 if another daemon holds it) -> bind -> the scheduler thread
+starts loading the model (status says `loading`, then `ready`) -> the socket loop serves. At the end: drain, save
+the cache statistics (scheduler), close the socket (LINGER 0), remove the socket file and the lock.
+
+Threads: the caller's thread runs the socket loop (it owns the ZeroMQ socket); `moed-scheduler` owns MLX; the
+expert reader has its own pool. Nothing else.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from typing import Any, Callable
+
+import zmq
+
+from moed.clients.endpoints import check_ipc_endpoint, default_endpoint, ipc_path
+
+from .config import DaemonConfig
+from .logs import event
+from .runtime import EndpointInUse, EndpointLock, prepare_endpoint_dir, sd_notify
+from .scheduler import Scheduler
+from .server import SOCKET_MAX_FRAME, Server
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_IN_USE = 0, 1, 2, 3
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, *, loader: Callable[..., Any] | None = None):
+        self.config = config
+        self.endpoint = config.server.endpoint or default_endpoint()
+        self._loader = loader
+        self._server: Server | None = None
+        self._started = threading.Event()
+        self._lock = threading.RLock()  # re-entrant: a signal handler may run while the main thread holds it
+        self._pending_stop: tuple[str, bool] | None = None
+
+    def serve(self) -> int:
+        """Run until shut down. Returns 0 (clean), 1 (fatal error), 2 (bad runtime folder), 3 (endpoint in use)."""
+        lock = EndpointLock(self.endpoint)
+        try:
+            check_ipc_endpoint(self.endpoint)  # the default path too: $XDG_RUNTIME_DIR may be long
+            prepare_endpoint_dir(self.endpoint)
+            lock.acquire()
+        except EndpointInUse as e:
+            log.error("%s", e)
+            return EXIT_IN_USE
+        except (OSError, ValueError) as e:  # a runtime folder we may not use, or cannot create
+            log.error("cannot use %s: %s", self.endpoint, e)
+            return EXIT_CONFIG
+        try:
+            return self._serve_locked()
+        finally:
+            lock.release()
+            event(log, logging.INFO, "stopped", endpoint=self.endpoint)
+
+    def _serve_locked(self) -> int:
+        ctx: zmq.Context = zmq.Context.instance()
+        sock = ctx.socket(zmq.ROUTER)
+        try:
+            self._configure(sock)
+            try:
+                sock.bind(self.endpoint)
+            except zmq.ZMQError as e:
+                log.error("cannot listen on %s: %s", self.endpoint, e)
+                return EXIT_IN_USE if e.errno == errno.EADDRINUSE else EXIT_FATAL
+            path = ipc_path(self.endpoint)
+            if path is not None:
+                os.chmod(path, 0o600)  # the folder is 0700 already; this is belt and braces
+            sc = self.config.scheduler
+            server = Server(sock, lambda emit, on_exit: Scheduler(self.config, emit, on_exit, self._loader),
+                            slow_bytes=self.config.server.slow_client_bytes,
+                            slow_s=self.config.server.slow_client_s, drain_timeout_s=sc.drain_timeout_s)
+            with self._lock:
+                self._server, pending = server, self._pending_stop
+            if pending is not None:
+                server.request_shutdown(*pending)
+            self._started.set()
+            event(log, logging.INFO, "listening", endpoint=self.endpoint, pid=os.getpid())
+            threading.Thread(target=self._notify_ready, args=(server,), daemon=True, name="moed-notify").start()
+            code = server.run()
+            sd_notify("STOPPING=1")
+            return code
+        finally:
+            self._started.set()
+            sock.close(linger=0)
+
+    def _configure(self, sock: zmq.Socket) -> None:
+        sc = self.config.server
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable -> EHOSTUNREACH (client gone), not a silent drop
+        sock.setsockopt(zmq.SNDHWM, sc.send_hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_FRAME)
+        sock.setsockopt(zmq.LINGER, 0)
+        ivl = int(sc.heartbeat_s * 1000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * ivl)
+
+    @staticmethod
+    def _notify_ready(server: Server) -> None:
+        """Tell systemd once the model is loaded (a side thread: the loop must not wait for this)."""
+        while server.scheduler.is_alive() and server.scheduler.state == "loading":
+            threading.Event().wait(0.1)
+        if server.scheduler.state == "ready":
+            sd_notify("READY=1")
+
+    def shutdown(self, reason: str = "requested", immediate: bool = False) -> None:
+        """Begin a graceful shutdown from any thread (or a signal handler)."""
+        with self._lock:
+            server = self._server
+            if server is None:
+                self._pending_stop = (reason, immediate)
+                return
+        server.request_shutdown(reason, immediate)
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """True once the socket is bound (or serve() gave up)."""
+        return self._started.wait(timeout)
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        return self._server.scheduler if self._server is not None else None
