@@ -4,6 +4,7 @@
                      [--read-modes direct,buffered] [--policies lfu,lru] [--prompt-len 128] [--steps 64]
                      [--sample-tokens 32] [--read-threads 4] [--repeat 1] [--no-restart]
                      [--out FILE.json] [--results docs/results.md --note "what this run is for"]
+    moed bench STORE --clients 1,2,4,8 [--cache-budget 25%] [--steps 32] [--prompt-len 32] [...]
 
 Every configuration runs in its own process: mlx-lm with the whole checkpoint in RAM (--reference), moed at each
 point of the plan (see moed.daemon.bench.plan), moed's read path against the raw device throughput, and a warm
@@ -40,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-threads", type=int, default=4)
     p.add_argument("--repeat", type=int, default=1, help="runs per configuration (the table shows medians)")
     p.add_argument("--no-restart", action="store_true", help="skip the warm-restart run")
+    p.add_argument("--clients", default=None, help="instead: serve STORE and run N concurrent clients at batch "
+                   "ceiling N for each N given, e.g. 1,2,4,8 (see moed.daemon.bench.multiclient)")
+    p.add_argument("--cache-budget", default="25%", help="with --clients: the daemon's cache budget")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--results", type=Path, default=None, help="markdown file to append the table to")
     p.add_argument("--note", default="", help="a line saying what this run is for (goes to --results)")
@@ -63,7 +67,28 @@ def _axes(args: argparse.Namespace):
                 modes=split(args.read_modes), policies=split(args.policies))
 
 
+def run_clients(args: argparse.Namespace) -> int:
+    from ..bench.multiclient import run_ceiling, table
+
+    rows = []
+    for n in (int(x) for x in args.clients.split(",")):
+        rows.append(run_ceiling(args.store, n, args.cache_budget, args.steps, args.prompt_len))
+        print(f"[bench] {n} clients: {rows[-1]['aggregate_tps']:.2f} tok/s", file=sys.stderr, flush=True)
+    text = table(rows)
+    print(text)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    if args.results:
+        with open(args.results, "a") as f:
+            f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M:%S')} — {Path(args.store).name}, concurrent clients, "
+                    f"budget {args.cache_budget}\n\n{args.note}\n\n`moed bench {args.store} --clients {args.clients}"
+                    f" --steps {args.steps} --prompt-len {args.prompt_len}`\n\n{text}\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.clients:
+        return run_clients(args)
     from ..bench.plan import configs
     from ..bench.report import summarise, table
 
