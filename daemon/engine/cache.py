@@ -100,6 +100,7 @@ class ExpertCache:
         self._where: dict[tuple[int, int], int] = {}  # (layer, expert) -> slot
         self._futures: dict[int, Future] = {}  # slot -> read in flight
         self._prefetched: set[int] = set()  # slots filled by prefetch and not requested yet
+        self._protected: dict[int, int] = {}  # unused prefetched slot -> the layer it was read for
         self._busy = np.zeros(0, dtype=np.int64)  # slots the pending graph reads
         self._usage: dict[tuple[int, int], float] = {}  # decayed use counts, for warm restarts
         self._pending: list[mx.array] = []  # lazy outputs that read the banks (see guard)
@@ -131,7 +132,7 @@ class ExpertCache:
             where[key] = new
         self._banks, self._host, self._where = banks, host, where
         self._state, self._key_of, self._score, self._last = state, key_of, score, last
-        self._prefetched, self._busy = set(), np.zeros(0, dtype=np.int64)
+        self._prefetched, self._protected, self._busy = set(), {}, np.zeros(0, dtype=np.int64)
         # Typed views the compute reads: [slots, *per-expert shape]; they share the banks' buffers.
         self.views = {t.name: banks[t.name].view(_MLX_DTYPES[t.dtype]).reshape((slots,) + t.shape)
                       for t in self.layout.tensors}
@@ -195,6 +196,7 @@ class ExpertCache:
 
     def _victim(self, pinned: np.ndarray, wait: bool = False) -> int:
         """A free slot, else evict the lowest-ranked evictable one. Slots being read into cannot be evicted;
+        prefetches not yet used are protected from other prefetches (wait=False) until their layer has run;
         with wait=True (demand reads) the oldest unpinned read in flight is finished first if nothing else is
         evictable. Raises RuntimeError if no slot can be had."""
         while True:
@@ -205,6 +207,8 @@ class ExpertCache:
             rank[self._state != READY] = np.inf  # never evict a slot being read into
             rank[pinned] = np.inf
             rank[self._busy] = np.inf
+            if not wait and self._protected:
+                rank[list(self._protected)] = np.inf  # a prefetch never evicts another one still awaited
             slot = int(np.argmin(rank))
             if np.isfinite(rank[slot]):
                 self._evict(slot)
@@ -223,7 +227,11 @@ class ExpertCache:
             self._stats.evictions += 1
             if slot in self._prefetched:
                 self._stats.prefetch_wasted += 1
+        self._forget_prefetch(slot)
+
+    def _forget_prefetch(self, slot: int) -> None:
         self._prefetched.discard(slot)
+        self._protected.pop(slot, None)
 
     # -- loads ------------------------------------------------------------------------------------------------
     def _load(self, key: tuple[int, int], slot: int, priority: int) -> None:
@@ -249,7 +257,7 @@ class ExpertCache:
         except BaseException as e:  # the slot holds garbage: forget it
             self._where.pop(self._key_of[slot], None)
             self._key_of[slot], self._state[slot] = None, FREE
-            self._prefetched.discard(slot)
+            self._forget_prefetch(slot)
             return e
         self._state[slot] = READY
         with self._lock:
@@ -285,9 +293,11 @@ class ExpertCache:
         for i, s in enumerate(slots):
             self._touch(int(s), i / len(slots))
             if s in self._prefetched:
-                self._prefetched.discard(int(s))
+                self._forget_prefetch(int(s))
                 with self._lock:
                     self._stats.prefetch_used += 1
+        for slot in [s for s, target in self._protected.items() if target == layer]:
+            del self._protected[slot]  # its layer ran without it: an ordinary (score-0) entry from now on
         for e in experts:
             key = (layer, int(e))
             self._usage[key] = self._usage.get(key, 0.0) + 1.0
@@ -351,6 +361,7 @@ class ExpertCache:
             self._load(key, slot, priority)
             self._score[slot] = score
             self._prefetched.add(slot)
+            self._protected[slot] = layer
             pinned.append(slot)
             started += 1
         with self._lock:
