@@ -162,6 +162,8 @@ class AsyncClient:
             return
         self._closed = True
         self._fail_all(MoedError("the client was closed"))
+        if self._sock is not None:
+            _stop_monitor(self._sock)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -289,9 +291,9 @@ class AsyncClient:
             sock.close(linger=0)
             raise DaemonUnavailable(f"cannot connect to {self.endpoint}: {e}") from None
         self._sock = sock
-        self._tasks = [asyncio.create_task(self._receive(sock)), asyncio.create_task(self._watch(monitor))]
+        self._tasks = [asyncio.create_task(self._receive(sock)), asyncio.create_task(self._watch(sock, monitor))]
 
-    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+    async def _watch(self, sock: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket) -> None:
         """Fail everything in flight when the connection drops (the next call says hello again), and fail a hello
         at once when the connection is refused (a stale socket file, a closed port) instead of at its deadline."""
         try:
@@ -306,6 +308,7 @@ class AsyncClient:
         except zmq.ZMQError:
             pass
         finally:
+            _stop_monitor(sock)  # first: see _stop_monitor
             monitor.close(linger=0)
 
     async def _receive(self, sock: zmq.asyncio.Socket) -> None:
@@ -374,6 +377,16 @@ class AsyncClient:
     def _violation(self, err: ProtocolViolation) -> None:
         log.warning("moed daemon broke the protocol: %s", err)
         self.violations.append(err)
+
+
+def _stop_monitor(sock: zmq.asyncio.Socket) -> None:
+    """Stop a socket's monitor before its PAIR socket closes. libzmq sends monitor events with a blocking send
+    from the context's I/O thread: an event for a monitor nobody reads any more would stall that thread, and with
+    it every socket of the (shared) context."""
+    try:
+        sock.disable_monitor()
+    except zmq.ZMQError:
+        pass  # already closed
 
 
 def _order_problem(call: _Call, msg: dict[str, Any]) -> str | None:

@@ -154,15 +154,15 @@ def test_cancel_of_an_unknown_request_raises_not_found(fake: FakeDaemon):
 
 
 def test_progress_keeps_a_queued_stream_alive_past_the_silence_limit(fake: FakeDaemon):
-    def handler(req: FakeRequest) -> None:  # 8 progress frames 0.1 s apart: 0.8 s in all, timeout 0.3 s
-        for i in range(8):
-            req.later(0.1 * i, functools.partial(req.progress, "queued", 7 - i))
-        req.later(0.85, lambda: (req.chunk("done"), req.ok(gen_result())))
+    def handler(req: FakeRequest) -> None:  # 16 progress frames 0.05 s apart: 0.8 s in all, timeout 0.5 s
+        for i in range(16):
+            req.later(0.05 * i, functools.partial(req.progress, "queued", 15 - i))
+        req.later(0.8, lambda: (req.chunk("done"), req.ok(gen_result())))
 
     fake.on("generate", handler)
 
     async def main() -> Result:
-        async with AsyncClient(fake.endpoint, timeout=0.3) as c:
+        async with AsyncClient(fake.endpoint, timeout=0.5) as c:
             return await c.complete("hi")
 
     assert arun(main()).text == "done"
