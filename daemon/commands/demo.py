@@ -1,21 +1,27 @@
 """`moed demo`: the built-in default job, end to end, on a fresh machine.
 
-    moed demo [--dir DIR] [--arch qwen3_moe] [--size small] [--cache-budget 25%] [--max-tokens 64]
+    moed demo [--dir DIR] [--arch qwen3_moe] [--size small] [--cache-budget 25%] [--max-tokens 64] [--in-process]
 
-On first run it makes a deterministic random-weight MoE checkpoint (mlx-lm layout, 4-bit), converts it into a
-packed expert store, then streams a generation from the store with only part of the experts in memory, and
-prints the stats. Later runs reuse the store. DIR defaults to moed's data folder (see moed.daemon.paths).
+On first run it makes a deterministic random-weight MoE checkpoint (mlx-lm layout, 4-bit, float32 scales: the
+fast kind on MLX's CPU backend), converts it into a packed expert store, then starts `moed serve` on a private
+endpoint with only part of the experts in memory, streams a generation to a client (moed.clients.Client), prints
+the stats and stops the daemon. Later runs reuse the store. `--in-process` skips the daemon and runs the engine
+directly (`moed generate`). DIR defaults to moed's data folder (see moed.daemon.paths).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="make a demo model and stream a generation from it", description=__doc__,
+    p = sub.add_parser("demo", help="make a demo model, serve it, and stream a generation", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", type=Path, default=None, help="where the demo model and store live")
     p.add_argument("--arch", default="qwen3_moe")
@@ -23,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-budget", default="25%")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--prompt", default="Four score and seven years ago our fathers brought forth")
+    p.add_argument("--in-process", action="store_true", help="run the engine in this process, without the daemon")
     p.set_defaults(func=run)
 
 
@@ -38,7 +45,7 @@ def ensure_store(base: Path, arch: str, size: str) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     if not (ckpt / "config.json").is_file():
         print(f"making a random-weight {arch} ({size}) checkpoint in {ckpt}", file=sys.stderr)
-        make_test_model(ckpt, arch=arch, size=size, layout="mlx", bits=4, dtype="float32")  # fp32: fast on CPU
+        make_test_model(ckpt, arch=arch, size=size, layout="mlx", bits=4, dtype="float32")
     print(f"converting {ckpt} into the packed expert store {store}", file=sys.stderr)
     convert(ckpt, store, progress=lambda msg: print(msg, file=sys.stderr))
     return store
@@ -46,10 +53,82 @@ def ensure_store(base: Path, arch: str, size: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..paths import data_dir
-    from .generate import run as generate
 
     store = ensure_store(args.dir or data_dir() / "demo", args.arch, args.size)
-    print(f"streaming from {store} with a {args.cache_budget} expert cache:\n", file=sys.stderr)
+    if args.in_process:
+        return _in_process(args, store)
+    with tempfile.TemporaryDirectory(prefix="moed-demo-") as tmp:
+        endpoint = f"ipc://{tmp}/moed.sock"
+        cmd = [sys.executable, "-m", "moed.daemon.cli", "serve", str(store), "--endpoint", endpoint,
+               "--cache-budget", args.cache_budget, "--log-level", "warning"]
+        print(f"starting: {' '.join(cmd[2:])}", file=sys.stderr)
+        daemon = subprocess.Popen(cmd, env={**os.environ, "MOED_STATE_DIR": f"{tmp}/state"})
+        try:
+            return _stream(endpoint, daemon, args)
+        finally:
+            _stop(endpoint, daemon)
+
+
+def _wait_ready(endpoint: str, daemon: subprocess.Popen, timeout: float = 300) -> bool:
+    """Poll status until the daemon says ready (False if it died or the time ran out)."""
+    from ...clients.client import Client, MoedError
+
+    deadline = time.monotonic() + timeout
+    while daemon.poll() is None and time.monotonic() < deadline:
+        try:
+            with Client(endpoint, timeout=5) as c:
+                if c.status().state == "ready":
+                    return True
+        except MoedError:  # not bound yet, or still loading
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stream(endpoint: str, daemon: subprocess.Popen, args: argparse.Namespace) -> int:
+    from ...clients.client import Chunk, Client, MoedError
+
+    if not _wait_ready(endpoint, daemon):
+        print("moed demo: the daemon did not become ready", file=sys.stderr)
+        return 1
+    with Client(endpoint, timeout=120) as client:
+        print(f"streaming from the daemon with a {args.cache_budget} expert cache:\n", file=sys.stderr)
+        try:
+            stream = client.generate(args.prompt, max_tokens=args.max_tokens, temperature=0.8, top_p=0.95, seed=0)
+            for event in stream:
+                if isinstance(event, Chunk):
+                    print(event.text, end="", flush=True)
+            r = stream.result
+        except MoedError as e:
+            print(f"\nmoed demo: {e}", file=sys.stderr)
+            return 1
+        cache = client.status().cache
+    print(f"\n\n{r.prompt_tokens} prompt tokens, {r.generated_tokens} generated ({r.done_reason}): "
+          f"prefill {r.prefill_tps:.1f} tok/s, decode {r.decode_tps:.1f} tok/s; hit rate {r.hit_rate:.1%}, "
+          f"{r.bytes_read / 1e6:.1f} MB read; cache {cache.get('used_bytes', 0) / 1e6:.1f} of "
+          f"{cache.get('budget_bytes', 0) / 1e6:.1f} MB in use", file=sys.stderr)
+    return 0
+
+
+def _stop(endpoint: str, daemon: subprocess.Popen) -> None:
+    from ...clients.client import Client, MoedError
+
+    if daemon.poll() is None:
+        try:
+            with Client(endpoint, timeout=10) as c:
+                c.shutdown()
+        except MoedError:
+            daemon.terminate()
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+
+
+def _in_process(args: argparse.Namespace, store: Path) -> int:
+    from .generate import run as generate
+
+    print(f"streaming in-process from {store} with a {args.cache_budget} expert cache:\n", file=sys.stderr)
     gen_args = argparse.Namespace(
         store=str(store), prompt=args.prompt, max_tokens=args.max_tokens, temp=0.8, top_p=0.95, top_k=0,
         min_p=0.0, seed=0, cache_budget=args.cache_budget, read_mode="direct", read_threads=4, chat=False,
