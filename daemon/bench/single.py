@@ -21,6 +21,7 @@ def run_mlx_lm(cfg: dict) -> dict:
 
     t0 = time.perf_counter()
     model, tokenizer = load(cfg["model"])
+    mx.eval(model.parameters())  # all in RAM before timing: mlx-lm's lazy load would otherwise bill prefill
     load_s = time.perf_counter() - t0
     return {"load_seconds": load_s, **_forced(model, tokenizer, cfg), **_sampled(model, tokenizer, cfg)}
 
