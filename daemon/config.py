@@ -89,7 +89,10 @@ class SchedulerConfig:
 class ServerConfig:
     endpoint: str = _key("", "where to listen: `ipc://PATH` or `tcp://127.0.0.1:PORT` (loopback only); empty = "
                          "ipc://$XDG_RUNTIME_DIR/moed/moed.sock, else ipc:///tmp/moed-<uid>/moed.sock")
-    state_dir: str = _key("", "where cache statistics are saved at shutdown; empty = the platform's state folder")
+    state_dir: str = _key("", "where cache statistics are saved (periodically and at shutdown); empty = the "
+                          "platform's state folder")
+    save_interval_s: float = _key(300.0, "seconds between saves of the expert usage statistics while serving; "
+                                  "0 = only at shutdown", _at_least(0))
     send_hwm: int = _key(1000, "messages queued per client before its stream counts as slow (ZeroMQ SNDHWM)",
                          _at_least(1))
     heartbeat_s: float = _key(2.0, "ZMTP heartbeat interval; a peer silent for 3 intervals is dropped",

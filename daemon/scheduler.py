@@ -66,6 +66,7 @@ class Scheduler:
         self._budget = 0  # the budget in force when not idle
         self._shrunk = False
         self._idle_since = time.monotonic()
+        self._last_save = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="moed-scheduler", daemon=True)
 
     # == any thread (the work is done at the next step boundary) ===============================================
@@ -148,6 +149,7 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
+            self._save_periodically()
             self._controls()
             self._intake()
             self._apply_cancels()
@@ -159,6 +161,18 @@ class Scheduler:
                 self._step()
             else:
                 self._idle_wait()
+
+    def _save_periodically(self) -> None:
+        """Save the expert usage statistics every save_interval_s, so a crash still leaves a warm restart."""
+        interval = self.config.server.save_interval_s
+        now = time.monotonic()
+        if interval <= 0 or now - self._last_save < interval:
+            return
+        self._last_save = now
+        try:
+            self._engine.save_state(self._usage_path())
+        except OSError:
+            log.exception("could not save the expert usage statistics")
 
     # -- controls ------------------------------------------------------------------------------------------
     def _controls(self) -> None:

@@ -8,10 +8,12 @@ errors with their documented codes, and every reply sequence well formed (seq 0.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -419,5 +421,23 @@ def test_tcp_on_loopback(store, monkeypatch, tmp_path):
             from pathlib import Path
 
             assert Path(runtime, "moed", f"tcp-127.0.0.1-{port}.lock").exists()
+        finally:
+            c.close()
+
+
+def test_usage_statistics_are_saved_periodically_while_serving(store):
+    with InProcess(store, keep_alive_s=-1, save_interval_s=0.2) as d:
+        c = Conn(d.endpoint)
+        try:
+            generate(c, "We hold these truths", 4)
+            state = Path(d.config.server.state_dir)
+            usage = list(state.glob("usage-*.json"))
+            deadline = time.monotonic() + 10
+            while not usage:  # written by the scheduler between steps, before any shutdown
+                assert time.monotonic() < deadline, "no usage file while serving"
+                time.sleep(0.05)
+                generate(c, "again", 1)
+                usage = list(state.glob("usage-*.json"))
+            assert json.loads(usage[0].read_text())["usage"]
         finally:
             c.close()
