@@ -129,8 +129,7 @@ class Scheduler:
                               read_threads=ec.read_threads, policy=ec.cache_policy, prefetch_depth=ec.prefetch_depth)
         manifest = self._engine.manifest
         self._budget = parse_budget(ec.cache_budget, manifest.total_expert_bytes)
-        if hasattr(self._engine, "warm_start"):
-            self._engine.warm_start(self._usage_path())
+        self._engine.warm_start(self._usage_path())  # queues background reads only: readiness is not delayed
         context = self.config.scheduler.context_limit or manifest.config.get("max_position_embeddings") or 0
         if not context:
             log.warning("the model config has no max_position_embeddings; context limit %d", DEFAULT_CONTEXT)
@@ -304,7 +303,7 @@ class Scheduler:
         for t in tokens:
             if t.uid in self._active:
                 shares[t.uid] += 1
-        hits = (c1.hits - c0.hits) + (getattr(c1, "inflight_hits", 0) - getattr(c0, "inflight_hits", 0))
+        hits = (c1.hits - c0.hits) + (c1.inflight_hits - c0.inflight_hits)
         for name, total in (("cache_hits", hits), ("cache_misses", c1.misses - c0.misses),
                             ("bytes_read", r1.bytes_read - r0.bytes_read)):
             for uid, part in split_by_share(total, shares).items():
@@ -415,8 +414,7 @@ class Scheduler:
         self._on_exit()
 
     def _save_state(self) -> None:
-        if hasattr(self._engine, "save_state"):
-            self._engine.save_state(self._usage_path())
+        self._engine.save_state(self._usage_path())
         snap = self.snapshot()
         doc = {"store": self.config.engine.store, "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "cache": snap["cache"], "reader": vars(self._engine.reader.stats()), "finished": snap["finished"]}

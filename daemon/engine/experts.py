@@ -3,10 +3,12 @@
 mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, shared experts) and call
 `switch_mlp(x, indices)`; only that call is replaced. Per call:
 
-1. Read the routing indices on the host (one synchronisation per MoE layer; it also finishes every earlier
-   graph, which is what makes in-place slot writes safe).
-2. Acquire the distinct experts of the call from the cache (cached ones cost nothing; missing ones are read).
-   Prefill chunks and decode batches alike read each needed expert at most once per call.
+1. Evaluate the routing indices, together with the prefetcher's predictions for the next layers, and read them
+   on the host: one synchronisation per MoE layer.
+2. Acquire the distinct experts of the call from the cache (cached ones cost nothing; missing ones are read);
+   once the demand reads are queued, the predicted experts of the next layers are queued behind them, so they
+   load while this layer computes. Prefill chunks and decode batches alike read each needed expert at most once
+   per call. The output is registered with the cache (`guard`), which evaluates it before any slot is refilled.
 3. Map expert ids to slot ids and run the same ops SwitchGLU runs (`gather_qmm` / `gather_mm`, activation,
    the same sort for large inputs) over the slot banks. Each output row depends only on its own input row and
    expert, so the result is identical to mlx-lm's.

@@ -100,7 +100,9 @@ def generate(
 
 def _finish(engine: Engine, stats: GenerationStats, cache0, reader0, wall: float) -> None:
     c, rd = engine.cache.stats(), engine.reader.stats()
-    stats.cache_hits, stats.cache_misses = c.hits - cache0.hits, c.misses - cache0.misses
+    # an expert found still in flight (a prefetch) counts as a hit: it was not read on demand
+    stats.cache_hits = c.hits + c.inflight_hits - cache0.hits - cache0.inflight_hits
+    stats.cache_misses = c.misses - cache0.misses
     n = stats.cache_hits + stats.cache_misses
     stats.hit_rate = stats.cache_hits / n if n else 0.0
     stats.bytes_read = rd.bytes_read - reader0.bytes_read
