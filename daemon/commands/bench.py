@@ -73,7 +73,7 @@ def run_clients(args: argparse.Namespace) -> int:
     rows = []
     for n in (int(x) for x in args.clients.split(",")):
         rows.append(run_ceiling(args.store, n, args.cache_budget, args.steps, args.prompt_len))
-        print(f"[bench] {n} clients: {rows[-1]['aggregate_tps']:.2f} tok/s", file=sys.stderr, flush=True)
+        print(f"[bench] {n} clients: {rows[-1]['aggregate_decode_tps']:.2f} decode tok/s", file=sys.stderr, flush=True)
     text = table(rows)
     print(text)
     if args.out:
