@@ -66,7 +66,7 @@ async def _round(endpoint: str, prompts: list[str], max_tokens: int) -> dict:
     }
 
 
-def _prompts(store: str, n: int, prompt_tokens: int) -> list[str]:
+def _prompts(n: int, prompt_tokens: int) -> list[str]:
     """n different slices of the benchmark text, about prompt_tokens tokens each."""
     from ..testmodel import corpus_text
 
@@ -85,8 +85,8 @@ def run_ceiling(store: str, ceiling: int, budget: str, max_tokens: int, prompt_t
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         try:
             _wait_ready(endpoint, proc)
-            asyncio.run(_round(endpoint, _prompts(store, 1, prompt_tokens), 4))  # warm-up, not timed
-            out = asyncio.run(_round(endpoint, _prompts(store, ceiling, prompt_tokens), max_tokens))
+            asyncio.run(_round(endpoint, _prompts(1, prompt_tokens), 4))  # warm-up, not timed
+            out = asyncio.run(_round(endpoint, _prompts(ceiling, prompt_tokens), max_tokens))
         finally:
             proc.terminate()
             try:

@@ -32,6 +32,7 @@ write the slot they were given.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -310,8 +311,6 @@ class ExpertCache:
         return slots
 
     def _wait_all(self, slots: np.ndarray, layer: int, experts: np.ndarray) -> float:
-        import time
-
         t0, error = time.perf_counter(), None
         for i, s in enumerate(slots):
             if int(s) in self._futures:

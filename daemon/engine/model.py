@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.models.switch_layers import SwitchGLU
 from mlx_lm.utils import load_model, load_tokenizer
 
@@ -119,7 +120,7 @@ def load_engine(
         prefetcher = _swap_expert_layers(model, manifest, cache, prefetch_depth)
         dense = model.parameters()
         mx.eval(dense)
-        dense_bytes = sum(a.nbytes for _, a in _flatten(dense))
+        dense_bytes = sum(a.nbytes for _, a in tree_flatten(dense))
         tokenizer = load_tokenizer(root)
     except BaseException:
         reader.close()
@@ -145,9 +146,3 @@ def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache
     if left:
         raise StoreError(f"the store has no experts for SwitchGLU modules {left[:3]}{'...' if len(left) > 3 else ''}")
     return prefetcher
-
-
-def _flatten(tree):
-    from mlx.utils import tree_flatten
-
-    return tree_flatten(tree)
