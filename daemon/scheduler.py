@@ -292,6 +292,7 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001 - a failed step fails its batch, not the daemon
             self._fail_batch(e)
             return
+        eng.cache.flush(keep=1)  # count unsynced layer calls of finished steps (the newest is still computing)
         c1, r1 = eng.cache.stats(), eng.reader.stats()
         shares: Counter[int] = Counter()
         for p in prompts:

@@ -86,6 +86,7 @@ def run_ceiling(store: str, ceiling: int, budget: str, max_tokens: int, prompt_t
         try:
             _wait_ready(endpoint, proc)
             asyncio.run(_round(endpoint, _prompts(1, prompt_tokens), 4))  # warm-up, not timed
+            _wait_filled(endpoint, store, prompt_tokens)
             out = asyncio.run(_round(endpoint, _prompts(ceiling, prompt_tokens), max_tokens))
         finally:
             proc.terminate()
@@ -94,6 +95,22 @@ def run_ceiling(store: str, ceiling: int, budget: str, max_tokens: int, prompt_t
             except subprocess.TimeoutExpired:
                 proc.kill()
     return {"ceiling": ceiling, "budget": budget, **out}
+
+
+def _wait_filled(endpoint: str, store: str, prompt_tokens: int, timeout: float = 300) -> None:
+    """At a budget that holds every expert, the daemon preloads them in the background: run warm-up requests
+    until it has, so the timed round runs all resident (as mlx-lm's all-in-memory reference does)."""
+    from ...clients.client import Client
+    from ..store.format import read_manifest
+
+    m = read_manifest(store)
+    total = sum(layer.num_experts for layer in m.layers) * m.layout.record_bytes
+    deadline = time.monotonic() + timeout
+    with Client(endpoint, timeout=10) as c:
+        if c.status().cache.get("slots", 0) * m.expert_bytes < m.total_expert_bytes:
+            return
+        while c.status().cache.get("bytes_loaded", 0) < total and time.monotonic() < deadline:
+            asyncio.run(_round(endpoint, _prompts(1, prompt_tokens), 2))  # lets the daemon settle finished reads
 
 
 def _wait_ready(endpoint: str, proc: subprocess.Popen, timeout: float = 600) -> None:

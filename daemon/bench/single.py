@@ -3,6 +3,7 @@
     python -m moed.daemon.bench.single '{"kind": "mlx-lm", "model": CKPT, ...}'
     python -m moed.daemon.bench.single '{"kind": "moed", "store": STORE, "budget": "25%", "read_mode": "direct", ...}'
     python -m moed.daemon.bench.single '{"kind": "readpath", "store": STORE, "read_mode": "direct", ...}'
+    python -m moed.daemon.bench.single '{"kind": "upload", "store": STORE, "experts": 64}'  (see upload.py)
 
 Common keys: prompt_len (prefill chunk), steps (teacher-forced decode steps), sample_tokens (seeded sampling run).
 """
@@ -33,13 +34,17 @@ def run_moed(cfg: dict) -> dict:
     eng = load_engine(cfg["store"], budget=cfg.get("budget"), read_mode=cfg.get("read_mode", "direct"),
                       read_threads=cfg.get("read_threads", 4), policy=cfg.get("policy", "lfu"),
                       prefetch_depth=cfg.get("prefetch_depth", 1))
+    eng.cache.unsynced = cfg.get("unsynced", True)
+    eng.cache.wait_loads()  # at 100 % the preload: every expert in memory before timing, as mlx-lm's load
     load_s = time.perf_counter() - t0
     marks: dict = {}
 
     def snapshot():
+        eng.cache.flush()  # count the unsynced layer calls so far
         marks["cache"], marks["reader"], marks["pf"] = eng.cache.stats(), eng.reader.stats(), eng.prefetcher.stats()
 
     out = _forced(eng.model, eng.tokenizer, cfg, snapshot)
+    eng.cache.flush()
     c, r, pf = eng.cache.stats(), eng.reader.stats(), eng.prefetcher.stats()
     c0, r0, pf0, steps = marks["cache"], marks["reader"], marks["pf"], max(cfg["steps"], 1)
     hits = c.hits + c.inflight_hits - c0.hits - c0.inflight_hits
@@ -48,6 +53,7 @@ def run_moed(cfg: dict) -> dict:
     out.update({
         "decode_wait_ms_per_token": (c.wait_seconds - c0.wait_seconds) * 1000 / steps,
         "syncs_per_token": (c.acquires - c0.acquires) / steps,
+        "unsynced_layers_per_token": (c.unsynced - c0.unsynced) / steps,
         "prefetch_accuracy": correct / needed if needed else None,
         "prefetch_reads_per_token": (c.prefetches - c0.prefetches) / steps,
         "prefetch_wasted_bytes_per_token": (c.prefetch_wasted - c0.prefetch_wasted) * eng.manifest.layout.record_bytes
@@ -106,6 +112,7 @@ def _hit_rates(eng, tokens: list[int]) -> list[float]:
     for tok in tokens:
         s0 = eng.cache.stats()
         mx.eval(eng.model(mx.array([[tok]]), cache=cache))
+        eng.cache.flush()
         s1 = eng.cache.stats()
         h = s1.hits + s1.inflight_hits - s0.hits - s0.inflight_hits
         n = h + s1.misses - s0.misses
@@ -167,14 +174,25 @@ def _sampled(model, tokenizer, cfg: dict) -> dict:
     return {"sampled_decode_tps": sampled_tps(model, tokenizer, prompt, cfg["sample_tokens"])}
 
 
+def backend() -> str:
+    """'cuda', 'metal' or 'cpu': where MLX computes by default here."""
+    if mx.default_device() == mx.cpu:
+        return "cpu"
+    cuda = getattr(mx, "cuda", None)
+    return "cuda" if cuda is not None and cuda.is_available() else "metal"
+
+
 def main() -> int:
     cfg = json.loads(sys.argv[1])
-    runner = {"mlx-lm": run_mlx_lm, "moed": run_moed, "readpath": run_readpath, "restart": run_restart}[cfg["kind"]]
+    from .upload import run_upload
+
+    runner = {"mlx-lm": run_mlx_lm, "moed": run_moed, "readpath": run_readpath, "restart": run_restart,
+              "upload": run_upload}[cfg["kind"]]
     out = {"config": cfg, **runner(cfg)}
     from ..engine.generate import peak_rss_bytes
 
     out["peak_rss_bytes"] = peak_rss_bytes()
-    out["backend"] = str(mx.default_device())
+    out["backend"] = backend()
     print(json.dumps(out))
     return 0
 

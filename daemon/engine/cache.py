@@ -71,7 +71,8 @@ class CacheStats:
     prefetch_used: int = 0  # prefetched experts later requested
     prefetch_wasted: int = 0  # prefetched experts evicted before any request
     wait_seconds: float = 0.0  # time acquire spent waiting for reads
-    acquires: int = 0  # layer calls served (each is one host synchronisation)
+    acquires: int = 0  # layer calls served with a host synchronisation (routing read back at the layer)
+    unsynced: int = 0  # layer calls served without one: every expert of the layer was resident (see lookup)
     budget_bytes: int = 0
     used_bytes: int = 0
     slots: int = 0
@@ -105,6 +106,12 @@ class ExpertCache:
         self._busy = np.zeros(0, dtype=np.int64)  # slots the pending graph reads
         self._usage: dict[tuple[int, int], float] = {}  # decayed use counts, for warm restarts
         self._pending: list[mx.array] = []  # lazy outputs that read the banks (see guard)
+        self._ready: dict[int, int] = {}  # layer -> resident (READY) experts
+        self._num_experts: dict[int, int] = {}  # layer -> experts it has (set by the streaming layers)
+        self._luts: dict[int, mx.array] = {}  # layer -> expert->slot table, while the whole layer is resident
+        self._deferred: list[list[tuple[int, mx.array, mx.array]]] = []  # unsynced calls by step: layer, indices, out
+        self._last_layer = -1
+        self.unsynced = True  # serve wholly resident layers without a host sync (False: always sync, to compare)
         self._allocate(self._slots_for(budget_bytes), [])
 
     # -- sizing -----------------------------------------------------------------------------------------------
@@ -134,6 +141,9 @@ class ExpertCache:
         self._banks, self._host, self._where = banks, host, where
         self._state, self._key_of, self._score, self._last = state, key_of, score, last
         self._prefetched, self._protected, self._busy = set(), {}, np.zeros(0, dtype=np.int64)
+        self._luts, self._ready = {}, {}
+        for layer, _ in where:
+            self._ready[layer] = self._ready.get(layer, 0) + 1
         # Typed views the compute reads: [slots, *per-expert shape]; they share the banks' buffers.
         self.views = {t.name: banks[t.name].view(_MLX_DTYPES[t.dtype]).reshape((slots,) + t.shape)
                       for t in self.layout.tensors}
@@ -145,6 +155,7 @@ class ExpertCache:
         """Change the budget; shrinking evicts the lowest-ranked experts. Call on the MLX thread."""
         slots = self._slots_for(budget_bytes)
         self._settle_graphs()
+        self.flush()
         self._drain()
         rank = self._rank()
         ready = sorted(self._where.items(), key=lambda ks: rank[ks[1]], reverse=True)  # best first
@@ -164,8 +175,9 @@ class ExpertCache:
         self._pending.append(output)
 
     def _settle_graphs(self) -> None:
-        if self._pending:
-            mx.eval(self._pending)  # a no-op for outputs already evaluated
+        unsynced = [out for group in self._deferred for _, _, out in group]
+        if self._pending or unsynced:
+            mx.eval(self._pending, unsynced)  # a no-op for outputs already evaluated
             self._pending.clear()
 
     def _reap(self) -> None:
@@ -221,8 +233,12 @@ class ExpertCache:
             self._settle(loading[0])  # a prefetch the current step does not need: let it land, then evict it
 
     def _evict(self, slot: int) -> None:
+        # An unsynced layer call may still be pending on this slot (its lookup table has it): finish it first.
+        self._settle_graphs()
         key = self._key_of[slot]
         del self._where[key]
+        self._ready[key[0]] -= 1
+        self._luts.pop(key[0], None)
         self._key_of[slot], self._state[slot] = None, FREE
         with self._lock:
             self._stats.evictions += 1
@@ -261,6 +277,8 @@ class ExpertCache:
             self._forget_prefetch(slot)
             return e
         self._state[slot] = READY
+        layer = self._key_of[slot][0]
+        self._ready[layer] = self._ready.get(layer, 0) + 1
         with self._lock:
             self._stats.bytes_loaded += self.layout.record_bytes
             self._stats.used_bytes = len(self._where) * self.expert_bytes
@@ -280,6 +298,7 @@ class ExpertCache:
         self._tick += 1
         self._settle_graphs()
         self._busy = np.zeros(0, dtype=np.int64)  # no pending graph reads the banks now
+        self.flush()  # unsynced calls so far are computed now (their outputs were guarded): count them first
         self._reap()
         slots = np.array([self._where.get((layer, int(e)), -1) for e in experts], dtype=np.int64)
         hits = int(np.sum(slots >= 0))
@@ -291,6 +310,18 @@ class ExpertCache:
         if before_wait is not None:
             before_wait()
         waited = self._wait_all(slots, layer, experts)
+        self._record_use(layer, experts, slots)
+        with self._lock:
+            self._stats.hits += hits - len(inflight)
+            self._stats.inflight_hits += len(inflight)
+            self._stats.misses += len(experts) - hits
+            self._stats.wait_seconds += waited
+            self._stats.acquires += 1
+        return slots
+
+    def _record_use(self, layer: int, experts: np.ndarray, slots) -> None:
+        """Policy and usage bookkeeping for one layer call: `experts` were used, `slots` (theirs, those still
+        resident) are touched."""
         for i, s in enumerate(slots):
             self._touch(int(s), i / len(slots))
             if s in self._prefetched:
@@ -302,13 +333,56 @@ class ExpertCache:
         for e in experts:
             key = (layer, int(e))
             self._usage[key] = self._usage.get(key, 0.0) + 1.0
-        with self._lock:
-            self._stats.hits += hits - len(inflight)
-            self._stats.inflight_hits += len(inflight)
-            self._stats.misses += len(experts) - hits
-            self._stats.wait_seconds += waited
-            self._stats.acquires += 1
-        return slots
+
+    # -- unsynced calls: layers whose experts are all resident ----------------------------------------------------
+    def lookup(self, layer: int, num_experts: int) -> mx.array | None:
+        """The expert->slot table of `layer` ([num_experts] uint32) if every expert of it is resident, else None.
+
+        A layer whose experts are all resident cannot miss, so its call needs no host synchronisation: the
+        streaming layer maps the routing indices to slots on the device through this table and hands the lazy
+        indices and output to `defer`. The table stays valid until one of the layer's experts is evicted, and an
+        eviction first evaluates every deferred (and guarded) output, so no unfinished call can read a reused
+        slot."""
+        if self._futures:
+            self._reap()
+        if not self.unsynced or self._ready.get(layer, 0) < num_experts:
+            return None
+        lut = self._luts.get(layer)
+        if lut is None:
+            table = np.array([self._where[(layer, e)] for e in range(num_experts)], dtype=np.uint32)
+            lut = self._luts[layer] = mx.array(table)
+        return lut
+
+    def defer(self, layer: int, indices: mx.array, output: mx.array) -> None:
+        """Note an unsynced call's lazy routing indices and output; the output is evaluated before any slot is
+        reused, and the statistics are taken by `flush`, once computed."""
+        if not self._deferred or layer <= self._last_layer:
+            self._deferred.append([])  # a new step (or batch step) began
+        self._last_layer = layer
+        self._deferred[-1].append((layer, indices, output))
+        if len(self._deferred) > 4:  # bounded: the oldest steps are long computed in any generation loop
+            self.flush(keep=2)
+
+    def flush(self, keep: int = 0) -> None:
+        """Count the unsynced calls of all steps but the last `keep` (hits, policy, usage). Reading their routing
+        waits for it to be computed, so a pipelined loop keeps the step still in flight (keep=1). MLX thread."""
+        n = len(self._deferred) - keep
+        if n <= 0:
+            return
+        groups, self._deferred = self._deferred[:n], self._deferred[n:]
+        for group in groups:
+            for layer, indices, _ in group:
+                self._tick += 1
+                experts = np.unique(np.array(indices))
+                slots = [s for s in (self._where.get((layer, int(e)), -1) for e in experts) if s >= 0]
+                self._record_use(layer, experts, slots)
+                with self._lock:
+                    self._stats.hits += len(experts)
+                    self._stats.unsynced += 1
+
+    def wait_loads(self) -> None:
+        """Wait for every read in flight (e.g. a preload before a benchmark times anything). MLX thread."""
+        self._drain()
 
     def _wait_all(self, slots: np.ndarray, layer: int, experts: np.ndarray) -> float:
         t0, error = time.perf_counter(), None

@@ -3,6 +3,10 @@
 mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, shared experts) and call
 `switch_mlp(x, indices)`; only that call is replaced. Per call:
 
+0. If every expert of the layer is resident (always, at a 100 % budget once filled), nothing can miss: map the
+   routing indices to slots on the device through the cache's table and compute, with no host synchronisation
+   at all; the routing is read back later, once computed anyway, for the statistics (ExpertCache.lookup/defer).
+   Otherwise:
 1. Evaluate the routing indices, together with the prefetcher's predictions for the next layers, and read them
    on the host: one synchronisation per MoE layer.
 2. Acquire the distinct experts of the call from the cache (cached ones cost nothing; missing ones are read);
@@ -35,9 +39,10 @@ class StreamingSwitchGLU(nn.Module):
     """SwitchGLU over cached experts. `layer` is the manifest position of this layer's expert file."""
 
     def __init__(self, layer: int, original: SwitchGLU, cache: ExpertCache, quantization: dict | None,
-                 prefetcher: Prefetcher | None = None):
+                 prefetcher: Prefetcher | None = None, num_experts: int = 0):
         super().__init__()
         self._layer = layer
+        self._num_experts = num_experts  # 0: unknown, always synchronise
         self._cache = cache
         self._prefetcher = prefetcher
         self.activation = original.activation
@@ -48,6 +53,11 @@ class StreamingSwitchGLU(nn.Module):
     # -- host side --------------------------------------------------------------------------------------------
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         # x: [..., D]; indices: [..., k] expert ids -> returns [..., k, D]
+        lut = self._cache.lookup(self._layer, self._num_experts) if self._num_experts else None
+        if lut is not None:  # every expert of the layer is resident: no host sync (see ExpertCache.lookup)
+            out = self._compute(x, lut[indices])  # lut: [E] slot ids; lut[indices]: [..., k]
+            self._cache.defer(self._layer, indices, out)
+            return out
         pf = self._prefetcher
         preds = pf.predict(self._layer, x) if pf is not None and pf.depth else []
         mx.eval(indices, *[p for _, p in preds])  # the one host sync of this layer

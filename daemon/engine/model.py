@@ -20,7 +20,7 @@ from mlx_lm.utils import load_model, load_tokenizer
 
 from ..store.format import Manifest, StoreError, read_manifest
 from ..store.reader import ExpertReader
-from .cache import ExpertCache
+from .cache import WARM, ExpertCache
 from .experts import StreamingSwitchGLU
 from .prefetch import Prefetcher, find_router
 from .warm import load_usage, save_usage, warm_cache
@@ -49,6 +49,16 @@ class Engine:
         """Start background reads of the most used experts of a previous run, up to the budget; returns how
         many were started. Never blocks on I/O: readiness is not delayed."""
         return warm_cache(self.cache, load_usage(path, self.manifest))
+
+    def preload(self) -> int:
+        """If the budget holds every expert, start background reads of all of them (warm priority, layer by layer)
+        and return how many; else 0. Never blocks: a fully resident layer runs without host synchronisation
+        (see ExpertCache.lookup), so filling the cache early pays off at once."""
+        total = sum(layer.num_experts for layer in self.manifest.layers)
+        if self.cache.capacity < total:
+            return 0
+        return sum(self.cache.prefetch(pos, range(layer.num_experts), priority=WARM)
+                   for pos, layer in enumerate(self.manifest.layers))
 
     def close(self) -> None:
         self.reader.close()
@@ -93,6 +103,7 @@ def load_engine(
     verify: bool = True,
     policy: str = "lfu",
     prefetch_depth: int = 1,
+    preload: bool = True,
 ) -> Engine:
     """Load a store for streaming generation.
 
@@ -104,6 +115,7 @@ def load_engine(
         verify: check each expert's CRC-32 on its first read.
         policy: cache eviction policy, "lfu" (frequency with ageing) or "lru".
         prefetch_depth: how many MoE layers ahead to predict and prefetch (0 = off).
+        preload: at a budget that holds every expert, start reading them all in the background (Engine.preload).
 
     Raises:
         StoreError: the store is missing, incomplete or does not match its model.
@@ -125,7 +137,10 @@ def load_engine(
     except BaseException:
         reader.close()
         raise
-    return Engine(model, tokenizer, manifest, cache, reader, prefetcher, dense_bytes)
+    engine = Engine(model, tokenizer, manifest, cache, reader, prefetcher, dense_bytes)
+    if preload:
+        engine.preload()
+    return engine
 
 
 def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache, depth: int) -> Prefetcher:
@@ -141,7 +156,8 @@ def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache
             )
         parent_path, _, name = layer.module.rpartition(".")
         parent = modules[parent_path] if parent_path else model
-        setattr(parent, name, StreamingSwitchGLU(pos, original, cache, manifest.quantization, prefetcher))
+        setattr(parent, name, StreamingSwitchGLU(pos, original, cache, manifest.quantization, prefetcher,
+                                                 num_experts=layer.num_experts))
     left = [p for p, m in model.named_modules() if isinstance(m, SwitchGLU)]
     if left:
         raise StoreError(f"the store has no experts for SwitchGLU modules {left[:3]}{'...' if len(left) > 3 else ''}")

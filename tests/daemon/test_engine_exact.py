@@ -105,7 +105,7 @@ def test_prefill_reads_each_expert_at_most_once_per_chunk(model_dir):
     from collections import Counter
 
     store = model_dir("qwen3_moe", "store-mlx")
-    eng = load_engine(store, budget="100%", read_mode="buffered")
+    eng = load_engine(store, budget="100%", read_mode="buffered", preload=False)  # demand reads only
     reads: Counter = Counter()
     inner = eng.reader.read
 

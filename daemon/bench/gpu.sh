@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# moed's benchmarks on the lent GPU machine (MLX's CUDA build), in phases that each fit one device call.
+#   daemon/bench/gpu.sh setup   # after MLX CUDA is in /tmp/site (../shared/gpu/README.md): bench model + store,
+#                               # upload paths, greedy exactness at 100 % and 25 %
+#   daemon/bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
+#   daemon/bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
+# Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel).
+set -euo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/mp/moed
+for d in daemon clients governor; do ln -sfn "$PWD/$d" "/tmp/mp/moed/$d"; done
+export PYTHONPATH=/tmp/site:/tmp/mp
+M=/tmp/moed-models; CK=$M/bench; ST=$M/bench-store
+moed() { python3 -m moed.daemon.cli "$@"; }
+single() { python3 -m moed.daemon.bench.single "$1"; }
+case "${1:-}" in
+setup)
+  python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  [ -d "$ST" ] || { time moed make-test-model "$CK" --size bench; time moed convert "$CK" "$ST" --quiet; }
+  du -sh "$CK" "$ST"
+  single "{\"kind\": \"upload\", \"store\": \"$ST\", \"experts\": 128}" > "$OUT/upload.json"
+  python3 -m moed.daemon.bench.exact "$ST" "$CK" --budgets 100%,25% --tokens 64 --out "$OUT/exact.json" | tail -30
+  ;;
+bench)
+  moed bench "$ST" --reference "$CK" --budgets 100,50,25,12.5 --depths 0,1,2 --read-modes direct,buffered \
+    --policies lfu --prompt-len 128 --steps 64 --sample-tokens 64 --repeat "${REPEAT:-3}" --no-restart \
+    --out "$OUT/bench.json" | tail -30
+  for u in false; do  # the per-layer-sync path at 100 %, for comparison
+    single "{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"100%\", \"prompt_len\": 128, \"steps\": 64, \"sample_tokens\": 64, \"read_mode\": \"buffered\", \"unsynced\": $u}" > "$OUT/synced100.json"
+  done
+  ;;
+clients)
+  moed bench "$ST" --clients 1,2,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -8
+  moed bench "$ST" --clients 1,2,4,8 --cache-budget 25% --steps 32 --prompt-len 32 --out "$OUT/clients25.json" | tail -8
+  ;;
+*) echo "usage: $0 setup|bench|clients" >&2; exit 2 ;;
+esac

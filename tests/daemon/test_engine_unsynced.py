@@ -1,0 +1,105 @@
+"""Layers whose experts are all resident run without a host synchronisation (ExpertCache.lookup/defer), and stay
+exact: at a full budget, under eviction of a once fully resident layer, and with steps built ahead of evaluation
+as mlx-lm's pipelined generation loop does."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm import load as mlx_load
+from mlx_lm.models.cache import make_prompt_cache
+
+from moed.daemon.bench.workload import corpus_tokens
+from moed.daemon.engine.model import load_engine
+from moed.daemon.store.format import read_manifest
+
+
+@pytest.fixture(scope="module")
+def setup(model_dir):
+    ref, tok = mlx_load(str(model_dir("qwen3_moe", "mlx")))
+    return model_dir("qwen3_moe", "store-mlx"), ref, corpus_tokens(tok, 40)
+
+
+def test_full_budget_needs_no_sync_and_counts_every_call(setup):
+    store, ref, tokens = setup
+    m = read_manifest(store)
+    eng = load_engine(store, budget="100%", read_mode="buffered")  # preloads every expert in the background
+    try:
+        eng.cache.wait_loads()
+        eng.cache.reset_stats()
+        c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
+        assert mx.array_equal(ref(mx.array(tokens[:8])[None], cache=c_ref),
+                              eng.model(mx.array(tokens[:8])[None], cache=c_moe)).item()
+        for t in tokens[8:24]:
+            assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref), eng.model(mx.array([[t]]), cache=c_moe)).item()
+        eng.cache.flush()
+        st = eng.cache.stats()
+        calls = len(m.layers) * (1 + 16)
+        assert st.acquires == 0 and st.misses == 0 and st.unsynced == calls
+        assert st.hits >= calls  # at least one distinct expert per call (a prefill call uses several)
+        used = eng.cache.usage()
+        assert len(used) > len(m.layers) and all(layer < len(m.layers) for layer, _ in used)
+    finally:
+        eng.close()
+
+
+def test_eviction_from_a_resident_layer_stays_exact(setup):
+    store, ref, tokens = setup
+    m = read_manifest(store)
+    e0 = m.layers[0].num_experts
+    eng = load_engine(store, budget=(e0 + 4) * m.expert_bytes, read_mode="buffered")
+    try:
+        eng.cache.prefetch(0, np.arange(e0))  # layer 0 wholly resident: it starts unsynced
+        eng.cache.wait_loads()
+        c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
+        for t in tokens[:24]:
+            assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref), eng.model(mx.array([[t]]), cache=c_moe)).item()
+        eng.cache.flush()
+        st = eng.cache.stats()
+        assert st.unsynced > 0 and st.acquires > 0 and st.evictions > 0
+    finally:
+        eng.close()
+
+
+def test_steps_built_ahead_of_evaluation_stay_exact(setup):
+    """Two steps' graphs are built before either is evaluated (mlx-lm's async pipelining)."""
+    store, ref, tokens = setup
+    eng = load_engine(store, budget="100%", read_mode="buffered")
+    try:
+        eng.cache.wait_loads()
+        c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
+        for a, b in zip(tokens[:16:2], tokens[1:17:2]):
+            want = [ref(mx.array([[a]]), cache=c_ref), ref(mx.array([[b]]), cache=c_ref)]
+            got = [eng.model(mx.array([[a]]), cache=c_moe), eng.model(mx.array([[b]]), cache=c_moe)]
+            mx.eval(got)
+            assert all(mx.array_equal(x, y).item() for x, y in zip(want, got))
+        assert eng.cache.stats().acquires == 0
+    finally:
+        eng.close()
+
+
+def test_refilling_a_slot_waits_for_the_unsynced_call_reading_it(setup):
+    """A step is built (its last layer unsynced, lazily reading that layer's slots), then background prefetches
+    take every evictable slot, those included, before the step is evaluated."""
+    store, ref, tokens = setup
+    m = read_manifest(store)
+    last, e_last = len(m.layers) - 1, m.layers[-1].num_experts
+    eng = load_engine(store, budget=(e_last + 6 * last) * m.expert_bytes, read_mode="buffered", prefetch_depth=0,
+                      policy="lru")  # room for three steps of the other layers beside the whole last layer
+    try:
+        eng.cache.prefetch(last, np.arange(e_last))
+        eng.cache.wait_loads()
+        c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
+        for t in tokens[:2]:  # a first step lets the last layer run, which ends its prefetch protection
+            mx.eval(ref(mx.array([[t]]), cache=c_ref), eng.model(mx.array([[t]]), cache=c_moe))
+        want = ref(mx.array([tokens[2:3]]), cache=c_ref)
+        got = eng.model(mx.array([tokens[2:3]]), cache=c_moe)  # lazy: layers 0..last-1 synced, `last` not
+        assert eng.cache.lookup(last, e_last) is not None
+        for layer in range(last):
+            eng.cache.prefetch(layer, np.arange(m.layers[layer].num_experts))
+        eng.cache.wait_loads()
+        assert eng.cache.lookup(last, e_last) is None  # its slots were taken
+        assert mx.array_equal(want, got).item()
+    finally:
+        eng.close()
