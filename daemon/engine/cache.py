@@ -108,7 +108,8 @@ class ExpertCache:
         self._pending: list[mx.array] = []  # lazy outputs that read the banks (see guard)
         self._ready: dict[int, int] = {}  # layer -> resident (READY) experts
         self._num_experts: dict[int, int] = {}  # layer -> experts it has (set by the streaming layers)
-        self._luts: dict[int, mx.array] = {}  # layer -> expert->slot table, while the whole layer is resident
+        self._luts: dict[int, int | mx.array] = {}  # layer -> first slot or expert->slot table (see lookup)
+        self._slices: dict[tuple[int, int], dict[str, mx.array]] = {}  # (first slot, n) -> bank rows as views
         self._deferred: list[list[tuple[int, mx.array, mx.array]]] = []  # unsynced calls by step: layer, indices, out
         self._last_layer = -1
         self.unsynced = True  # serve wholly resident layers without a host sync (False: always sync, to compare)
@@ -141,7 +142,7 @@ class ExpertCache:
         self._banks, self._host, self._where = banks, host, where
         self._state, self._key_of, self._score, self._last = state, key_of, score, last
         self._prefetched, self._protected, self._busy = set(), {}, np.zeros(0, dtype=np.int64)
-        self._luts, self._ready = {}, {}
+        self._luts, self._ready, self._slices = {}, {}, {}
         for layer, _ in where:
             self._ready[layer] = self._ready.get(layer, 0) + 1
         # Typed views the compute reads: [slots, *per-expert shape]; they share the banks' buffers.
@@ -200,12 +201,14 @@ class ExpertCache:
             return self._last.copy()
         return self._score * self._decay ** (self._tick - self._last)
 
-    def _touch(self, slot: int, order: float = 0.0) -> None:
-        # `order` in [0, 1) breaks ties within one call: experts listed first count as used first
-        now = self._tick + order
+    def _touch(self, slots: np.ndarray) -> None:
+        # slots used by one call; i/len in [0, 1) breaks ties within it: experts listed first count as used first
+        if not len(slots):
+            return
+        now = self._tick + np.arange(len(slots)) / len(slots)
         if self.policy == "lfu":
-            self._score[slot] = self._score[slot] * self._decay ** (now - self._last[slot]) + 1.0
-        self._last[slot] = now
+            self._score[slots] = self._score[slots] * self._decay ** (now - self._last[slots]) + 1.0
+        self._last[slots] = now
 
     def _victim(self, pinned: np.ndarray, wait: bool = False) -> int:
         """A free slot, else evict the lowest-ranked evictable one. Slots being read into cannot be evicted;
@@ -322,12 +325,13 @@ class ExpertCache:
     def _record_use(self, layer: int, experts: np.ndarray, slots) -> None:
         """Policy and usage bookkeeping for one layer call: `experts` were used, `slots` (theirs, those still
         resident) are touched."""
-        for i, s in enumerate(slots):
-            self._touch(int(s), i / len(slots))
-            if s in self._prefetched:
-                self._forget_prefetch(int(s))
-                with self._lock:
-                    self._stats.prefetch_used += 1
+        self._touch(np.asarray(slots, dtype=np.int64))
+        if self._prefetched:
+            for s in slots:
+                if s in self._prefetched:
+                    self._forget_prefetch(int(s))
+                    with self._lock:
+                        self._stats.prefetch_used += 1
         for slot in [s for s, target in self._protected.items() if target == layer]:
             del self._protected[slot]  # its layer ran without it: an ordinary (score-0) entry from now on
         for e in experts:
@@ -335,11 +339,13 @@ class ExpertCache:
             self._usage[key] = self._usage.get(key, 0.0) + 1.0
 
     # -- unsynced calls: layers whose experts are all resident ----------------------------------------------------
-    def lookup(self, layer: int, num_experts: int) -> mx.array | None:
-        """The expert->slot table of `layer` ([num_experts] uint32) if every expert of it is resident, else None.
+    def lookup(self, layer: int, num_experts: int) -> int | mx.array | None:
+        """If every expert of `layer` is resident: the first slot of the run of slots that holds them in expert
+        order (a preload lays layers out so), or else the expert->slot table ([num_experts] uint32); None if not.
 
         A layer whose experts are all resident cannot miss, so its call needs no host synchronisation: the
-        streaming layer maps the routing indices to slots on the device through this table and hands the lazy
+        streaming layer computes over the run's bank rows (`rows`) with the routing indices as they are, exactly
+        mlx-lm's graph, or maps them to slots on the device through the table; either way it hands the lazy
         indices and output to `defer`. The table stays valid until one of the layer's experts is evicted, and an
         eviction first evaluates every deferred (and guarded) output, so no unfinished call can read a reused
         slot."""
@@ -350,8 +356,18 @@ class ExpertCache:
         lut = self._luts.get(layer)
         if lut is None:
             table = np.array([self._where[(layer, e)] for e in range(num_experts)], dtype=np.uint32)
-            lut = self._luts[layer] = mx.array(table)
+            start = int(table[0])
+            in_order = np.array_equal(table, np.arange(start, start + num_experts))
+            lut = self._luts[layer] = start if in_order else mx.array(table)
         return lut
+
+    def rows(self, start: int, n: int) -> dict[str, mx.array]:
+        """Bank rows [start, start+n) of every tensor, as views sharing the banks' memory (made once)."""
+        key = (start, n)
+        if key not in self._slices:
+            self._slices[key] = {k: v[start : start + n] for k, v in self.views.items()}
+            mx.eval(list(self._slices[key].values()))
+        return self._slices[key]
 
     def defer(self, layer: int, indices: mx.array, output: mx.array) -> None:
         """Note an unsynced call's lazy routing indices and output; the output is evaluated before any slot is
@@ -371,11 +387,14 @@ class ExpertCache:
             return
         groups, self._deferred = self._deferred[:n], self._deferred[n:]
         for group in groups:
-            for layer, indices, _ in group:
+            # one read-back per step: on a GPU each host read of device memory costs a transfer
+            flat = np.array(mx.concatenate([indices.reshape(-1) for _, indices, _ in group]))
+            ends = np.cumsum([indices.size for _, indices, _ in group])
+            for (layer, _, _), part in zip(group, np.split(flat, ends[:-1])):
                 self._tick += 1
-                experts = np.unique(np.array(indices))
+                experts = np.unique(part)
                 slots = [s for s in (self._where.get((layer, int(e)), -1) for e in experts) if s >= 0]
-                self._record_use(layer, experts, slots)
+                self._record_use(layer, experts, np.array(slots, dtype=np.int64))
                 with self._lock:
                     self._stats.hits += len(experts)
                     self._stats.unsynced += 1

@@ -3,9 +3,9 @@
 mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, shared experts) and call
 `switch_mlp(x, indices)`; only that call is replaced. Per call:
 
-0. If every expert of the layer is resident (always, at a 100 % budget once filled), nothing can miss: map the
-   routing indices to slots on the device through the cache's table and compute, with no host synchronisation
-   at all; the routing is read back later, once computed anyway, for the statistics (ExpertCache.lookup/defer).
+0. If every expert of the layer is resident (always, at a 100 % budget once filled), nothing can miss: compute
+   with no host synchronisation at all, over the bank rows that hold the layer's experts in order (a preload
+   lays them out so: then the graph is exactly mlx-lm's) or through a device-side expert->slot table; the routing is read back later, once computed anyway, for the statistics (ExpertCache.lookup/defer).
    Otherwise:
 1. Evaluate the routing indices, together with the prefetcher's predictions for the next layers, and read them
    on the host: one synchronisation per MoE layer.
@@ -53,9 +53,12 @@ class StreamingSwitchGLU(nn.Module):
     # -- host side --------------------------------------------------------------------------------------------
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         # x: [..., D]; indices: [..., k] expert ids -> returns [..., k, D]
-        lut = self._cache.lookup(self._layer, self._num_experts) if self._num_experts else None
-        if lut is not None:  # every expert of the layer is resident: no host sync (see ExpertCache.lookup)
-            out = self._compute(x, lut[indices])  # lut: [E] slot ids; lut[indices]: [..., k]
+        res = self._cache.lookup(self._layer, self._num_experts) if self._num_experts else None
+        if res is not None:  # every expert of the layer is resident: no host sync (see ExpertCache.lookup)
+            if isinstance(res, int):  # bank rows res..res+E-1 hold experts 0..E-1: mlx-lm's own graph
+                out = self._compute(x, indices, self._cache.rows(res, self._num_experts))
+            else:  # res: [E] slot ids; res[indices]: [..., k]
+                out = self._compute(x, res[indices])
             self._cache.defer(self._layer, indices, out)
             return out
         pf = self._prefetcher
@@ -97,21 +100,21 @@ class StreamingSwitchGLU(nn.Module):
         return out.reshape(*idx.shape, -1)
 
     # -- device side (mirrors mlx_lm SwitchGLU.__call__) ----------------------------------------------------------
-    def _compute(self, x: mx.array, slot_idx: mx.array) -> mx.array:
+    def _compute(self, x: mx.array, slot_idx: mx.array, banks: dict[str, mx.array] | None = None) -> mx.array:
         x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, D]
         do_sort = slot_idx.size >= 64  # the same rule as SwitchGLU: sort rows by expert for large inputs
         idx, inv_order = slot_idx, None
         if do_sort:
             x, idx, inv_order = _gather_sort(x, slot_idx)
-        x_up = self._linear("up_proj", x, idx, do_sort)
-        x_gate = self._linear("gate_proj", x, idx, do_sort)
-        x = self._linear("down_proj", self.activation(x_up, x_gate), idx, do_sort)
+        v = self._cache.views if banks is None else banks
+        x_up = self._linear(v, "up_proj", x, idx, do_sort)
+        x_gate = self._linear(v, "gate_proj", x, idx, do_sort)
+        x = self._linear(v, "down_proj", self.activation(x_up, x_gate), idx, do_sort)
         if do_sort:
             x = _scatter_unsort(x, inv_order, slot_idx.shape)
         return x.squeeze(-2)  # [..., k, D]
 
-    def _linear(self, proj: str, x: mx.array, idx: mx.array, sorted_indices: bool) -> mx.array:
-        v = self._cache.views
+    def _linear(self, v: dict[str, mx.array], proj: str, x: mx.array, idx: mx.array, sorted_indices: bool) -> mx.array:
         if self._quant is not None:
             y = mx.gather_qmm(
                 x,

@@ -27,6 +27,8 @@ def test_full_budget_needs_no_sync_and_counts_every_call(setup):
     eng = load_engine(store, budget="100%", read_mode="buffered")  # preloads every expert in the background
     try:
         eng.cache.wait_loads()
+        assert [eng.cache.lookup(i, layer.num_experts) for i, layer in enumerate(m.layers)] == \
+            [i * layer.num_experts for i, layer in enumerate(m.layers)]  # preloaded in order: bank rows, no table
         eng.cache.reset_stats()
         c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
         assert mx.array_equal(ref(mx.array(tokens[:8])[None], cache=c_ref),
@@ -50,8 +52,9 @@ def test_eviction_from_a_resident_layer_stays_exact(setup):
     e0 = m.layers[0].num_experts
     eng = load_engine(store, budget=(e0 + 4) * m.expert_bytes, read_mode="buffered")
     try:
-        eng.cache.prefetch(0, np.arange(e0))  # layer 0 wholly resident: it starts unsynced
+        eng.cache.prefetch(0, np.arange(e0)[::-1])  # layer 0 wholly resident: it starts unsynced
         eng.cache.wait_loads()
+        assert isinstance(eng.cache.lookup(0, e0), mx.array)  # out of order in the bank: through the slot table
         c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
         for t in tokens[:24]:
             assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref), eng.model(mx.array([[t]]), cache=c_moe)).item()
