@@ -104,13 +104,16 @@ class ExpertCache:
         self._prefetched: set[int] = set()  # slots filled by prefetch and not requested yet
         self._protected: dict[int, int] = {}  # unused prefetched slot -> the layer it was read for
         self._busy = np.zeros(0, dtype=np.int64)  # slots the pending graph reads
-        self._usage: dict[tuple[int, int], float] = {}  # decayed use counts, for warm restarts
+        self._usage: dict[tuple[int, int], float] = {}  # use counts, for warm restarts
+        self._usage_dense: dict[int, np.ndarray] = {}  # layer -> [E] use counts of unsynced calls (added to _usage)
         self._pending: list[mx.array] = []  # lazy outputs that read the banks (see guard)
         self._ready: dict[int, int] = {}  # layer -> resident (READY) experts
         self._num_experts: dict[int, int] = {}  # layer -> experts it has (set by the streaming layers)
         self._luts: dict[int, int | mx.array] = {}  # layer -> first slot or expert->slot table (see lookup)
+        self._tables: dict[int, np.ndarray] = {}  # layer -> [E] slot of each expert, while in _luts
         self._slices: dict[tuple[int, int], dict[str, mx.array]] = {}  # (first slot, n) -> bank rows as views
         self._deferred: list[list[tuple[int, mx.array, mx.array]]] = []  # unsynced calls by step: layer, indices, out
+        self._flat: list[mx.array | None] = []  # per deferred step: its routing indices in one array (see defer)
         self._last_layer = -1
         self.unsynced = True  # serve wholly resident layers without a host sync (False: always sync, to compare)
         self._allocate(self._slots_for(budget_bytes), [])
@@ -142,7 +145,7 @@ class ExpertCache:
         self._banks, self._host, self._where = banks, host, where
         self._state, self._key_of, self._score, self._last = state, key_of, score, last
         self._prefetched, self._protected, self._busy = set(), {}, np.zeros(0, dtype=np.int64)
-        self._luts, self._ready, self._slices = {}, {}, {}
+        self._luts, self._tables, self._ready, self._slices = {}, {}, {}, {}
         for layer, _ in where:
             self._ready[layer] = self._ready.get(layer, 0) + 1
         # Typed views the compute reads: [slots, *per-expert shape]; they share the banks' buffers.
@@ -242,6 +245,7 @@ class ExpertCache:
         del self._where[key]
         self._ready[key[0]] -= 1
         self._luts.pop(key[0], None)
+        self._tables.pop(key[0], None)
         self._key_of[slot], self._state[slot] = None, FREE
         with self._lock:
             self._stats.evictions += 1
@@ -351,6 +355,7 @@ class ExpertCache:
         slot."""
         if self._futures:
             self._reap()
+        self._num_experts[layer] = num_experts
         if not self.unsynced or self._ready.get(layer, 0) < num_experts:
             return None
         lut = self._luts.get(layer)
@@ -359,6 +364,7 @@ class ExpertCache:
             start = int(table[0])
             in_order = np.array_equal(table, np.arange(start, start + num_experts))
             lut = self._luts[layer] = start if in_order else mx.array(table)
+            self._tables[layer] = table.astype(np.int64)
         return lut
 
     def rows(self, start: int, n: int) -> dict[str, mx.array]:
@@ -372,11 +378,18 @@ class ExpertCache:
     def defer(self, layer: int, indices: mx.array, output: mx.array) -> None:
         """Note an unsynced call's lazy routing indices and output; the output is evaluated before any slot is
         reused, and the statistics are taken by `flush`, once computed."""
-        if not self._deferred or layer <= self._last_layer:
-            self._deferred.append([])  # a new step (or batch step) began
+        if not self._deferred or layer <= self._last_layer:  # a new step (or batch step) began
+            if self._deferred:
+                # The step before was submitted whole: queue its routing, gathered, right behind it on the device
+                # so a later flush reads it back in one transfer without enqueueing anything (which would wait
+                # for the step then in flight and break a pipelined loop's overlap).
+                self._flat[-1] = self._gather(self._deferred[-1])
+                mx.async_eval(self._flat[-1])
+            self._deferred.append([])
+            self._flat.append(None)
         self._last_layer = layer
         self._deferred[-1].append((layer, indices, output))
-        if len(self._deferred) > 4:  # bounded: the oldest steps are long computed in any generation loop
+        if len(self._deferred) > 16:  # bounded; the oldest steps are long computed in any generation loop
             self.flush(keep=2)
 
     def flush(self, keep: int = 0) -> None:
@@ -386,18 +399,58 @@ class ExpertCache:
         if n <= 0:
             return
         groups, self._deferred = self._deferred[:n], self._deferred[n:]
-        for group in groups:
-            # one read-back per step: on a GPU each host read of device memory costs a transfer
-            flat = np.array(mx.concatenate([indices.reshape(-1) for _, indices, _ in group]))
-            ends = np.cumsum([indices.size for _, indices, _ in group])
-            for (layer, _, _), part in zip(group, np.split(flat, ends[:-1])):
-                self._tick += 1
-                experts = np.unique(part)
-                slots = [s for s in (self._where.get((layer, int(e)), -1) for e in experts) if s >= 0]
-                self._record_use(layer, experts, np.array(slots, dtype=np.int64))
-                with self._lock:
-                    self._stats.hits += len(experts)
-                    self._stats.unsynced += 1
+        flats, self._flat = self._flat[:n], self._flat[n:]
+        layers = [layer for group in groups for layer, _, _ in group]  # one per call
+        sizes = [indices.size for group in groups for _, indices, _ in group]
+        flat = np.concatenate([np.array(f if f is not None else self._gather(g)).reshape(-1).astype(np.int64)
+                               for g, f in zip(groups, flats)])  # one read-back per step
+        self._count_calls(np.array(layers, dtype=np.int64), np.array(sizes), flat)
+
+    def _count_calls(self, layers: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> None:
+        """Bookkeeping of unsynced calls, vectorised over many steps (it runs for every generated token):
+        call i of layer layers[i] routed to flat[sum(sizes[:i]) : sum(sizes[:i+1])]."""
+        self._tick += len(layers)
+        width = int(flat.max()) + 1 if flat.size else 1
+        keys = np.unique(np.repeat(np.arange(len(layers)), sizes) * width + flat)  # distinct experts per call
+        call, exp = np.divmod(keys, width)
+        lay = layers[call]
+        used = []
+        for layer in np.unique(layers).tolist():
+            e = exp[lay == layer]
+            table = self._tables.get(layer)
+            if table is not None:
+                used.append(table[e])
+            else:  # evicted since: whatever of it is still resident
+                used.append(np.array([s for s in (self._where.get((layer, int(x)), -1) for x in e) if s >= 0],
+                                     dtype=np.int64))
+            counts = self._usage_dense.get(layer)
+            if counts is None or len(counts) < width:
+                grown = np.zeros(max(width, self._num_experts.get(layer, 0)))
+                if counts is not None:
+                    grown[: len(counts)] = counts
+                counts = self._usage_dense[layer] = grown
+            np.add.at(counts, e, 1.0)
+        slots, uses = np.unique(np.concatenate(used), return_counts=True) if used else (np.zeros(0, np.int64), [])
+        if self.policy == "lfu" and len(slots):
+            self._score[slots] = self._score[slots] * self._decay ** (self._tick - self._last[slots]) + uses
+        self._last[slots] = self._tick
+        if self._prefetched:
+            for s in slots.tolist():
+                if s in self._prefetched:
+                    self._forget_prefetch(s)
+                    with self._lock:
+                        self._stats.prefetch_used += 1
+        if self._protected:
+            done = set(layers.tolist())
+            for slot in [s for s, target in self._protected.items() if target in done]:
+                del self._protected[slot]
+        with self._lock:
+            self._stats.hits += len(keys)
+            self._stats.unsynced += len(layers)
+
+    @staticmethod
+    def _gather(group: list[tuple[int, mx.array, mx.array]]) -> mx.array:
+        return mx.concatenate([indices.reshape(-1) for _, indices, _ in group])  # [sum of call sizes]
 
     def wait_loads(self) -> None:
         """Wait for every read in flight (e.g. a preload before a benchmark times anything). MLX thread."""
@@ -476,7 +529,11 @@ class ExpertCache:
 
     def usage(self) -> dict[tuple[int, int], float]:
         """Use counts per (layer, expert) since start (for warm restarts)."""
-        return dict(self._usage)
+        out = dict(self._usage)
+        for layer, counts in self._usage_dense.items():
+            for e in np.flatnonzero(counts).tolist():
+                out[layer, e] = out.get((layer, e), 0.0) + float(counts[e])
+        return out
 
     def stats(self) -> CacheStats:
         with self._lock:
