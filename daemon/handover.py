@@ -32,6 +32,7 @@ class Handover:
         self._drain_deadline: float | None = None
         self._n_active = self._n_waiting = 0
         self._finished: Counter[str] = Counter()  # done reasons and error codes
+        self._traffic = {"decode_tokens": 0, "decode_bytes_read": 0, "prefill_bytes_read": 0}
         self._model_type, self._context_limit = "", 0
         self._cache: Any = None  # the ExpertCache (its stats() is thread-safe) while the engine is open
         self._final_cache: dict[str, Any] = {}
@@ -96,6 +97,8 @@ class Handover:
                     "context_limit": self._context_limit, "finished": dict(self._finished)}
             cache, final = self._cache, dict(self._final_cache)
         snap["cache"] = cache.stats().as_dict() if cache is not None else final
+        with self._lock:
+            snap["cache"].update(self._traffic)
         return snap
 
     # == the scheduler thread ===================================================================================
@@ -158,6 +161,17 @@ class Handover:
             self._cancels.pop(key, None)
             self._finished[outcome] += 1
             self._n_active, self._n_waiting = active, waiting
+
+    def traffic(self, prefill: bool, tokens: int, bytes_read: int) -> None:
+        """One step's expert reads: a pure decode step's by the tokens it generated, any step with prompt rows in
+        it (prefill, maybe with decode rows beside) apart."""
+        with self._lock:
+            t = self._traffic
+            if prefill:
+                t["prefill_bytes_read"] += bytes_read
+            else:
+                t["decode_tokens"] += tokens
+                t["decode_bytes_read"] += bytes_read
 
     def counts(self, active: int, waiting: int) -> None:
         with self._lock:

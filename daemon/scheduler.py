@@ -197,6 +197,7 @@ class Scheduler:
             return
         try:
             self._engine.cache.resize(budget)
+            self._engine.preload()  # back to a budget that holds every expert: refill it all in the background
         except Exception:  # noqa: BLE001 - a cache that could not be resized still serves at its old size
             log.exception("cache resize to %d bytes (%s) failed; keeping the current size", budget, why)
             return
@@ -304,6 +305,7 @@ class Scheduler:
         for t in tokens:
             if t.uid in self._active:
                 shares[t.uid] += 1
+        self.shared.traffic(bool(prompts), len(tokens), r1.bytes_read - r0.bytes_read)
         hits = (c1.hits - c0.hits) + (c1.inflight_hits - c0.inflight_hits)
         for name, total in (("cache_hits", hits), ("cache_misses", c1.misses - c0.misses),
                             ("bytes_read", r1.bytes_read - r0.bytes_read)):

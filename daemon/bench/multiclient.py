@@ -9,8 +9,9 @@ concurrent clients each stream one generation with seeded temperature-1 sampling
 greedy decoding of a random model would repeat one token), each with a different slice of the fixed benchmark
 text as its prompt. Measured at the clients: aggregate decode tok/s (tokens after each stream's first, over the
 time from the earliest first token to the latest last one), end-to-end tok/s (all generated tokens over the wall
-time from the first request to the last final, prefill included), the gap between consecutive chunks of each stream (p50, p99), and from the finals' stats the bytes
-read per generated token. A warm-up request runs first so the model and the cache's first fill are not timed.
+time from the first request to the last final, prefill included), the gap between consecutive chunks of each stream (p50, p99), from the finals' stats the bytes
+read per generated token (prefill included), and from the daemon's traffic counters the bytes read per token of pure
+decode steps (no prompt rows in them): the figure batching's shared reads act on. A warm-up request runs first so the model and the cache's first fill are not timed.
 """
 
 from __future__ import annotations
@@ -87,7 +88,12 @@ def run_ceiling(store: str, ceiling: int, budget: str, max_tokens: int, prompt_t
             _wait_ready(endpoint, proc)
             asyncio.run(_round(endpoint, _prompts(1, prompt_tokens), 4))  # warm-up, not timed
             _wait_filled(endpoint, store, prompt_tokens)
+            before = _traffic(endpoint)
             out = asyncio.run(_round(endpoint, _prompts(ceiling, prompt_tokens), max_tokens))
+            after = _traffic(endpoint)
+            decoded = after["decode_tokens"] - before["decode_tokens"]
+            out["decode_bytes_read_per_token"] = (after["decode_bytes_read"] - before["decode_bytes_read"]) / max(
+                decoded, 1)
         finally:
             proc.terminate()
             try:
@@ -95,6 +101,15 @@ def run_ceiling(store: str, ceiling: int, budget: str, max_tokens: int, prompt_t
             except subprocess.TimeoutExpired:
                 proc.kill()
     return {"ceiling": ceiling, "budget": budget, **out}
+
+
+def _traffic(endpoint: str) -> dict:
+    """The daemon's expert traffic counters by phase (status `cache` map)."""
+    from ...clients.client import Client
+
+    with Client(endpoint, timeout=10) as c:
+        cache = c.status().cache
+    return {k: cache.get(k, 0) for k in ("decode_tokens", "decode_bytes_read", "prefill_bytes_read")}
 
 
 def _wait_filled(endpoint: str, store: str, prompt_tokens: int, timeout: float = 300) -> None:
@@ -133,11 +148,13 @@ def _wait_ready(endpoint: str, proc: subprocess.Popen, timeout: float = 600) -> 
 def table(rows: list[dict]) -> str:
     base = rows[0]["aggregate_decode_tps"] if rows else 0.0
     lines = ["| batch ceiling = clients | aggregate decode tok/s | vs 1 client | end-to-end tok/s (with prefill) | "
-             "MB read / generated token | hit rate | inter-token gap p50 / p99 ms |", "|---|---|---|---|---|---|---|"]
+             "MB read / generated token (all) | MB read / decoded token (decode steps) | hit rate | "
+             "inter-token gap p50 / p99 ms |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['ceiling']} | {r['aggregate_decode_tps']:.2f} | {r['aggregate_decode_tps'] / base:.2f} | "
                      f"{r['aggregate_tps']:.2f} | "
-                     f"{r['bytes_read_per_token'] / 1e6:.1f} | {r['hit_rate']:.1%} | "
+                     f"{r['bytes_read_per_token'] / 1e6:.1f} | {r.get('decode_bytes_read_per_token', 0) / 1e6:.1f} | "
+                     f"{r['hit_rate']:.1%} | "
                      f"{r['gap_p50_ms']:.0f} / {r['gap_p99_ms']:.0f} |")
     return "\n".join(lines)
 

@@ -4,8 +4,8 @@ Derived per moed run (decode, teacher-forced, medians over repeats):
 - vs mlx-lm: decode tok/s as a fraction of the mlx-lm all-in-RAM run on the same checkpoint;
 - time split: I/O wait per token (time the layer calls blocked on reads) and the rest (compute, syncs, Python);
 - overlap efficiency = max(compute-only, I/O-only time per token) / measured time per token, where compute-only
-  is the mlx-lm step time (no I/O at all) and I/O-only is the run's bytes read per token at the raw direct-read
-  throughput measured in the same bench run.
+  is the mlx-lm step time (no I/O at all) and I/O-only is the run's bytes read per token at the raw read
+  throughput of the run's read mode (direct or buffered) measured in the same bench run.
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ def summarise(records: list[dict]) -> list[dict]:
         elif cfg["kind"] in ("mlx-lm", "moed"):
             for key in ("prefill_tps", "forced_decode_tps", "sampled_decode_tps", "peak_rss_bytes",
                         "decode_hit_rate", "decode_bytes_read_per_token", "decode_wait_ms_per_token",
-                        "syncs_per_token", "prefetch_accuracy", "prefetch_wasted_bytes_per_token",
+                        "syncs_per_token", "unsynced_layers_per_token", "prefetch_accuracy", "prefetch_wasted_bytes_per_token",
                         "budget_fraction"):
                 if key in g[0]:
                     row[key] = _med([r.get(key) for r in g])
             if cfg["kind"] == "moed":
-                _derive(row, ref_tps, raw.get("direct", 0.0))
+                # I/O-only at the raw rate of the run's own read mode (page-cache reads are far faster)
+                _derive(row, ref_tps, raw.get(cfg.get("read_mode", "direct"), raw.get("direct", 0.0)))
         else:
             row.update({k: v for k, v in g[0].items() if k not in ("config",)})
         rows.append(row)

@@ -120,6 +120,44 @@ def _hit_rates(eng, tokens: list[int]) -> list[float]:
     return rates
 
 
+def run_resize(cfg: dict) -> dict:
+    """Live resize during teacher-forced decode: the engine starts at the first budget of `budgets` (its bank
+    allocation), decodes, then changes budget between steps through the rest; each change reports its pause
+    (the resize call) and the median of the next `steps_after` steps against the median step before."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from ..engine.model import load_engine, parse_budget
+    from .workload import corpus_tokens
+
+    budgets = cfg.get("budgets", ["50%", "25%", "12.5%", "25%", "50%", "75%"])
+    after = cfg.get("steps_after", 6)
+    eng = load_engine(cfg["store"], budget=budgets[0], read_mode=cfg.get("read_mode", "direct"),
+                      prefetch_depth=cfg.get("prefetch_depth", 1))
+    tokens = iter(corpus_tokens(eng.tokenizer, cfg.get("prompt_len", 32) + 16 + after * len(budgets)))
+    cache = make_prompt_cache(eng.model)
+    mx.eval(eng.model(mx.array([[next(tokens) for _ in range(cfg.get("prompt_len", 32))]]), cache=cache))
+
+    def steps(n: int) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            mx.eval(eng.model(mx.array([[next(tokens)]]), cache=cache))
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2] * 1000
+
+    base = steps(16)
+    changes = []
+    for b in budgets[1:]:
+        views = eng.cache.views
+        t0 = time.perf_counter()
+        eng.cache.resize(parse_budget(b, eng.manifest.total_expert_bytes))
+        pause = (time.perf_counter() - t0) * 1000
+        changes.append({"to": b, "pause_ms": pause, "reallocated": eng.cache.views is not views,
+                        "next_steps_ms_p50": steps(after)})
+    eng.close()
+    return {"start_budget": budgets[0], "step_ms_p50_before": base, "changes": changes}
+
+
 def run_readpath(cfg: dict) -> dict:
     """Time moed's read path (pread + checksum + copy into the slot bank) filling a cold cache, whole layers at a
     time as a prefill would, next to the raw device throughput of the same files with the same threads."""
@@ -187,7 +225,7 @@ def main() -> int:
     from .upload import run_upload
 
     runner = {"mlx-lm": run_mlx_lm, "moed": run_moed, "readpath": run_readpath, "restart": run_restart,
-              "upload": run_upload}[cfg["kind"]]
+              "upload": run_upload, "resize": run_resize}[cfg["kind"]]
     out = {"config": cfg, **runner(cfg)}
     from ..engine.generate import peak_rss_bytes
 

@@ -20,8 +20,9 @@ How it works
   16-token half-life beats LRU at 12.5-50 % budgets with and without prefetch; entering prefetches at one use
   instead made it lose to LRU once prefetch was on.
 - Memory: slots * expert_bytes, where slots = budget // expert_bytes (at least 1). Nothing else grows.
-  `resize(budget)` reallocates the banks keeping the highest-ranked experts (a transient copy of both banks)
-  and returns the old memory to the OS. Shrinking evicts.
+  `resize(budget)` is live: within the rows the banks were allocated with it retires or revives rows with no
+  reallocation and no copy, and a shrink returns the retired rows' memory to the OS at once on Linux/CPU
+  (madvise); only growing past the allocation reallocates (a transient copy of both banks, a pause).
 - Usage statistics (decayed use counts per (layer, expert)) persist across restarts via `usage()` and
   `warm(order)`; see model.Engine.save_state / warm_start.
 
@@ -31,6 +32,9 @@ write the slot they were given.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -47,7 +51,7 @@ _MLX_DTYPES = {
     "float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16,
 }
 POLICIES = ("lru", "lfu")
-FREE, READY, LOADING = 0, 1, 2
+FREE, READY, LOADING, RETIRED = 0, 1, 2, 3  # RETIRED: a bank row beyond the current budget (see resize)
 DEMAND, PREFETCH, WARM = 0, 1, 2  # reader priorities: lower is more urgent
 
 
@@ -84,6 +88,25 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, float | int]:
         return {**asdict(self), "hit_rate": self.hit_rate}
+
+
+def release_rows(host: dict[str, np.ndarray], start: int, end: int) -> bool:
+    """Give the physical memory of bank rows [start, end) back to the OS without reallocating: madvise(DONTNEED)
+    on the whole pages inside those rows (they read as zeros afterwards and fault back in on the next write).
+    Only where MLX arrays live in ordinary anonymous memory: Linux on MLX's CPU backend. Elsewhere (Metal,
+    CUDA's managed memory) it does nothing and returns False: the rows stay allocated until a reallocation."""
+    if start >= end or not sys.platform.startswith("linux") or mx.default_device() != mx.cpu:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    for rows in host.values():
+        width = rows.shape[1]
+        lo = rows.ctypes.data + start * width
+        hi = rows.ctypes.data + end * width
+        lo, hi = -(-lo // page) * page, hi // page * page  # whole pages only: neighbours keep theirs
+        if hi > lo and libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4) != 0:  # MADV_DONTNEED
+            return False
+    return True
 
 
 class ExpertCache:
@@ -126,8 +149,8 @@ class ExpertCache:
 
     @property
     def capacity(self) -> int:
-        """Number of expert slots."""
-        return len(self._state)
+        """Number of expert slots within the budget."""
+        return self._capacity
 
     def _allocate(self, slots: int, keep: list[tuple[tuple[int, int], int]]) -> None:
         """(Re)build the banks with `slots` slots, copying the (key, old slot) pairs in `keep` over."""
@@ -152,23 +175,65 @@ class ExpertCache:
         self.views = {t.name: banks[t.name].view(_MLX_DTYPES[t.dtype]).reshape((slots,) + t.shape)
                       for t in self.layout.tensors}
         mx.eval(list(self.views.values()))
+        self._capacity = slots
         with self._lock:
             self._stats.slots, self._stats.used_bytes = slots, len(where) * self.expert_bytes
 
     def resize(self, budget_bytes: int) -> None:
-        """Change the budget; shrinking evicts the lowest-ranked experts. Call on the MLX thread."""
+        """Change the budget live; call on the MLX thread, between steps.
+
+        Within the rows the banks were allocated with (the start budget, or the largest since), nothing is
+        reallocated or copied: shrinking retires the bank rows beyond the new budget (their experts are evicted;
+        those that rank among the best `slots` are read back into the rows that remain, in the background, in
+        place of the worst there) and hands their memory back to the OS at once where it can (madvise, see
+        release_rows); growing turns retired rows into free slots. Only growing past the allocation reallocates,
+        which copies the kept experts and pauses generation for as long."""
         slots = self._slots_for(budget_bytes)
         self._settle_graphs()
         self.flush()
+        if slots <= len(self._state):
+            self._resize_within(slots)
+        else:
+            self._reallocate(slots)
+        with self._lock:
+            self._stats.budget_bytes, self._stats.slots = budget_bytes, slots
+            self._stats.used_bytes = len(self._where) * self.expert_bytes
+
+    def _resize_within(self, slots: int) -> None:
+        if slots >= self._capacity:  # grow: retired rows become free (their pages fault back in on first write)
+            self._state[self._capacity : slots] = FREE
+            self._capacity = slots
+            return
+        tail = range(slots, self._capacity)
+        self._busy = np.zeros(0, dtype=np.int64)  # the graphs were settled: nothing pending reads a row
+        for s in tail:
+            if s in self._futures:
+                self._settle(s)  # a read into a row about to retire: let it land (it is at most a few reads)
+        rank = self._rank()
+        head_ready = [s for s in range(slots) if self._state[s] == READY]
+        moved = [(self._key_of[s], rank[s]) for s in tail if self._state[s] == READY]
+        for s in tail:
+            if self._state[s] == READY:
+                self._evict(s)
+            self._state[s] = RETIRED
+        self._capacity = slots
+        # the tail experts that rank among the best `slots` overall are read back into the head, at prefetch
+        # priority, in place of the worst there (the prefetch victim rule): no copy, no wait
+        ranks = sorted([float(rank[s]) for s in head_ready] + [r for _, r in moved], reverse=True)
+        threshold = ranks[slots - 1] if len(ranks) > slots else -np.inf
+        for (layer, expert), r in sorted(moved, key=lambda kr: -kr[1]):
+            if r < threshold or not self.prefetch(layer, [expert], score=float(r)):
+                break
+        release_rows(self._host, slots, len(self._state))
+
+    def _reallocate(self, slots: int) -> None:
         self._drain()
         rank = self._rank()
         ready = sorted(self._where.items(), key=lambda ks: rank[ks[1]], reverse=True)  # best first
-        keep = ready[:slots]
-        self._allocate(slots, keep)
+        rank = self._rank()
+        ready = sorted(self._where.items(), key=lambda ks: rank[ks[1]], reverse=True)  # best first
+        self._allocate(slots, ready)
         mx.clear_cache()  # hand the old banks' memory back instead of keeping it in MLX's buffer cache
-        with self._lock:
-            self._stats.evictions += len(ready) - len(keep)
-            self._stats.budget_bytes = budget_bytes
 
     def guard(self, output: mx.array) -> None:
         """Register a lazy output computed from the banks: it is evaluated before any slot is refilled.
@@ -271,6 +336,9 @@ class ExpertCache:
             for t in tensors:  # record -> bank, one memcpy per tensor
                 host[t.name][slot] = payload[t.offset : t.offset + t.nbytes]
 
+        # where the reader can, it reads the record straight into the slot's rows instead (no staging copy)
+        copy_into_slot.targets = [(t.offset, host[t.name][slot])  # type: ignore[attr-defined]
+                                  for t in sorted(tensors, key=lambda t: t.offset)]
         return copy_into_slot
 
     def _settle(self, slot: int) -> BaseException | None:

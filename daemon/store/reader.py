@@ -16,6 +16,13 @@ How it runs:
     the kernel, decides what stays in RAM. Where the filesystem refuses it (EINVAL on open or first read), that
     file is read buffered, a warning is logged and `stats().mode` says so. "buffered" uses the page cache.
   * One fd per layer file, opened on first use and kept until close().
+  * Scatter reads: a sink may carry `targets`, a list of (record offset, writable uint8 view) for the payload's
+    pieces (the cache gives its slot rows). Then the record is read with one `preadv` straight into those views
+    (gaps and padding into the worker's buffer) and the sink is not called: no staging copy, and the copy into
+    the destination happens in the kernel with the GIL released, so workers fill slots in parallel. Direct reads
+    do this only when every piece is 4 KiB-aligned in address and length (O_DIRECT's rule); otherwise, and where
+    `preadv` is missing, the staging path runs. Measured on the lent GPU: 1.6 GB/s per thread straight into
+    MLX's managed memory against 1.2-1.36 GB/s through a staging buffer (docs/results.md).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import os
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +235,10 @@ class ExpertReader:
 
     def _serve(self, layer: int, expert: int, sink: Sink, fut: Future[None], bi: int) -> None:
         try:
-            sink(self._fetch(layer, expert, self._bufs[bi]))  # type: ignore[index]  # set until close()
+            buf = self._bufs[bi]  # type: ignore[index]  # set until close()
+            targets = getattr(sink, "targets", None)
+            if targets is None or not self._scatter(layer, expert, buf, targets):
+                sink(self._fetch(layer, expert, buf))
         except BaseException as e:  # the future must always resolve and the buffer go back, whatever went wrong
             self._release(bi)
             fut.set_exception(e)
@@ -261,6 +272,56 @@ class ExpertReader:
             with self._stats_lock:
                 self._errors += 1
             raise
+
+    def _scatter(self, layer: int, expert: int, buf: np.ndarray, targets: list[tuple[int, np.ndarray]]) -> bool:
+        """Read the record straight into `targets` (see the module docstring); False: use the staging path."""
+        entry, layout = self.manifest.layers[layer], self.manifest.layout
+        lf = self._file(layer)
+        iov, pos = [], 0
+        for off, view in targets:  # gaps between the pieces, and the padding after them, land in buf
+            if off > pos:
+                iov.append(buf[pos:off])
+            iov.append(view)
+            pos = off + view.nbytes
+        if layout.record_bytes > pos:
+            iov.append(buf[pos : layout.record_bytes])
+        if _PREADV is None or (lf.direct and not all(v.ctypes.data % 4096 == 0 and v.nbytes % 4096 == 0 for v in iov)):
+            return False
+        offset = entry.offset(expert, layout)
+        t0 = time.perf_counter_ns()
+        try:
+            got = _PREADV(lf.fd, iov, offset)
+        except OSError as e:
+            if e.errno == errno.EINVAL and lf.direct:
+                return False  # the staging path knows how to fall back to buffered reads
+            with self._stats_lock:
+                self._errors += 1
+            raise StoreError(f"reading {lf.path} at offset {offset} failed: {e}") from e
+        with self._stats_lock:
+            self._reads += 1
+            self._bytes += got
+            self._read_ns += time.perf_counter_ns() - t0
+        lf.proven = True
+        if got != layout.record_bytes:  # a record is one read; a short one means a truncated file
+            with self._stats_lock:
+                self._errors += 1
+            raise StoreError(f"layer {entry.index} expert {expert}: short read of {lf.path} at offset {offset}: "
+                             f"expected {layout.record_bytes} bytes, got {got} (file truncated?)")
+        if self.verify and not self._verified[layer][expert]:
+            t0, crc, left = time.perf_counter_ns(), 0, layout.payload_bytes
+            for v in iov:
+                n = min(v.nbytes, left)
+                crc, left = zlib.crc32(v[:n], crc), left - n
+            with self._stats_lock:
+                self._verify_ns += time.perf_counter_ns() - t0
+            want = entry.checksums[expert]
+            if crc & 0xFFFFFFFF != want:
+                with self._stats_lock:
+                    self._errors += 1
+                raise StoreError(f"layer {entry.index} expert {expert}: checksum mismatch in {lf.path} at offset "
+                                 f"{offset}: manifest says crc32 {want:08x}, record has {crc & 0xFFFFFFFF:08x}")
+            self._verified[layer][expert] = 1
+        return True
 
     def _read_record(self, layer: int, buf: np.ndarray, offset: int) -> tuple[int, str]:
         lf = self._file(layer)

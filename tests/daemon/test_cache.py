@@ -110,17 +110,84 @@ def test_failed_read_frees_its_slot_and_keeps_serving():
 
 def test_resize_shrinks_keeping_most_recent_and_grows():
     cache, reader = make(4)
+    views = cache.views
     for e in range(4):
         cache.acquire(0, np.array([e]))
     cache.resize(2 * cache.expert_bytes)
-    assert cache.capacity == 2 and cache.resident() == [(0, 2), (0, 3)]
-    assert cache.stats().evictions == 2 and cache.stats().used_bytes == 2 * cache.expert_bytes
-    s = cache.acquire(0, np.array([3]))  # still resident, with the right bytes, after the copy
-    assert slot_bytes(cache, int(s[0])) == expected_bytes(0, 3) and len(reader.reads) == 4
-    cache.resize(6 * cache.expert_bytes)
-    assert cache.capacity == 6 and cache.resident() == [(0, 2), (0, 3)]
-    cache.acquire(0, np.array([0, 1, 4, 5]))
+    assert cache.capacity == 2 and sorted(cache.resident()) == [(0, 2), (0, 3)]
+    assert cache.views is views  # live: no reallocation
+    # (0, 2) and (0, 3) sat in rows 2 and 3, now retired: they were read back into rows 0 and 1
+    assert reader.reads[4:] == [(0, 3), (0, 2)]
+    assert cache.stats().used_bytes == 2 * cache.expert_bytes and cache.stats().slots == 2
+    s = cache.acquire(0, np.array([3]))  # resident, with the right bytes
+    assert int(s[0]) < 2 and slot_bytes(cache, int(s[0])) == expected_bytes(0, 3) and len(reader.reads) == 6
+    cache.resize(4 * cache.expert_bytes)  # back up to the allocation: retired rows are free again
+    assert cache.views is views and cache.capacity == 4
+    got = cache.acquire(0, np.array([0, 1]))
+    assert sorted(got.tolist()) == [2, 3] and all(slot_bytes(cache, int(x)) == expected_bytes(0, e)
+                                                  for x, e in zip(got, (0, 1)))
+    cache.resize(6 * cache.expert_bytes)  # past the allocation: reallocated, experts kept
+    assert cache.views is not views and cache.capacity == 6 and len(cache.resident()) == 4
+    cache.acquire(0, np.array([4, 5]))
     assert len(cache.resident()) == 6
+    assert all(slot_bytes(cache, cache._where[k]) == expected_bytes(*k) for k in cache.resident())
+
+
+def test_shrinking_never_reads_back_what_ranks_below_the_kept_set():
+    cache, reader = make(4)
+    for e in (2, 3, 0, 0, 1, 1):  # rows 0..3 hold 2, 3, 0, 1; 0 and 1 are the most recent
+        cache.acquire(0, np.array([e]))
+    cache.resize(2 * cache.expert_bytes)
+    assert sorted(cache.resident()) == [(0, 0), (0, 1)] and reader.reads[4:] == [(0, 1), (0, 0)]
+    cache.resize(3 * cache.expert_bytes)
+    cache.acquire(0, np.array([5]))
+    cache.resize(1 * cache.expert_bytes)  # only the best of the three stays
+    assert cache.resident() == [(0, 5)] and cache.capacity == 1
+
+
+def test_shrinking_returns_memory_to_the_os_without_reallocating():
+    import sys
+
+    if not sys.platform.startswith("linux") or mx.default_device() != mx.cpu:
+        pytest.skip("memory is handed back by madvise on Linux with MLX's CPU backend only")
+    big = RecordLayout.build([("w.weight", "uint32", (256, 1024))])  # 1 MiB per expert
+    cache = ExpertCache(big, FakeReaderFor(big), 64 * big.payload_bytes, policy="lru")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    for e in range(64):
+        cache.acquire(0, np.array([e]))
+    full = rss()
+    cache.resize(8 * big.payload_bytes)
+    assert full - rss() > 40 * 2**20  # 56 MiB of rows retired
+    views = cache.views
+    cache.resize(64 * big.payload_bytes)
+    for e in range(64, 120):
+        cache.acquire(0, np.array([e]))
+    assert cache.views is views and len(cache.resident()) == 64
+    row = np.array(cache.views["w.weight"][cache._where[(0, 100)]]).view(np.uint8).reshape(-1)
+    assert np.array_equal(row, FakeReaderFor.payload(big, 0, 100))
+
+
+class FakeReaderFor(FakeReader):
+    """FakeReader for another layout."""
+
+    def __init__(self, layout: RecordLayout):
+        super().__init__()
+        self.layout = layout
+
+    @staticmethod
+    def payload(layout: RecordLayout, layer: int, expert: int) -> np.ndarray:
+        return np.full(layout.payload_bytes, (layer * 31 + expert) % 251, dtype=np.uint8)
+
+    def read(self, layer, expert, sink, *, priority=0):
+        self.reads.append((layer, expert))
+        fut: Future = Future()
+        sink(self.payload(self.layout, layer, expert))
+        fut.set_result(None)
+        return fut
 
 
 def test_budget_below_one_expert_is_an_error():

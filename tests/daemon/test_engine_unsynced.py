@@ -106,3 +106,28 @@ def test_refilling_a_slot_waits_for_the_unsynced_call_reading_it(setup):
         assert mx.array_equal(want, got).item()
     finally:
         eng.close()
+
+
+def test_live_resize_between_steps_stays_exact(setup):
+    """Shrinking and growing within the allocation (no reallocation) and past it, between decode steps, with
+    wholly resident layers going unsynced and back."""
+    store, ref, tokens = setup
+    m = read_manifest(store)
+    total = m.total_expert_bytes
+    eng = load_engine(store, budget="100%", read_mode="buffered")
+    try:
+        eng.cache.wait_loads()
+        views = eng.cache.views
+        c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
+        plan = {4: total // 4, 10: total // 8, 16: total // 2, 22: total, 28: total // 4}
+        for i, t in enumerate(tokens[:34]):
+            if i in plan:
+                eng.cache.resize(plan[i])
+                assert eng.cache.views is views  # all within the start allocation
+                assert eng.cache.stats().used_bytes <= plan[i]
+            assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref), eng.model(mx.array([[t]]), cache=c_moe)).item()
+        eng.cache.flush()
+        st = eng.cache.stats()
+        assert st.unsynced > 0 and st.acquires > 0 and st.misses > 0
+    finally:
+        eng.close()
