@@ -60,6 +60,7 @@ class Scheduler:
         self._bg: Any = None
         self._waiting: deque[Job] = deque()
         self._active: dict[int, Job] = {}  # BatchGenerator uid -> job
+        self._steps = 0  # generation steps run
         self._jobs: dict[Key, Job] = {}
         self._uid_of: dict[Key, int] = {}
         self._context_limit = 0
@@ -293,7 +294,11 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001 - a failed step fails its batch, not the daemon
             self._fail_batch(e)
             return
-        eng.cache.flush(keep=1)  # count unsynced layer calls of finished steps (the newest is still computing)
+        self._steps += 1
+        if self._steps % 8 == 0 or any(t.finish_reason for t in tokens):
+            # count unsynced layer calls of finished steps (the newest is still computing): every few steps, and
+            # when a request ends, so its final stats hold its own steps; it is vectorised per batch of steps
+            eng.cache.flush(keep=1)
         c1, r1 = eng.cache.stats(), eng.reader.stats()
         shares: Counter[int] = Counter()
         for p in prompts:

@@ -138,6 +138,7 @@ class ExpertCache:
         self._deferred: list[list[tuple[int, mx.array, mx.array]]] = []  # unsynced calls by step: layer, indices, out
         self._flat: list[mx.array | None] = []  # per deferred step: its routing indices in one array (see defer)
         self._last_layer = -1
+        self._releasing: threading.Thread | None = None  # see _resize_within
         self.unsynced = True  # serve wholly resident layers without a host sync (False: always sync, to compare)
         self._allocate(self._slots_for(budget_bytes), [])
 
@@ -200,6 +201,7 @@ class ExpertCache:
             self._stats.used_bytes = len(self._where) * self.expert_bytes
 
     def _resize_within(self, slots: int) -> None:
+        self.wait_released()
         if slots >= self._capacity:  # grow: retired rows become free (their pages fault back in on first write)
             self._state[self._capacity : slots] = FREE
             self._capacity = slots
@@ -221,12 +223,26 @@ class ExpertCache:
         # priority, in place of the worst there (the prefetch victim rule): no copy, no wait
         ranks = sorted([float(rank[s]) for s in head_ready] + [r for _, r in moved], reverse=True)
         threshold = ranks[slots - 1] if len(ranks) > slots else -np.inf
+        back: dict[int, list[tuple[int, float]]] = {}
         for (layer, expert), r in sorted(moved, key=lambda kr: -kr[1]):
-            if r < threshold or not self.prefetch(layer, [expert], score=float(r)):
-                break
-        release_rows(self._host, slots, len(self._state))
+            if r >= threshold:
+                back.setdefault(layer, []).append((expert, r))
+        for layer, items in back.items():
+            self.prefetch(layer, [e for e, _ in items], score=float(np.mean([r for _, r in items])))
+        # handing pages back takes ~50 ms per GB: off the step path, on a thread; a later grow or reallocation
+        # waits for it first, so a revived row is never written while its pages are being dropped
+        self._releasing = threading.Thread(target=release_rows, args=(self._host, slots, len(self._state)),
+                                           name="moed-release", daemon=True)
+        self._releasing.start()
+
+    def wait_released(self) -> None:
+        """Wait until the memory of rows retired by the last shrink has been handed back."""
+        if self._releasing is not None:
+            self._releasing.join()
+            self._releasing = None
 
     def _reallocate(self, slots: int) -> None:
+        self.wait_released()
         self._drain()
         rank = self._rank()
         ready = sorted(self._where.items(), key=lambda ks: rank[ks[1]], reverse=True)  # best first
