@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 import mlx.core as mx
@@ -621,7 +621,7 @@ class ExpertCache:
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(**asdict(self._stats))
+            return replace(self._stats)  # a shallow copy: every field is a number (asdict deep-copies, slowly)
 
     def reset_stats(self) -> None:
         with self._lock:
