@@ -136,7 +136,6 @@ class ExpertCache:
         self._tables: dict[int, np.ndarray] = {}  # layer -> [E] slot of each expert, while in _luts
         self._slices: dict[tuple[int, int], dict[str, mx.array]] = {}  # (first slot, n) -> bank rows as views
         self._deferred: list[list[tuple[int, mx.array, mx.array]]] = []  # unsynced calls by step: layer, indices, out
-        self._flat: list[mx.array | None] = []  # per deferred step: its routing indices in one array (see defer)
         self._last_layer = -1
         self._releasing: threading.Thread | None = None  # see _resize_within
         self.unsynced = True  # serve wholly resident layers without a host sync (False: always sync, to compare)
@@ -463,14 +462,7 @@ class ExpertCache:
         """Note an unsynced call's lazy routing indices and output; the output is evaluated before any slot is
         reused, and the statistics are taken by `flush`, once computed."""
         if not self._deferred or layer <= self._last_layer:  # a new step (or batch step) began
-            if self._deferred:
-                # The step before was submitted whole: queue its routing, gathered, right behind it on the device
-                # so a later flush reads it back in one transfer without enqueueing anything (which would wait
-                # for the step then in flight and break a pipelined loop's overlap).
-                self._flat[-1] = self._gather(self._deferred[-1])
-                mx.async_eval(self._flat[-1])
             self._deferred.append([])
-            self._flat.append(None)
         self._last_layer = layer
         self._deferred[-1].append((layer, indices, output))
         if len(self._deferred) > 16:  # bounded; the oldest steps are long computed in any generation loop
@@ -483,12 +475,13 @@ class ExpertCache:
         if n <= 0:
             return
         groups, self._deferred = self._deferred[:n], self._deferred[n:]
-        flats, self._flat = self._flat[:n], self._flat[n:]
-        layers = [layer for group in groups for layer, _, _ in group]  # one per call
-        sizes = [indices.size for group in groups for _, indices, _ in group]
-        flat = np.concatenate([np.array(f if f is not None else self._gather(g)).reshape(-1).astype(np.int64)
-                               for g, f in zip(groups, flats)])  # one read-back per step
-        self._count_calls(np.array(layers, dtype=np.int64), np.array(sizes), flat)
+        calls = [(layer, indices) for group in groups for layer, indices, _ in group]
+        # Read each call's routing back as it is: those steps are computed, so this is a copy that enqueues
+        # nothing. (Gathering them on the device first, even queued with async_eval at the next step's start,
+        # waited for the step in flight: measured 5-7 ms per step in the daemon, a broken pipeline.)
+        flat = np.concatenate([np.array(indices).reshape(-1) for _, indices in calls]).astype(np.int64)
+        layers = np.array([layer for layer, _ in calls], dtype=np.int64)
+        self._count_calls(layers, np.array([indices.size for _, indices in calls]), flat)
 
     def _count_calls(self, layers: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> None:
         """Bookkeeping of unsynced calls, vectorised over many steps (it runs for every generated token):
@@ -531,10 +524,6 @@ class ExpertCache:
         with self._lock:
             self._stats.hits += len(keys)
             self._stats.unsynced += len(layers)
-
-    @staticmethod
-    def _gather(group: list[tuple[int, mx.array, mx.array]]) -> mx.array:
-        return mx.concatenate([indices.reshape(-1) for _, indices, _ in group])  # [sum of call sizes]
 
     def wait_loads(self) -> None:
         """Wait for every read in flight (e.g. a preload before a benchmark times anything). MLX thread."""
