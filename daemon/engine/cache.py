@@ -90,6 +90,20 @@ class CacheStats:
         return {**asdict(self), "hit_rate": self.hit_rate}
 
 
+def _page_aligned_bank(slots: int, width: int) -> tuple[mx.array, np.ndarray]:
+    """An MLX uint8 array [slots, width] whose first row starts on a page boundary, and a writable numpy view of
+    it. MLX's CPU allocator returns addresses 24 bytes past a page; aligned rows (with a width that is a multiple
+    of 4 KiB, as the Qwen3-30B shapes are) let direct reads land straight in a slot (reader scatter reads)."""
+    page = mmap.PAGESIZE
+    flat = mx.zeros((slots * width + page,), dtype=mx.uint8)
+    mx.eval(flat)
+    host = np.array(flat, copy=False)  # writable view of MLX memory
+    pad = -host.ctypes.data % page
+    bank = flat[pad : pad + slots * width].reshape(slots, width)  # a view: the same buffer, no copy
+    mx.eval(bank)
+    return bank, host[pad : pad + slots * width].reshape(slots, width)
+
+
 def release_rows(host: dict[str, np.ndarray], start: int, end: int) -> bool:
     """Give the physical memory of bank rows [start, end) back to the OS without reallocating: madvise(DONTNEED)
     on the whole pages inside those rows (they read as zeros afterwards and fault back in on the next write).
@@ -154,9 +168,9 @@ class ExpertCache:
 
     def _allocate(self, slots: int, keep: list[tuple[tuple[int, int], int]]) -> None:
         """(Re)build the banks with `slots` slots, copying the (key, old slot) pairs in `keep` over."""
-        banks = {t.name: mx.zeros((slots, t.nbytes), dtype=mx.uint8) for t in self.layout.tensors}
-        mx.eval(list(banks.values()))
-        host = {name: np.array(b, copy=False) for name, b in banks.items()}  # writable views of MLX memory
+        banks, host = {}, {}
+        for t in self.layout.tensors:
+            banks[t.name], host[t.name] = _page_aligned_bank(slots, t.nbytes)
         state, key_of = np.full(slots, FREE, np.int8), [None] * slots
         score, last = np.zeros(slots), np.zeros(slots)
         where: dict[tuple[int, int], int] = {}

@@ -107,6 +107,7 @@ class ReaderStats:
     verify_ns: int  # summed over threads: time spent computing CRC-32
     errors: int
     mode: str  # "direct", "buffered", or "buffered (direct unsupported on <file>)"
+    scatter_reads: int = 0  # of `reads`, those read straight into the sink's targets (see the module docstring)
 
 
 @dataclass
@@ -146,7 +147,7 @@ class ExpertReader:
         self._files_lock = threading.Lock()
         self._verified = [bytearray(layer.num_experts) for layer in manifest.layers]
         self._stats_lock = threading.Lock()
-        self._reads = self._bytes = self._read_ns = self._verify_ns = self._errors = 0
+        self._reads = self._bytes = self._read_ns = self._verify_ns = self._errors = self._scattered = 0
         self._workers = [threading.Thread(target=self._work, name=f"moed-reader-{i}", daemon=True)
                          for i in range(threads)]
         for t in self._workers:
@@ -178,7 +179,7 @@ class ExpertReader:
     def stats(self) -> ReaderStats:
         with self._stats_lock:
             return ReaderStats(self._reads, self._bytes, self._read_ns, self._verify_ns, self._errors,
-                               self._mode_in_effect)
+                               self._mode_in_effect, self._scattered)
 
     def close(self) -> None:
         """Cancel queued reads, let running ones finish, stop the workers, close fds, unmap buffers. Idempotent."""
@@ -299,6 +300,7 @@ class ExpertReader:
             raise StoreError(f"reading {lf.path} at offset {offset} failed: {e}") from e
         with self._stats_lock:
             self._reads += 1
+            self._scattered += 1
             self._bytes += got
             self._read_ns += time.perf_counter_ns() - t0
         lf.proven = True

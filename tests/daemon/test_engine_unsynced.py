@@ -131,3 +131,38 @@ def test_live_resize_between_steps_stays_exact(setup):
         assert st.unsynced > 0 and st.acquires > 0 and st.misses > 0
     finally:
         eng.close()
+
+
+def test_direct_reads_land_straight_in_page_aligned_slots(tmp_path):
+    """With 4 KiB-multiple expert tensors the cache's slot rows are page-aligned, so direct reads go straight into
+    them (no staging copy), and generation stays exact against mlx-lm."""
+    import os
+    import shutil
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    from moed.daemon.store.convert import convert
+    from moed.daemon.testmodel import make_test_model
+
+    base = Path("/var/tmp") if os.path.isdir("/var/tmp") else Path(tempfile.gettempdir())  # a disk, not tmpfs
+    root = base / f"moed-test-aligned-{uuid.uuid4().hex}"
+    try:
+        make_test_model(root / "ckpt", size="tiny", hidden=512, expert_inter=256)  # 64 KiB / 4 KiB tensors
+        convert(root / "ckpt", root / "store", bits=4, group_size=64)
+        ref, tok = mlx_load(str(root / "ckpt"))
+        eng = load_engine(root / "store", budget="25%", read_mode="direct", preload=False)
+        try:
+            tokens = corpus_tokens(tok, 12)
+            c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
+            for t in tokens:
+                assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref),
+                                      eng.model(mx.array([[t]]), cache=c_moe)).item()
+            st = eng.reader.stats()
+            if st.mode != "direct":
+                pytest.skip(f"O_DIRECT is not available here ({st.mode})")
+            assert st.reads > 0 and st.scatter_reads == st.reads
+        finally:
+            eng.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -325,6 +325,7 @@ def test_scatter_reads_land_in_the_targets(store, mode):
             # buffered: straight into the rows; direct: these rows are not 4 KiB-aligned, so through the buffer
             assert staged == (r.stats().mode == "direct")
         assert r.stats().reads == 3 and r.stats().bytes_read == 3 * LAYOUT.record_bytes
+        assert r.stats().scatter_reads == (0 if r.stats().mode == "direct" else 3)
 
 
 def test_scatter_reads_verify_checksums_and_length(store):
