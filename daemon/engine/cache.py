@@ -5,8 +5,12 @@ How it works
   MLX array of shape [slots, *per-expert shape]. An expert of any layer can sit in any slot, so the budget is
   global across layers. The streaming layer maps routed expert ids to slot ids and runs `gather_qmm` over the
   bank directly: a cache hit costs no copy.
-- Reads land in MLX-owned memory: each bank is allocated as raw bytes and written through a numpy view of its
-  buffer, on the reader's threads, straight from the aligned read buffer (one memcpy per tensor).
+- Reads land in MLX-owned memory: each bank is allocated as raw bytes (its rows page-aligned) and written
+  through a numpy view of its buffer on the reader's threads: where it can, the reader reads a record straight
+  into the slot's rows with one preadv (no copy in Python); otherwise one memcpy per tensor from its buffer.
+- A layer whose experts are all resident cannot miss: `lookup` gives the streaming layer its bank rows (or a
+  device-side expert->slot table) so it runs with no host synchronisation; `defer` keeps its lazy routing and
+  output, `flush` counts them later from computed steps. Evicting first evaluates every such output.
 - Writing into MLX memory is safe because a slot is only handed to a read when no pending MLX graph can read
   it: every output computed from the banks is registered (`guard`) and evaluated before the next acquire
   refills anything; the slots of the current call are *busy* until then, the experts of the current call are
@@ -32,9 +36,6 @@ write the slot they were given.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -45,6 +46,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..store.format import RecordLayout
+from .banks import page_aligned_bank, release_rows
 
 _MLX_DTYPES = {
     "uint32": mx.uint32, "uint8": mx.uint8, "int8": mx.int8,
@@ -88,39 +90,6 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, float | int]:
         return {**asdict(self), "hit_rate": self.hit_rate}
-
-
-def _page_aligned_bank(slots: int, width: int) -> tuple[mx.array, np.ndarray]:
-    """An MLX uint8 array [slots, width] whose first row starts on a page boundary, and a writable numpy view of
-    it. MLX's CPU allocator returns addresses 24 bytes past a page; aligned rows (with a width that is a multiple
-    of 4 KiB, as the Qwen3-30B shapes are) let direct reads land straight in a slot (reader scatter reads)."""
-    page = mmap.PAGESIZE
-    flat = mx.zeros((slots * width + page,), dtype=mx.uint8)
-    mx.eval(flat)
-    host = np.array(flat, copy=False)  # writable view of MLX memory
-    pad = -host.ctypes.data % page
-    bank = flat[pad : pad + slots * width].reshape(slots, width)  # a view: the same buffer, no copy
-    mx.eval(bank)
-    return bank, host[pad : pad + slots * width].reshape(slots, width)
-
-
-def release_rows(host: dict[str, np.ndarray], start: int, end: int) -> bool:
-    """Give the physical memory of bank rows [start, end) back to the OS without reallocating: madvise(DONTNEED)
-    on the whole pages inside those rows (they read as zeros afterwards and fault back in on the next write).
-    Only where MLX arrays live in ordinary anonymous memory: Linux on MLX's CPU backend. Elsewhere (Metal,
-    CUDA's managed memory) it does nothing and returns False: the rows stay allocated until a reallocation."""
-    if start >= end or not sys.platform.startswith("linux") or mx.default_device() != mx.cpu:
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    page = mmap.PAGESIZE
-    for rows in host.values():
-        width = rows.shape[1]
-        lo = rows.ctypes.data + start * width
-        hi = rows.ctypes.data + end * width
-        lo, hi = -(-lo // page) * page, hi // page * page  # whole pages only: neighbours keep theirs
-        if hi > lo and libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4) != 0:  # MADV_DONTNEED
-            return False
-    return True
 
 
 class ExpertCache:
@@ -170,7 +139,7 @@ class ExpertCache:
         """(Re)build the banks with `slots` slots, copying the (key, old slot) pairs in `keep` over."""
         banks, host = {}, {}
         for t in self.layout.tensors:
-            banks[t.name], host[t.name] = _page_aligned_bank(slots, t.nbytes)
+            banks[t.name], host[t.name] = page_aligned_bank(slots, t.nbytes)
         state, key_of = np.full(slots, FREE, np.int8), [None] * slots
         score, last = np.zeros(slots), np.zeros(slots)
         where: dict[tuple[int, int], int] = {}
