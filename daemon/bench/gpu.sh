@@ -4,7 +4,7 @@
 #                               # upload paths, greedy exactness at 100 % and 25 %
 #   daemon/bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
 #   daemon/bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
-#   daemon/bench/gpu.sh model; daemon/bench/gpu.sh full   # a short visit: model, then the 100 % figures
+#   daemon/bench/gpu.sh model; daemon/bench/gpu.sh measure  # a short visit: model, then every target's figure
 # Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel).
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/mp/moed
@@ -37,14 +37,18 @@ clients)
 model)  # the bench model and store only
   [ -d "$ST" ] || { moed make-test-model "$CK" --size bench >/dev/null; moed convert "$CK" "$ST" --quiet; }
   ;;
-full)  # 100 %: mlx-lm, moed unsynced, moed synced (x3 each, short prompt), then 1 and 4 concurrent clients
+measure)  # one call after setup: the targets in ~6 min (median of 3 where it matters)
   for i in 1 2 3; do
     single "{\"kind\": \"mlx-lm\", \"model\": \"$CK\", \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64}" > "$OUT/mlxlm-$i.json"
     for u in true false; do
-      single "{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"100%\", \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64, \"read_mode\": \"buffered\", \"unsynced\": $u}" > "$OUT/moed-$u-$i.json"
+      single "{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"100%\", \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64, \"read_mode\": \"buffered\", \"unsynced\": $u}" > "$OUT/moed100-$u-$i.json"
     done
   done
-  moed bench "$ST" --clients 1,4 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5
+  for m in buffered direct; do
+    single "{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"25%\", \"prompt_len\": 16, \"steps\": 32, \"sample_tokens\": 0, \"read_mode\": \"$m\"}" > "$OUT/moed25-$m.json"
+    single "{\"kind\": \"readpath\", \"store\": \"$ST\", \"read_mode\": \"$m\", \"read_threads\": 4}" > "$OUT/readpath-$m.json"
+  done
+  moed bench "$ST" --clients 1,4 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -4
   ;;
-*) echo "usage: $0 setup|model|full|bench|clients" >&2; exit 2 ;;
+*) echo "usage: $0 setup|model|measure|bench|clients" >&2; exit 2 ;;
 esac
