@@ -1,0 +1,124 @@
+"""Layers whose experts are all resident: served with no host synchronisation (part of ExpertCache).
+
+A layer call whose experts are all in the cache cannot miss, so nothing needs the routing on the host before the
+compute: `lookup` gives the streaming layer the bank rows that hold the layer's experts in expert order (a preload
+lays them out so, and then the graph is exactly mlx-lm's SwitchGLU over those rows), or else a device-side
+expert->slot table the routing indices are mapped through. The call's lazy routing indices and output go to
+`defer`; `flush` later reads the routing back from steps already computed (a plain copy that enqueues nothing on
+the device) and does the bookkeeping a synced call does in `acquire` (hits, LFU/LRU touches, usage counts),
+vectorised over many steps. Exactness: the table of a layer is dropped when one of its experts is evicted, and
+an eviction first evaluates every deferred output (ExpertCache._evict -> _settle_graphs), so no unfinished call
+ever reads a refilled slot.
+
+This is a mixin of ExpertCache (cache.py), split out to keep that file readable: it uses the cache's slot state
+(_where, _ready, _futures, _luts, _tables, _slices, _deferred, _usage_dense, _num_experts, ...) and runs on the
+thread that owns MLX.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+
+class ResidentLayers:
+    """The no-sync path of ExpertCache; see the module docstring."""
+
+    def lookup(self, layer: int, num_experts: int) -> int | mx.array | None:
+        """If every expert of `layer` is resident: the first slot of the run of slots that holds them in expert
+        order (a preload lays layers out so), or else the expert->slot table ([num_experts] uint32); None if not.
+
+        A layer whose experts are all resident cannot miss, so its call needs no host synchronisation: the
+        streaming layer computes over the run's bank rows (`rows`) with the routing indices as they are, exactly
+        mlx-lm's graph, or maps them to slots on the device through the table; either way it hands the lazy
+        indices and output to `defer`. The table stays valid until one of the layer's experts is evicted, and an
+        eviction first evaluates every deferred (and guarded) output, so no unfinished call can read a reused
+        slot."""
+        if self._futures:
+            self._reap()
+        self._num_experts[layer] = num_experts
+        if not self.unsynced or self._ready.get(layer, 0) < num_experts:
+            return None
+        lut = self._luts.get(layer)
+        if lut is None:
+            table = np.array([self._where[(layer, e)] for e in range(num_experts)], dtype=np.uint32)
+            start = int(table[0])
+            in_order = np.array_equal(table, np.arange(start, start + num_experts))
+            lut = self._luts[layer] = start if in_order else mx.array(table)
+            self._tables[layer] = table.astype(np.int64)
+        return lut
+
+    def rows(self, start: int, n: int) -> dict[str, mx.array]:
+        """Bank rows [start, start+n) of every tensor, as views sharing the banks' memory (made once)."""
+        key = (start, n)
+        if key not in self._slices:
+            self._slices[key] = {k: v[start : start + n] for k, v in self.views.items()}
+            mx.eval(list(self._slices[key].values()))
+        return self._slices[key]
+
+    def defer(self, layer: int, indices: mx.array, output: mx.array) -> None:
+        """Note an unsynced call's lazy routing indices and output; the output is evaluated before any slot is
+        reused, and the statistics are taken by `flush`, once computed."""
+        if not self._deferred or layer <= self._last_layer:  # a new step (or batch step) began
+            self._deferred.append([])
+        self._last_layer = layer
+        self._deferred[-1].append((layer, indices, output))
+        if len(self._deferred) > 16:  # bounded; the oldest steps are long computed in any generation loop
+            self.flush(keep=2)
+
+    def flush(self, keep: int = 0) -> None:
+        """Count the unsynced calls of all steps but the last `keep` (hits, policy, usage). Reading their routing
+        waits for it to be computed, so a pipelined loop keeps the step still in flight (keep=1). MLX thread."""
+        n = len(self._deferred) - keep
+        if n <= 0:
+            return
+        groups, self._deferred = self._deferred[:n], self._deferred[n:]
+        calls = [(layer, indices) for group in groups for layer, indices, _ in group]
+        # Read each call's routing back as it is: those steps are computed, so this is a copy that enqueues
+        # nothing. (Gathering them on the device first, even queued with async_eval at the next step's start,
+        # waited for the step in flight: measured 5-7 ms per step in the daemon, a broken pipeline.)
+        flat = np.concatenate([np.array(indices).reshape(-1) for _, indices in calls]).astype(np.int64)
+        layers = np.array([layer for layer, _ in calls], dtype=np.int64)
+        self._count_calls(layers, np.array([indices.size for _, indices in calls]), flat)
+
+    def _count_calls(self, layers: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> None:
+        """Bookkeeping of unsynced calls, vectorised over many steps (it runs for every generated token):
+        call i of layer layers[i] routed to flat[sum(sizes[:i]) : sum(sizes[:i+1])]."""
+        self._tick += len(layers)
+        width = int(flat.max()) + 1 if flat.size else 1
+        keys = np.unique(np.repeat(np.arange(len(layers)), sizes) * width + flat)  # distinct experts per call
+        call, exp = np.divmod(keys, width)
+        lay = layers[call]
+        used = []
+        for layer in np.unique(layers).tolist():
+            e = exp[lay == layer]
+            table = self._tables.get(layer)
+            if table is not None:
+                used.append(table[e])
+            else:  # evicted since: whatever of it is still resident
+                used.append(np.array([s for s in (self._where.get((layer, int(x)), -1) for x in e) if s >= 0],
+                                     dtype=np.int64))
+            counts = self._usage_dense.get(layer)
+            if counts is None or len(counts) < width:
+                grown = np.zeros(max(width, self._num_experts.get(layer, 0)))
+                if counts is not None:
+                    grown[: len(counts)] = counts
+                counts = self._usage_dense[layer] = grown
+            np.add.at(counts, e, 1.0)
+        slots, uses = np.unique(np.concatenate(used), return_counts=True) if used else (np.zeros(0, np.int64), [])
+        if self.policy == "lfu" and len(slots):
+            self._score[slots] = self._score[slots] * self._decay ** (self._tick - self._last[slots]) + uses
+        self._last[slots] = self._tick
+        if self._prefetched:
+            for s in slots.tolist():
+                if s in self._prefetched:
+                    self._forget_prefetch(s)
+                    with self._lock:
+                        self._stats.prefetch_used += 1
+        if self._protected:
+            done = set(layers.tolist())
+            for slot in [s for s, target in self._protected.items() if target in done]:
+                del self._protected[slot]
+        with self._lock:
+            self._stats.hits += len(keys)
+            self._stats.unsynced += len(layers)
