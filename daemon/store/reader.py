@@ -20,7 +20,8 @@ How it runs:
     pieces (the cache gives its slot rows). Then the record is read with one `preadv` straight into those views
     (gaps and padding into the worker's buffer) and the sink is not called: no staging copy, and the copy into
     the destination happens in the kernel with the GIL released, so workers fill slots in parallel. Direct reads
-    do this only when every piece is 4 KiB-aligned in address and length (O_DIRECT's rule); otherwise, and where
+    do this only when every piece is 4 KiB-aligned in address and length (O_DIRECT's rule), and stop for good if
+    the kernel refuses to read into that memory (a GPU's managed memory may be such); otherwise, and where
     `preadv` is missing, the staging path runs. Measured on the lent GPU: 1.6 GB/s per thread straight into
     MLX's managed memory against 1.2-1.36 GB/s through a staging buffer (docs/results.md).
 """
@@ -148,6 +149,7 @@ class ExpertReader:
         self._verified = [bytearray(layer.num_experts) for layer in manifest.layers]
         self._stats_lock = threading.Lock()
         self._reads = self._bytes = self._read_ns = self._verify_ns = self._errors = self._scattered = 0
+        self._direct_scatter = True  # cleared if the kernel refuses a direct read into a sink's memory
         self._workers = [threading.Thread(target=self._work, name=f"moed-reader-{i}", daemon=True)
                          for i in range(threads)]
         for t in self._workers:
@@ -286,15 +288,21 @@ class ExpertReader:
             pos = off + view.nbytes
         if layout.record_bytes > pos:
             iov.append(buf[pos : layout.record_bytes])
-        if _PREADV is None or (lf.direct and not all(v.ctypes.data % 4096 == 0 and v.nbytes % 4096 == 0 for v in iov)):
+        if _PREADV is None or (lf.direct and (not self._direct_scatter or
+                                              not all(v.ctypes.data % 4096 == 0 and v.nbytes % 4096 == 0 for v in iov))):
             return False
         offset = entry.offset(expert, layout)
         t0 = time.perf_counter_ns()
         try:
             got = _PREADV(lf.fd, iov, offset)
         except OSError as e:
-            if e.errno == errno.EINVAL and lf.direct:
-                return False  # the staging path knows how to fall back to buffered reads
+            if lf.direct:
+                # EINVAL: the staging path knows how to fall back to buffered reads. Anything else: memory the
+                # kernel will not DMA into (e.g. a GPU's managed memory): direct reads stop scattering, for good.
+                if e.errno != errno.EINVAL:
+                    self._direct_scatter = False
+                    log.warning("direct reads into the cache's memory failed (%s); reading through buffers", e)
+                return False
             with self._stats_lock:
                 self._errors += 1
             raise StoreError(f"reading {lf.path} at offset {offset} failed: {e}") from e

@@ -164,5 +164,29 @@ def test_direct_reads_land_straight_in_page_aligned_slots(tmp_path):
             assert st.reads > 0 and st.scatter_reads == st.reads
         finally:
             eng.close()
+        # memory the kernel will not DMA into (as a GPU's managed memory may be): reads go through the buffers
+        import errno
+
+        from moed.daemon.store import reader as reader_mod
+
+        real = reader_mod._PREADV
+
+        def no_dma_into_targets(fd, bufs, offset):
+            if len(bufs) > 1:
+                raise OSError(errno.EFAULT, "Bad address")
+            return real(fd, bufs, offset)
+
+        reader_mod._PREADV = no_dma_into_targets
+        eng = load_engine(root / "store", budget="25%", read_mode="direct", preload=False)
+        try:
+            c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
+            for t in tokens:
+                assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref),
+                                      eng.model(mx.array([[t]]), cache=c_moe)).item()
+            st = eng.reader.stats()
+            assert st.reads > 0 and st.scatter_reads == 0 and st.errors == 0
+        finally:
+            reader_mod._PREADV = real
+            eng.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
