@@ -95,10 +95,8 @@ class Handover:
                     "active": self._n_active, "queued": self._n_waiting + len(self._inbox),
                     "max_batch": self._max_batch, "queue_limit": self._queue_limit,
                     "context_limit": self._context_limit, "finished": dict(self._finished)}
-            cache, final = self._cache, dict(self._final_cache)
-        snap["cache"] = cache.stats().as_dict() if cache is not None else final
-        with self._lock:
-            snap["cache"].update(self._traffic)
+            cache, final, traffic = self._cache, dict(self._final_cache), dict(self._traffic)
+        snap["cache"] = {**(cache.stats().as_dict() if cache is not None else final), **traffic}
         return snap
 
     # == the scheduler thread ===================================================================================

@@ -13,12 +13,14 @@ export PYTHONPATH=/tmp/site:/tmp/mp
 M=/tmp/moed-models; CK=$M/bench; ST=$M/bench-store
 moed() { python3 -m moed.daemon.cli "$@"; }
 single() { python3 -m moed.daemon.bench.single "$1"; }
+# moed_run BUDGET READ_MODE EXTRA_JSON: one teacher-forced moed run of the store (prompt 16, 64 steps)
+moed_run() { single "{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"$1\", \"read_mode\": \"$2\", \"prompt_len\": 16, \"steps\": 64, $3}"; }
+make_model() { [ -d "$ST" ] || { moed make-test-model "$CK" --size bench >/dev/null; moed convert "$CK" "$ST" --quiet; }; }
 case "${1:-}" in
 setup)
   python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-  [ -d "$ST" ] || { time moed make-test-model "$CK" --size bench; time moed convert "$CK" "$ST" --quiet; }
-  du -sh "$CK" "$ST"
+  make_model
   single "{\"kind\": \"upload\", \"store\": \"$ST\", \"experts\": 128}" > "$OUT/upload.json"
   python3 -m moed.daemon.bench.exact "$ST" "$CK" --budgets 100%,25% --tokens 64 --out "$OUT/exact.json" | tail -30
   ;;
@@ -26,26 +28,23 @@ bench)
   moed bench "$ST" --reference "$CK" --budgets 100,50,25,12.5 --depths 0,1,2 --read-modes direct,buffered \
     --policies lfu --prompt-len 128 --steps 64 --sample-tokens 64 --repeat "${REPEAT:-3}" --no-restart \
     --out "$OUT/bench.json" | tail -30
-  for u in false; do  # the per-layer-sync path at 100 %, for comparison
-    single "{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"100%\", \"prompt_len\": 128, \"steps\": 64, \"sample_tokens\": 64, \"read_mode\": \"buffered\", \"unsynced\": $u}" > "$OUT/synced100.json"
-  done
+  moed_run 100% buffered '"sample_tokens": 64, "unsynced": false' > "$OUT/synced100.json"  # per-layer sync
   ;;
 clients)
-  moed bench "$ST" --clients 1,2,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -8
-  moed bench "$ST" --clients 1,2,4,8 --cache-budget 25% --steps 32 --prompt-len 32 --out "$OUT/clients25.json" | tail -8
+  moed bench "$ST" --clients 1,2,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json"
+  moed bench "$ST" --clients 1,2,4,8 --cache-budget 25% --steps 32 --prompt-len 32 --out "$OUT/clients25.json"
   ;;
 model)  # the bench model and store only
-  [ -d "$ST" ] || { moed make-test-model "$CK" --size bench >/dev/null; moed convert "$CK" "$ST" --quiet; }
+  make_model
   ;;
-measure)  # one call after setup: the targets in ~6 min (median of 3 where it matters)
+measure)  # one call after model: the targets in ~6 min (median of 3 where it matters)
   for i in 1 2 3; do
-    single "{\"kind\": \"mlx-lm\", \"model\": \"$CK\", \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64}" > "$OUT/mlxlm-$i.json"
-    for u in true false; do
-      single "{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"100%\", \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64, \"read_mode\": \"buffered\", \"unsynced\": $u}" > "$OUT/moed100-$u-$i.json"
-    done
+    single "{\"kind\": \"mlx-lm\", \"model\": \"$CK\", \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64}" \
+      > "$OUT/mlxlm-$i.json"
+    for u in true false; do moed_run 100% buffered "\"sample_tokens\": 64, \"unsynced\": $u" > "$OUT/moed100-$u-$i.json"; done
   done
   for m in buffered direct; do
-    single "{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"25%\", \"prompt_len\": 16, \"steps\": 32, \"sample_tokens\": 0, \"read_mode\": \"$m\"}" > "$OUT/moed25-$m.json"
+    moed_run 25% "$m" '"sample_tokens": 0' > "$OUT/moed25-$m.json"
     single "{\"kind\": \"readpath\", \"store\": \"$ST\", \"read_mode\": \"$m\", \"read_threads\": 4}" > "$OUT/readpath-$m.json"
   done
   moed bench "$ST" --clients 1,4 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -4

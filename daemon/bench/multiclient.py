@@ -9,9 +9,11 @@ concurrent clients each stream one generation with seeded temperature-1 sampling
 greedy decoding of a random model would repeat one token), each with a different slice of the fixed benchmark
 text as its prompt. Measured at the clients: aggregate decode tok/s (tokens after each stream's first, over the
 time from the earliest first token to the latest last one), end-to-end tok/s (all generated tokens over the wall
-time from the first request to the last final, prefill included), the gap between consecutive chunks of each stream (p50, p99), from the finals' stats the bytes
-read per generated token (prefill included), and from the daemon's traffic counters the bytes read per token of pure
-decode steps (no prompt rows in them): the figure batching's shared reads act on. A warm-up request runs first so the model and the cache's first fill are not timed.
+time from the first request to the last final, prefill included), the gap between consecutive chunks of each
+stream (p50, p99), from the finals' stats the bytes read per generated token (prefill included), and from the
+daemon's traffic counters the bytes read per token of pure decode steps (no prompt rows in them): the figure
+batching's shared reads act on. A warm-up request runs first so the model and the cache's first fill are not
+timed; at a budget that holds every expert, the timed round waits for the daemon's preload.
 """
 
 from __future__ import annotations

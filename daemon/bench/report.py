@@ -42,8 +42,8 @@ def summarise(records: list[dict]) -> list[dict]:
         elif cfg["kind"] in ("mlx-lm", "moed"):
             for key in ("prefill_tps", "forced_decode_tps", "sampled_decode_tps", "peak_rss_bytes",
                         "decode_hit_rate", "decode_bytes_read_per_token", "decode_wait_ms_per_token",
-                        "syncs_per_token", "unsynced_layers_per_token", "prefetch_accuracy", "prefetch_wasted_bytes_per_token",
-                        "budget_fraction"):
+                        "syncs_per_token", "unsynced_layers_per_token", "prefetch_accuracy",
+                        "prefetch_wasted_bytes_per_token", "budget_fraction"):
                 if key in g[0]:
                     row[key] = _med([r.get(key) for r in g])
             if cfg["kind"] == "moed":

@@ -86,11 +86,13 @@ def run_upload(cfg: dict) -> dict:
             mx.eval([p for ps in parts.values() for p in ps])
             return {k: mx.stack(v) for k, v in parts.items()}
 
-        t0 = time.perf_counter()
-        bank2 = per_expert()
-        mx.eval(list(bank2.values()))
-        record("mx_array", time.perf_counter() - t0, _consume(bank2, n))
-        del bank2
+        def record_new_bank(name: str, build) -> None:
+            t0 = time.perf_counter()
+            new = build()
+            mx.eval(list(new.values()))
+            record(name, time.perf_counter() - t0, _consume(new, n))
+
+        record_new_bank("mx_array", per_expert)
 
         # mx_array batched
         def batched():
@@ -101,11 +103,7 @@ def run_upload(cfg: dict) -> dict:
                                                                                 + t.nbytes])))
             return {k: mx.concatenate(v) for k, v in parts.items()}
 
-        t0 = time.perf_counter()
-        bank3 = batched()
-        mx.eval(list(bank3.values()))
-        record("mx_array_batched", time.perf_counter() - t0, _consume(bank3, n))
-        del bank3
+        record_new_bank("mx_array_batched", batched)
 
         # read_copy: pread into one staging record, then the view copy
         buf = np.empty(lay.record_bytes, dtype=np.uint8)

@@ -112,11 +112,9 @@ class ExpertCache(ResidentLayers):
         self._prefetched: set[int] = set()  # slots filled by prefetch and not requested yet
         self._protected: dict[int, int] = {}  # unused prefetched slot -> the layer it was read for
         self._busy = np.zeros(0, dtype=np.int64)  # slots the pending graph reads
-        self._usage: dict[tuple[int, int], float] = {}  # use counts, for warm restarts
-        self._usage_dense: dict[int, np.ndarray] = {}  # layer -> [E] use counts of unsynced calls (added to _usage)
+        self._usage: dict[int, np.ndarray] = {}  # layer -> use count per expert id, for warm restarts
         self._pending: list[mx.array] = []  # lazy outputs that read the banks (see guard)
         self._ready: dict[int, int] = {}  # layer -> resident (READY) experts
-        self._num_experts: dict[int, int] = {}  # layer -> experts it has (set by the streaming layers)
         self._luts: dict[int, int | mx.array] = {}  # layer -> first slot or expert->slot table (see lookup)
         self._tables: dict[int, np.ndarray] = {}  # layer -> [E] slot of each expert, while in _luts
         self._slices: dict[tuple[int, int], dict[str, mx.array]] = {}  # (first slot, n) -> bank rows as views
@@ -230,8 +228,6 @@ class ExpertCache(ResidentLayers):
         self._drain()
         rank = self._rank()
         ready = sorted(self._where.items(), key=lambda ks: rank[ks[1]], reverse=True)  # best first
-        rank = self._rank()
-        ready = sorted(self._where.items(), key=lambda ks: rank[ks[1]], reverse=True)  # best first
         self._allocate(slots, ready)
         mx.clear_cache()  # hand the old banks' memory back instead of keeping it in MLX's buffer cache
 
@@ -269,13 +265,13 @@ class ExpertCache(ResidentLayers):
             return self._last.copy()
         return self._score * self._decay ** (self._tick - self._last)
 
-    def _touch(self, slots: np.ndarray) -> None:
-        # slots used by one call; i/len in [0, 1) breaks ties within it: experts listed first count as used first
+    def _touch(self, slots: np.ndarray, uses: np.ndarray | float = 1.0) -> None:
+        # distinct slots, used `uses` times each; i/len in [0, 1) breaks ties: slots listed first count as used first
         if not len(slots):
             return
         now = self._tick + np.arange(len(slots)) / len(slots)
         if self.policy == "lfu":
-            self._score[slots] = self._score[slots] * self._decay ** (now - self._last[slots]) + 1.0
+            self._score[slots] = self._score[slots] * self._decay ** (now - self._last[slots]) + uses
         self._last[slots] = now
 
     def _victim(self, pinned: np.ndarray, wait: bool = False) -> int:
@@ -385,7 +381,8 @@ class ExpertCache(ResidentLayers):
         if before_wait is not None:
             before_wait()
         waited = self._wait_all(slots, layer, experts)
-        self._record_use(layer, experts, slots)
+        self._record_use([layer], slots)
+        self._count_usage(layer, experts)
         with self._lock:
             self._stats.hits += hits - len(inflight)
             self._stats.inflight_hits += len(inflight)
@@ -394,21 +391,33 @@ class ExpertCache(ResidentLayers):
             self._stats.acquires += 1
         return slots
 
-    def _record_use(self, layer: int, experts: np.ndarray, slots) -> None:
-        """Policy and usage bookkeeping for one layer call: `experts` were used, `slots` (theirs, those still
-        resident) are touched."""
-        self._touch(np.asarray(slots, dtype=np.int64))
+    def _record_use(self, layers, slots: np.ndarray, uses: np.ndarray | float = 1.0) -> None:
+        """Policy bookkeeping after calls of `layers` (synced or not): the distinct `slots` were used, `uses`
+        times each."""
+        self._touch(np.asarray(slots, dtype=np.int64), uses)
         if self._prefetched:
-            for s in slots:
+            for s in np.asarray(slots).tolist():
                 if s in self._prefetched:
-                    self._forget_prefetch(int(s))
+                    self._forget_prefetch(s)
                     with self._lock:
                         self._stats.prefetch_used += 1
-        for slot in [s for s, target in self._protected.items() if target == layer]:
-            del self._protected[slot]  # its layer ran without it: an ordinary (score-0) entry from now on
-        for e in experts:
-            key = (layer, int(e))
-            self._usage[key] = self._usage.get(key, 0.0) + 1.0
+        if self._protected:
+            done = set(layers)
+            for slot in [s for s, target in self._protected.items() if target in done]:
+                del self._protected[slot]  # its layer ran without it: an ordinary (score-0) entry from now on
+
+    def _count_usage(self, layer: int, experts: np.ndarray, amount: np.ndarray | float = 1.0) -> None:
+        """Add `amount` to the use counts of `experts` (distinct ids) of `layer` (for warm restarts)."""
+        experts = np.asarray(experts, dtype=np.int64)
+        if not experts.size:
+            return
+        counts = self._usage.get(layer)
+        if counts is None or len(counts) <= experts.max():
+            grown = np.zeros(int(experts.max()) + 1)
+            if counts is not None:
+                grown[: len(counts)] = counts
+            counts = self._usage[layer] = grown
+        counts[experts] += amount
 
     def wait_loads(self) -> None:
         """Wait for every read in flight (e.g. a preload before a benchmark times anything). MLX thread."""
@@ -482,16 +491,13 @@ class ExpertCache(ResidentLayers):
 
     def seed_usage(self, usage: dict[tuple[int, int], float]) -> None:
         """Start the usage counts from a previous run's (see warm.py)."""
-        for key, count in usage.items():
-            self._usage[key] = self._usage.get(key, 0.0) + count
+        for (layer, expert), count in usage.items():
+            self._count_usage(layer, np.array([expert]), count)
 
     def usage(self) -> dict[tuple[int, int], float]:
         """Use counts per (layer, expert) since start (for warm restarts)."""
-        out = dict(self._usage)
-        for layer, counts in self._usage_dense.items():
-            for e in np.flatnonzero(counts).tolist():
-                out[layer, e] = out.get((layer, e), 0.0) + float(counts[e])
-        return out
+        return {(layer, e): float(counts[e]) for layer, counts in self._usage.items()
+                for e in np.flatnonzero(counts).tolist()}
 
     def stats(self) -> CacheStats:
         with self._lock:

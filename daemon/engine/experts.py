@@ -5,7 +5,8 @@ mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, sh
 
 0. If every expert of the layer is resident (always, at a 100 % budget once filled), nothing can miss: compute
    with no host synchronisation at all, over the bank rows that hold the layer's experts in order (a preload
-   lays them out so: then the graph is exactly mlx-lm's) or through a device-side expert->slot table; the routing is read back later, once computed anyway, for the statistics (ExpertCache.lookup/defer).
+   lays them out so: then the graph is exactly mlx-lm's) or through a device-side expert->slot table; the
+   routing is read back later, once computed anyway, for the statistics (unsynced.py: lookup, defer, flush).
    Otherwise:
 1. Evaluate the routing indices, together with the prefetcher's predictions for the next layers, and read them
    on the host: one synchronisation per MoE layer.

@@ -11,7 +11,7 @@ an eviction first evaluates every deferred output (ExpertCache._evict -> _settle
 ever reads a refilled slot.
 
 This is a mixin of ExpertCache (cache.py), split out to keep that file readable: it uses the cache's slot state
-(_where, _ready, _futures, _luts, _tables, _slices, _deferred, _usage_dense, _num_experts, ...) and runs on the
+(_where, _ready, _futures, _luts, _tables, _slices, _deferred, ...) and its bookkeeping, and runs on the
 thread that owns MLX.
 """
 
@@ -36,7 +36,6 @@ class ResidentLayers:
         slot."""
         if self._futures:
             self._reap()
-        self._num_experts[layer] = num_experts
         if not self.unsynced or self._ready.get(layer, 0) < num_experts:
             return None
         lut = self._luts.get(layer)
@@ -91,34 +90,17 @@ class ResidentLayers:
         lay = layers[call]
         used = []
         for layer in np.unique(layers).tolist():
-            e = exp[lay == layer]
+            e = exp[lay == layer]  # repeats: one per call that used it
             table = self._tables.get(layer)
             if table is not None:
                 used.append(table[e])
             else:  # evicted since: whatever of it is still resident
                 used.append(np.array([s for s in (self._where.get((layer, int(x)), -1) for x in e) if s >= 0],
                                      dtype=np.int64))
-            counts = self._usage_dense.get(layer)
-            if counts is None or len(counts) < width:
-                grown = np.zeros(max(width, self._num_experts.get(layer, 0)))
-                if counts is not None:
-                    grown[: len(counts)] = counts
-                counts = self._usage_dense[layer] = grown
-            np.add.at(counts, e, 1.0)
-        slots, uses = np.unique(np.concatenate(used), return_counts=True) if used else (np.zeros(0, np.int64), [])
-        if self.policy == "lfu" and len(slots):
-            self._score[slots] = self._score[slots] * self._decay ** (self._tick - self._last[slots]) + uses
-        self._last[slots] = self._tick
-        if self._prefetched:
-            for s in slots.tolist():
-                if s in self._prefetched:
-                    self._forget_prefetch(s)
-                    with self._lock:
-                        self._stats.prefetch_used += 1
-        if self._protected:
-            done = set(layers.tolist())
-            for slot in [s for s, target in self._protected.items() if target in done]:
-                del self._protected[slot]
+            distinct, calls = np.unique(e, return_counts=True)
+            self._count_usage(layer, distinct, calls)
+        slots, uses = np.unique(np.concatenate(used), return_counts=True) if used else (np.zeros(0, np.int64), 1.0)
+        self._record_use(layers.tolist(), slots, uses)
         with self._lock:
             self._stats.hits += len(keys)
             self._stats.unsynced += len(layers)

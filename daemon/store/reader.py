@@ -45,7 +45,7 @@ from typing import Callable
 
 import numpy as np
 
-from moed.daemon.store.format import Manifest, StoreError, crc32
+from moed.daemon.store.format import Manifest, StoreError
 
 try:
     import fcntl
@@ -243,6 +243,9 @@ class ExpertReader:
             if targets is None or not self._scatter(layer, expert, buf, targets):
                 sink(self._fetch(layer, expert, buf))
         except BaseException as e:  # the future must always resolve and the buffer go back, whatever went wrong
+            if isinstance(e, StoreError):  # a failed read (not a sink's own exception)
+                with self._stats_lock:
+                    self._errors += 1
             self._release(bi)
             fut.set_exception(e)
         else:
@@ -251,30 +254,12 @@ class ExpertReader:
 
     def _fetch(self, layer: int, expert: int, buf: np.ndarray) -> np.ndarray:
         """Read and (first time) verify one record into buf; returns the read-only payload view."""
-        entry, layout = self.manifest.layers[layer], self.manifest.layout
-        offset = entry.offset(expert, layout)
-        try:
-            got, path = self._read_record(layer, buf, offset)
-            if got != layout.record_bytes:
-                raise StoreError(f"layer {entry.index} expert {expert}: short read of {path} at offset {offset}: "
-                                 f"expected {layout.record_bytes} bytes, got {got} (file truncated?)")
-            payload = buf[: layout.payload_bytes]
-            payload.flags.writeable = False
-            if self.verify and not self._verified[layer][expert]:
-                t0 = time.perf_counter_ns()
-                got_crc = crc32(payload)
-                with self._stats_lock:
-                    self._verify_ns += time.perf_counter_ns() - t0
-                want = entry.checksums[expert]
-                if got_crc != want:
-                    raise StoreError(f"layer {entry.index} expert {expert}: checksum mismatch in {path} at offset "
-                                     f"{offset}: manifest says crc32 {want:08x}, record has {got_crc:08x}")
-                self._verified[layer][expert] = 1
-            return payload
-        except StoreError:
-            with self._stats_lock:
-                self._errors += 1
-            raise
+        offset = self.manifest.layers[layer].offset(expert, self.manifest.layout)
+        got, path = self._read_record(layer, buf, offset)
+        self._check(layer, expert, path, offset, got, [buf])
+        payload = buf[: self.manifest.layout.payload_bytes]
+        payload.flags.writeable = False
+        return payload
 
     def _scatter(self, layer: int, expert: int, buf: np.ndarray, targets: list[tuple[int, np.ndarray]]) -> bool:
         """Read the record straight into `targets` (see the module docstring); False: use the staging path."""
@@ -288,8 +273,8 @@ class ExpertReader:
             pos = off + view.nbytes
         if layout.record_bytes > pos:
             iov.append(buf[pos : layout.record_bytes])
-        if _PREADV is None or (lf.direct and (not self._direct_scatter or
-                                              not all(v.ctypes.data % 4096 == 0 and v.nbytes % 4096 == 0 for v in iov))):
+        aligned = all(v.ctypes.data % 4096 == 0 and v.nbytes % 4096 == 0 for v in iov)  # O_DIRECT's rule
+        if _PREADV is None or (lf.direct and not (self._direct_scatter and aligned)):
             return False
         offset = entry.offset(expert, layout)
         t0 = time.perf_counter_ns()
@@ -303,8 +288,6 @@ class ExpertReader:
                     self._direct_scatter = False
                     log.warning("direct reads into the cache's memory failed (%s); reading through buffers", e)
                 return False
-            with self._stats_lock:
-                self._errors += 1
             raise StoreError(f"reading {lf.path} at offset {offset} failed: {e}") from e
         with self._stats_lock:
             self._reads += 1
@@ -312,26 +295,28 @@ class ExpertReader:
             self._bytes += got
             self._read_ns += time.perf_counter_ns() - t0
         lf.proven = True
-        if got != layout.record_bytes:  # a record is one read; a short one means a truncated file
-            with self._stats_lock:
-                self._errors += 1
-            raise StoreError(f"layer {entry.index} expert {expert}: short read of {lf.path} at offset {offset}: "
-                             f"expected {layout.record_bytes} bytes, got {got} (file truncated?)")
-        if self.verify and not self._verified[layer][expert]:
-            t0, crc, left = time.perf_counter_ns(), 0, layout.payload_bytes
-            for v in iov:
-                n = min(v.nbytes, left)
-                crc, left = zlib.crc32(v[:n], crc), left - n
-            with self._stats_lock:
-                self._verify_ns += time.perf_counter_ns() - t0
-            want = entry.checksums[expert]
-            if crc & 0xFFFFFFFF != want:
-                with self._stats_lock:
-                    self._errors += 1
-                raise StoreError(f"layer {entry.index} expert {expert}: checksum mismatch in {lf.path} at offset "
-                                 f"{offset}: manifest says crc32 {want:08x}, record has {crc & 0xFFFFFFFF:08x}")
-            self._verified[layer][expert] = 1
+        self._check(layer, expert, lf.path, offset, got, iov)
         return True
+
+    def _check(self, layer: int, expert: int, path: str, offset: int, got: int, pieces: list[np.ndarray]) -> None:
+        """Length and (first read of the expert) CRC-32 of a record just read; `pieces` hold it in order."""
+        entry, layout = self.manifest.layers[layer], self.manifest.layout
+        if got != layout.record_bytes:  # a record is one read; a short one means a truncated file
+            raise StoreError(f"layer {entry.index} expert {expert}: short read of {path} at offset {offset}: "
+                             f"expected {layout.record_bytes} bytes, got {got} (file truncated?)")
+        if not self.verify or self._verified[layer][expert]:
+            return
+        t0, crc, left = time.perf_counter_ns(), 0, layout.payload_bytes
+        for v in pieces:  # zlib releases the GIL for large buffers: reader threads checksum in parallel
+            n = min(v.nbytes, left)
+            crc, left = zlib.crc32(v[:n], crc), left - n
+        with self._stats_lock:
+            self._verify_ns += time.perf_counter_ns() - t0
+        want = entry.checksums[expert]
+        if crc != want:
+            raise StoreError(f"layer {entry.index} expert {expert}: checksum mismatch in {path} at offset "
+                             f"{offset}: manifest says crc32 {want:08x}, record has {crc:08x}")
+        self._verified[layer][expert] = 1
 
     def _read_record(self, layer: int, buf: np.ndarray, offset: int) -> tuple[int, str]:
         lf = self._file(layer)

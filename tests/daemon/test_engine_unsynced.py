@@ -15,6 +15,16 @@ from moed.daemon.engine.model import load_engine
 from moed.daemon.store.format import read_manifest
 
 
+def assert_same_logits(ref, eng, tokens, before_step=None) -> None:
+    """Teacher-force `tokens` one per step through mlx-lm's model and moed's; every step's logits bit-equal.
+    `before_step(i)` runs before step i."""
+    c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
+    for i, t in enumerate(tokens):
+        if before_step is not None:
+            before_step(i)
+        assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref), eng.model(mx.array([[t]]), cache=c_moe)).item()
+
+
 @pytest.fixture(scope="module")
 def setup(model_dir):
     ref, tok = mlx_load(str(model_dir("qwen3_moe", "mlx")))
@@ -55,9 +65,7 @@ def test_eviction_from_a_resident_layer_stays_exact(setup):
         eng.cache.prefetch(0, np.arange(e0)[::-1])  # layer 0 wholly resident: it starts unsynced
         eng.cache.wait_loads()
         assert isinstance(eng.cache.lookup(0, e0), mx.array)  # out of order in the bank: through the slot table
-        c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
-        for t in tokens[:24]:
-            assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref), eng.model(mx.array([[t]]), cache=c_moe)).item()
+        assert_same_logits(ref, eng, tokens[:24])
         eng.cache.flush()
         st = eng.cache.stats()
         assert st.unsynced > 0 and st.acquires > 0 and st.evictions > 0
@@ -118,14 +126,15 @@ def test_live_resize_between_steps_stays_exact(setup):
     try:
         eng.cache.wait_loads()
         views = eng.cache.views
-        c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
         plan = {4: total // 4, 10: total // 8, 16: total // 2, 22: total, 28: total // 4}
-        for i, t in enumerate(tokens[:34]):
+
+        def resize(i: int) -> None:
             if i in plan:
                 eng.cache.resize(plan[i])
                 assert eng.cache.views is views  # all within the start allocation
                 assert eng.cache.stats().used_bytes <= plan[i]
-            assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref), eng.model(mx.array([[t]]), cache=c_moe)).item()
+
+        assert_same_logits(ref, eng, tokens[:34], resize)
         eng.cache.flush()
         st = eng.cache.stats()
         assert st.unsynced > 0 and st.acquires > 0 and st.misses > 0
@@ -154,10 +163,7 @@ def test_direct_reads_land_straight_in_page_aligned_slots(tmp_path):
         eng = load_engine(root / "store", budget="25%", read_mode="direct", preload=False)
         try:
             tokens = corpus_tokens(tok, 12)
-            c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
-            for t in tokens:
-                assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref),
-                                      eng.model(mx.array([[t]]), cache=c_moe)).item()
+            assert_same_logits(ref, eng, tokens)
             st = eng.reader.stats()
             if st.mode != "direct":
                 pytest.skip(f"O_DIRECT is not available here ({st.mode})")
@@ -179,10 +185,7 @@ def test_direct_reads_land_straight_in_page_aligned_slots(tmp_path):
         reader_mod._PREADV = no_dma_into_targets
         eng = load_engine(root / "store", budget="25%", read_mode="direct", preload=False)
         try:
-            c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
-            for t in tokens:
-                assert mx.array_equal(ref(mx.array([[t]]), cache=c_ref),
-                                      eng.model(mx.array([[t]]), cache=c_moe)).item()
+            assert_same_logits(ref, eng, tokens)
             st = eng.reader.stats()
             assert st.reads > 0 and st.scatter_reads == 0 and st.errors == 0
         finally:
