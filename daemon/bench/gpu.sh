@@ -4,7 +4,8 @@
 #                               # upload paths, greedy exactness at 100 % and 25 %
 #   daemon/bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
 #   daemon/bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
-#   daemon/bench/gpu.sh model; daemon/bench/gpu.sh measure  # a short visit: model, then every target's figure
+#   daemon/bench/gpu.sh model; daemon/bench/gpu.sh profile; daemon/bench/gpu.sh measure; daemon/bench/gpu.sh serve
+#                               # a short visit: model, where a step goes, every target's figure, the daemon
 # Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel).
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/mp/moed
@@ -37,17 +38,23 @@ clients)
 model)  # the bench model and store only
   make_model
   ;;
-measure)  # one call after model: the targets in ~6 min (median of 3 where it matters)
+profile)  # where a step goes: build vs device, pipelined, BatchGenerator at 1/4/8, moed's variants (~1.5 min)
+  python3 -m moed.daemon.bench.steps "$CK" "$ST" --steps 64 --batch 1,4,8 --variants > "$OUT/steps.json"
+  ;;
+measure)  # the targets in ~5 min (median of 3 at 100 %)
   for i in 1 2 3; do
     single "{\"kind\": \"mlx-lm\", \"model\": \"$CK\", \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64}" \
       > "$OUT/mlxlm-$i.json"
-    for u in true false; do moed_run 100% buffered "\"sample_tokens\": 64, \"unsynced\": $u" > "$OUT/moed100-$u-$i.json"; done
+    moed_run 100% buffered '"sample_tokens": 64' > "$OUT/moed100-$i.json"
   done
+  for t in 4 8; do moed_run 25% buffered "\"sample_tokens\": 0, \"read_threads\": $t" > "$OUT/moed25-buffered-$t.json"; done
+  moed_run 25% direct '"sample_tokens": 0' > "$OUT/moed25-direct.json"
   for m in buffered direct; do
-    moed_run 25% "$m" '"sample_tokens": 0' > "$OUT/moed25-$m.json"
     single "{\"kind\": \"readpath\", \"store\": \"$ST\", \"read_mode\": \"$m\", \"read_threads\": 4}" > "$OUT/readpath-$m.json"
   done
-  moed bench "$ST" --clients 1,4 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -4
   ;;
-*) echo "usage: $0 setup|model|measure|bench|clients" >&2; exit 2 ;;
+serve)  # concurrent sequences through the daemon at 100 % (~2 min)
+  moed bench "$ST" --clients 1,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5
+  ;;
+*) echo "usage: $0 setup|model|profile|measure|serve|bench|clients" >&2; exit 2 ;;
 esac

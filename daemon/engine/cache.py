@@ -121,8 +121,19 @@ class ExpertCache(ResidentLayers):
         self._deferred: list[list[tuple[int, mx.array, mx.array]]] = []  # unsynced calls by step: layer, indices, out
         self._last_layer = -1
         self._releasing: threading.Thread | None = None  # see _resize_within
-        self.unsynced = True  # serve wholly resident layers without a host sync (False: always sync, to compare)
+        self.epoch = 0  # changes whenever a lookup result may change (eviction, reallocation, unsynced toggled)
+        self._unsynced = True
         self._allocate(self._slots_for(budget_bytes), [])
+
+    @property
+    def unsynced(self) -> bool:
+        """Serve wholly resident layers without a host sync (False: always synchronise, to compare)."""
+        return self._unsynced
+
+    @unsynced.setter
+    def unsynced(self, on: bool) -> None:
+        self._unsynced = bool(on)
+        self.epoch += 1
 
     # -- sizing -----------------------------------------------------------------------------------------------
     def _slots_for(self, budget_bytes: int) -> int:
@@ -152,6 +163,7 @@ class ExpertCache(ResidentLayers):
         self._state, self._key_of, self._score, self._last = state, key_of, score, last
         self._prefetched, self._protected, self._busy = set(), {}, np.zeros(0, dtype=np.int64)
         self._luts, self._tables, self._ready, self._slices = {}, {}, {}, {}
+        self.epoch += 1
         for layer, _ in where:
             self._ready[layer] = self._ready.get(layer, 0) + 1
         # Typed views the compute reads: [slots, *per-expert shape]; they share the banks' buffers.
@@ -305,7 +317,8 @@ class ExpertCache(ResidentLayers):
         key = self._key_of[slot]
         del self._where[key]
         self._ready[key[0]] -= 1
-        self._luts.pop(key[0], None)
+        if self._luts.pop(key[0], None) is not None:
+            self.epoch += 1  # a layer's rows or table, handed out by lookup, no longer hold
         self._tables.pop(key[0], None)
         self._key_of[slot], self._state[slot] = None, FREE
         with self._lock:

@@ -42,26 +42,55 @@ class StreamingSwitchGLU(nn.Module):
     def __init__(self, layer: int, original: SwitchGLU, cache: ExpertCache, quantization: dict | None,
                  prefetcher: Prefetcher | None = None, num_experts: int = 0):
         super().__init__()
+        # Plain attributes only (ints, strings, objects): nn.Module keeps dicts, tuples and arrays as items,
+        # reached through its slower __getattr__ and counted as parameters. This call runs per layer per token.
         self._layer = layer
         self._num_experts = num_experts  # 0: unknown, always synchronise
         self._cache = cache
         self._prefetcher = prefetcher
         self.activation = original.activation
-        self._quant = quantization  # {"bits", "group_size", "mode"} or None for float experts
-        self._has_bias = any(f"{p}.bias" in {t.name for t in cache.layout.tensors} for p in PROJECTIONS)
+        names = {t.name for t in cache.layout.tensors}
+        self._has_bias = any(f"{p}.bias" in names for p in PROJECTIONS)
+        q = quantization  # {"bits", "group_size", "mode"} or None for float experts
+        self._quantized = q is not None
+        self._bits, self._group_size = (q["bits"], q["group_size"]) if q else (0, 0)
+        self._mode = q.get("mode", "affine") if q else "affine"
+        self._banks = _BankArgs()  # the banks' arrays per projection, for slot ids
+        self._resident = _Resident()  # this layer's resident rows or table, valid while the cache's epoch holds
         self.freeze()
 
     # -- host side --------------------------------------------------------------------------------------------
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         # x: [..., D]; indices: [..., k] expert ids -> returns [..., k, D]
-        res = self._cache.lookup(self._layer, self._num_experts) if self._num_experts else None
-        if res is not None:  # every expert of the layer is resident: no host sync (see ExpertCache.lookup)
-            if isinstance(res, int):  # bank rows res..res+E-1 hold experts 0..E-1: mlx-lm's own graph
-                out = self._compute(x, indices, self._cache.rows(res, self._num_experts))
-            else:  # res: [E] slot ids; res[indices]: [..., k]
-                out = self._compute(x, res[indices])
-            self._cache.defer(self._layer, indices, out)
+        cache, res = self._cache, self._resident
+        if res.epoch != cache.epoch:  # looked up once per change of the cache's contents, not per call
+            self._look_up()
+        if res.args is not None:  # every expert of the layer is resident: no host sync (see ExpertCache.lookup)
+            out = self._compute(x, indices if res.table is None else res.table[indices], res.args)
+            cache.defer(self._layer, indices, out)
             return out
+        return self._synced(x, indices)
+
+    def _look_up(self) -> None:
+        # Only a wholly resident layer's answer is kept (until an eviction or reallocation changes the epoch);
+        # any other layer asks again next call, as reads landing may complete it.
+        cache, res = self._cache, self._resident
+        found = cache.lookup(self._layer, self._num_experts) if self._num_experts else None
+        res.epoch = cache.epoch if found is not None else -1
+        if found is None:
+            res.args, res.table = None, None
+        elif isinstance(found, int):  # bank rows found..found+E-1 hold experts 0..E-1: mlx-lm's own graph
+            res.args, res.table = _projection_args(cache.rows(found, self._num_experts)), None
+        else:  # found: [E] slot ids; table[indices]: [..., k] slot ids into the whole banks
+            res.args, res.table = self._bank_args(), found
+
+    def _bank_args(self) -> tuple:
+        views = self._cache.views
+        if self._banks.views is not views:  # the banks were reallocated
+            self._banks.views, self._banks.args = views, _projection_args(views)
+        return self._banks.args
+
+    def _synced(self, x: mx.array, indices: mx.array) -> mx.array:
         pf = self._prefetcher
         preds = pf.predict(self._layer, x) if pf is not None and pf.depth else []
         mx.eval(indices, *[p for _, p in preds])  # the one host sync of this layer
@@ -76,7 +105,7 @@ class StreamingSwitchGLU(nn.Module):
                 pf.issue(self._layer, experts, [(j, np.array(p)) for j, p in preds])
 
         slots = self._cache.acquire(self._layer, experts, before_wait=start_prefetch)
-        out = self._compute(x, mx.array(slots[inverse].reshape(idx.shape).astype(np.uint32)))
+        out = self._compute(x, mx.array(slots[inverse].reshape(idx.shape).astype(np.uint32)), self._bank_args())
         self._cache.guard(out)  # evaluated before any slot it reads can be refilled
         return out
 
@@ -93,7 +122,7 @@ class StreamingSwitchGLU(nn.Module):
             lut = dict(zip(wave.tolist(), slots.tolist()))
             slot_ids = mx.array(np.array([lut[e] for e in flat_idx[rows].tolist()], dtype=np.uint32))
             # one choice per row: x [n, D], indices [n, 1] -> y [n, 1, D]
-            y = self._compute(x_rows[mx.array(rows // k)], slot_ids[:, None])[:, 0, :]
+            y = self._compute(x_rows[mx.array(rows // k)], slot_ids[:, None], self._bank_args())[:, 0, :]
             if out is None:
                 out = mx.zeros((flat_idx.size, y.shape[-1]), dtype=y.dtype)
             out[mx.array(rows)] = y
@@ -101,36 +130,54 @@ class StreamingSwitchGLU(nn.Module):
         return out.reshape(*idx.shape, -1)
 
     # -- device side (mirrors mlx_lm SwitchGLU.__call__) ----------------------------------------------------------
-    def _compute(self, x: mx.array, slot_idx: mx.array, banks: dict[str, mx.array] | None = None) -> mx.array:
+    def _compute(self, x: mx.array, slot_idx: mx.array, args: tuple) -> mx.array:
         x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, D]
         do_sort = slot_idx.size >= 64  # the same rule as SwitchGLU: sort rows by expert for large inputs
         idx, inv_order = slot_idx, None
         if do_sort:
             x, idx, inv_order = _gather_sort(x, slot_idx)
-        v = self._cache.views if banks is None else banks
-        x_up = self._linear(v, "up_proj", x, idx, do_sort)
-        x_gate = self._linear(v, "gate_proj", x, idx, do_sort)
-        x = self._linear(v, "down_proj", self.activation(x_up, x_gate), idx, do_sort)
+        gate, up, down = args  # PROJECTIONS order
+        x_up = self._linear(up, x, idx, do_sort)
+        x_gate = self._linear(gate, x, idx, do_sort)
+        x = self._linear(down, self.activation(x_up, x_gate), idx, do_sort)
         if do_sort:
             x = _scatter_unsort(x, inv_order, slot_idx.shape)
         return x.squeeze(-2)  # [..., k, D]
 
-    def _linear(self, v: dict[str, mx.array], proj: str, x: mx.array, idx: mx.array, sorted_indices: bool) -> mx.array:
-        if self._quant is not None:
-            y = mx.gather_qmm(
-                x,
-                v[f"{proj}.weight"],
-                v[f"{proj}.scales"],
-                v.get(f"{proj}.biases"),
-                rhs_indices=idx,
-                transpose=True,
-                group_size=self._quant["group_size"],
-                bits=self._quant["bits"],
-                mode=self._quant.get("mode", "affine"),
-                sorted_indices=sorted_indices,
-            )
+    def _linear(self, proj: tuple, x: mx.array, idx: mx.array, sorted_indices: bool) -> mx.array:
+        weight, scales, biases, bias = proj
+        if self._quantized:
+            y = mx.gather_qmm(x, weight, scales, biases, rhs_indices=idx, transpose=True,
+                              group_size=self._group_size, bits=self._bits, mode=self._mode,
+                              sorted_indices=sorted_indices)
         else:
-            y = mx.gather_mm(x, v[f"{proj}.weight"].swapaxes(-1, -2), rhs_indices=idx, sorted_indices=sorted_indices)
-        if self._has_bias:
-            y = y + mx.expand_dims(v[f"{proj}.bias"][idx], -2)
+            y = mx.gather_mm(x, weight.swapaxes(-1, -2), rhs_indices=idx, sorted_indices=sorted_indices)
+        if bias is not None:
+            y = y + mx.expand_dims(bias[idx], -2)
         return y
+
+
+class _Resident:
+    """A layer's answer from ExpertCache.lookup, kept until the cache's epoch changes: `args` (the projections'
+    arrays to compute over, or None: not wholly resident, synchronise) and `table` (expert->slot ids, or None:
+    the rows hold the experts in order)."""
+
+    __slots__ = ("epoch", "args", "table")
+
+    def __init__(self) -> None:
+        self.epoch, self.args, self.table = -1, None, None
+
+
+class _BankArgs:
+    """The whole banks' arrays per projection, made once per bank allocation."""
+
+    __slots__ = ("views", "args")
+
+    def __init__(self) -> None:
+        self.views, self.args = None, None
+
+
+def _projection_args(v: dict[str, mx.array]) -> tuple:
+    """(weight, scales, biases, bias) per projection, in PROJECTIONS order, from a dict of bank arrays."""
+    return tuple((v[f"{p}.weight"], v.get(f"{p}.scales"), v.get(f"{p}.biases"), v.get(f"{p}.bias"))
+                 for p in PROJECTIONS)

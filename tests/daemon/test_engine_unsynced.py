@@ -56,6 +56,30 @@ def test_full_budget_needs_no_sync_and_counts_every_call(setup):
         eng.close()
 
 
+def test_layers_look_up_again_when_the_cache_changes(setup):
+    """A resident layer keeps its lookup answer between calls (no per-call lookup), but not across a change of the
+    cache's epoch: switching the no-sync path off, or evicting, sends the layer back to the synchronised path."""
+    store, ref, tokens = setup
+    m = read_manifest(store)
+    eng = load_engine(store, budget="100%", read_mode="buffered")
+    try:
+        eng.cache.wait_loads()
+        lookups = []
+        real = eng.cache.lookup
+        eng.cache.lookup = lambda *a: lookups.append(a[0]) or real(*a)
+
+        def before(i):
+            if i == 2:
+                assert sorted(lookups) == list(range(len(m.layers)))  # once per layer, at the first step
+                eng.cache.flush()
+                assert eng.cache.stats().acquires == 0
+                eng.cache.unsynced = False  # from step 2 on, every layer synchronises
+        assert_same_logits(ref, eng, tokens[:4], before_step=before)
+        assert eng.cache.stats().acquires == 2 * len(m.layers)
+    finally:
+        eng.close()
+
+
 def test_eviction_from_a_resident_layer_stays_exact(setup):
     store, ref, tokens = setup
     m = read_manifest(store)

@@ -1,0 +1,153 @@
+"""Where a decode step's time goes, mlx-lm against moed at a 100 % budget, in one process; prints JSON.
+
+    python -m moed.daemon.bench.steps CKPT STORE [--steps 48] [--batch 1,4] [--variants] > steps.json
+
+For each model: the median teacher-forced step split into graph building (Python) and evaluation (device), the
+step of a pipelined loop (the next step's graph is built while the device computes the current one, as mlx-lm's
+generate loop does), and mlx-lm's BatchGenerator decoding N sequences in this process (aggregate tok/s). With
+`--variants`, moed is also measured with its routing bookkeeping switched off (`defer` a no-op: what the
+bookkeeping costs) and with its bank rows copied to fresh device arrays (what computing over slot-bank views
+costs), and the per-layer-sync path. Built for the GPU, where compute is fast and these costs show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+
+import mlx.core as mx
+
+from .workload import corpus_tokens
+
+
+def _med(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] * 1000 if values else 0.0
+
+
+def split(model, tokens: list[int], steps: int) -> dict:
+    """Median build ms and eval ms of unpipelined teacher-forced steps (prompt of 16 first)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.array(tokens[:16])[None], cache=cache))
+    build, run = [], []
+    for tok in tokens[16 : 16 + steps]:
+        t0 = time.perf_counter()
+        out = model(mx.array([[tok]]), cache=cache)
+        t1 = time.perf_counter()
+        mx.eval(out)
+        build.append(t1 - t0)
+        run.append(time.perf_counter() - t1)
+    return {"build_ms": _med(build), "eval_ms": _med(run), "step_ms": _med(build) + _med(run)}
+
+
+def pipelined(model, tokens: list[int], steps: int) -> dict:
+    """Teacher forcing with mlx-lm's pipelining: step n+1 is built and queued before step n is waited for."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.array(tokens[:16])[None], cache=cache))
+    prev = model(mx.array([[tokens[16]]]), cache=cache).argmax(-1)
+    mx.async_eval(prev)
+    t0 = time.perf_counter()
+    for tok in tokens[17 : 17 + steps]:
+        nxt = model(mx.array([[tok]]), cache=cache).argmax(-1)
+        mx.async_eval(nxt)
+        prev.item()
+        prev = nxt
+    prev.item()
+    secs = time.perf_counter() - t0
+    return {"step_ms": secs * 1000 / steps, "tok_s": steps / secs}
+
+
+def batched(model, tokenizer, n: int, steps: int) -> dict:
+    """mlx-lm's BatchGenerator decoding n sequences of 32-token prompts: aggregate decode tok/s after prefill."""
+    from mlx_lm.generate import BatchGenerator
+
+    text = corpus_tokens(tokenizer, 32 * n + 32)
+    bg = BatchGenerator(model, stop_tokens=[], completion_batch_size=max(n, 1), prefill_batch_size=max(n, 1))
+    bg.insert([text[32 * i : 32 * i + 32] for i in range(n)], max_tokens=[steps + 8] * n)
+    made, t0 = 0, None
+    while True:
+        _, gen = bg.next()
+        if not gen:
+            if t0 is not None:
+                break
+            continue
+        if t0 is None:
+            if len(gen) < n:
+                continue
+            t0, made = time.perf_counter(), 0  # every sequence decoding: start the clock
+            continue
+        made += len(gen)
+        if made >= steps * n or any(r.finish_reason for r in gen):
+            break
+    secs = time.perf_counter() - t0
+    bg.close() if hasattr(bg, "close") else None
+    return {"sequences": n, "tokens": made, "tok_s": made / secs}
+
+
+def profile(model, tokenizer, steps: int, batch: list[int]) -> dict:
+    tokens = corpus_tokens(tokenizer, 16 + steps + 2)
+    split(model, tokens, 8)  # warm-up: kernels compiled, pages where they go
+    out = {"split": split(model, tokens, steps), "pipelined": pipelined(model, tokens, steps)}
+    out["batch"] = [batched(model, tokenizer, n, steps) for n in batch]
+    return out
+
+
+def moed_variants(eng, tokens: list[int], steps: int) -> dict:
+    cache, out = eng.cache, {}
+    defer = cache.defer
+    cache.defer = lambda *a: None  # no routing bookkeeping at all
+    out["no_bookkeeping"] = {"split": split(eng.model, tokens, steps), "pipelined": pipelined(eng.model, tokens, steps)}
+    cache.defer = defer
+    cache.flush()
+    split(eng.model, tokens, 15)  # leaves the routing of up to 16 computed steps deferred
+    steps_deferred, t0 = len(cache._deferred), time.perf_counter()
+    cache.flush()
+    out["flush_ms_per_step"] = (time.perf_counter() - t0) * 1000 / max(steps_deferred, 1)
+    fresh = {key: {k: v * 1 for k, v in rows.items()} for key, rows in cache._slices.items()}
+    mx.eval([list(r.values()) for r in fresh.values()])
+    saved, cache._slices = cache._slices, fresh  # same numbers, in arrays the device computed itself
+    out["fresh_rows"] = {"split": split(eng.model, tokens, steps), "pipelined": pipelined(eng.model, tokens, steps)}
+    cache._slices = saved
+    cache.unsynced = False
+    out["synced"] = {"split": split(eng.model, tokens, steps)}
+    cache.unsynced = True
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("ckpt")
+    ap.add_argument("store")
+    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--batch", default="1,4")
+    ap.add_argument("--variants", action="store_true")
+    a = ap.parse_args()
+    batch = [int(x) for x in a.batch.split(",") if x]
+    from mlx_lm import load
+
+    from ..engine.model import load_engine
+    from .single import backend
+
+    model, tok = load(a.ckpt)
+    mx.eval(model.parameters())
+    result = {"backend": backend(), "mlx-lm": profile(model, tok, a.steps, batch)}
+    del model
+    gc.collect()
+    mx.clear_cache()
+    eng = load_engine(a.store, budget="100%", read_mode="buffered")
+    eng.cache.wait_loads()
+    result["moed"] = profile(eng.model, eng.tokenizer, a.steps, batch)
+    if a.variants:
+        result["moed_variants"] = moed_variants(eng, corpus_tokens(eng.tokenizer, 16 + a.steps + 2), a.steps)
+    eng.close()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
