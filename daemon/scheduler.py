@@ -295,10 +295,12 @@ class Scheduler:
             self._fail_batch(e)
             return
         self._steps += 1
-        if self._steps % 8 == 0 or any(t.finish_reason for t in tokens):
-            # count unsynced layer calls of finished steps (the newest is still computing): every few steps, and
-            # when a request ends, so its final stats hold its own steps; it is vectorised per batch of steps
-            eng.cache.flush(keep=1)
+        finished = any(t.finish_reason for t in tokens)
+        if self._steps % 8 == 0 or finished:
+            # count unsynced layer calls of computed steps (the newest is still computing): every few steps the
+            # blocks already read back on the device, and all of them when a request ends, so its final stats
+            # hold its own steps (that read waits for the step in flight)
+            eng.cache.flush(keep=1, force=finished)
         c1, r1 = eng.cache.stats(), eng.reader.stats()
         shares: Counter[int] = Counter()
         for p in prompts:

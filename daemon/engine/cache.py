@@ -118,7 +118,7 @@ class ExpertCache(ResidentLayers):
         self._luts: dict[int, int | mx.array] = {}  # layer -> first slot or expert->slot table (see lookup)
         self._tables: dict[int, np.ndarray] = {}  # layer -> [E] slot of each expert, while in _luts
         self._slices: dict[tuple[int, int], dict[str, mx.array]] = {}  # (first slot, n) -> bank rows as views
-        self._deferred: list[list[tuple[int, mx.array, mx.array]]] = []  # unsynced calls by step: layer, indices, out
+        self._deferred: list = []  # unsynced calls by step (unsynced._Step)
         self._last_layer = -1
         self._releasing: threading.Thread | None = None  # see _resize_within
         self.epoch = 0  # changes whenever a lookup result may change (eviction, reallocation, unsynced toggled)
@@ -252,7 +252,7 @@ class ExpertCache(ResidentLayers):
         self._pending.append(output)
 
     def _settle_graphs(self) -> None:
-        unsynced = [out for group in self._deferred for _, _, out in group]
+        unsynced = [out for step in self._deferred for _, _, out in step.calls]
         if self._pending or unsynced:
             mx.eval(self._pending, unsynced)  # a no-op for outputs already evaluated
             self._pending.clear()

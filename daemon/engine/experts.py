@@ -67,8 +67,7 @@ class StreamingSwitchGLU(nn.Module):
             self._look_up()
         if res.args is not None:  # every expert of the layer is resident: no host sync (see ExpertCache.lookup)
             out = self._compute(x, indices if res.table is None else res.table[indices], res.args)
-            cache.defer(self._layer, indices, out)
-            return out
+            return cache.defer(self._layer, indices, out)
         return self._synced(x, indices)
 
     def _look_up(self) -> None:
@@ -93,8 +92,7 @@ class StreamingSwitchGLU(nn.Module):
     def _synced(self, x: mx.array, indices: mx.array) -> mx.array:
         pf = self._prefetcher
         preds = pf.predict(self._layer, x) if pf is not None and pf.depth else []
-        mx.eval(indices, *[p for _, p in preds])  # the one host sync of this layer
-        idx = np.array(indices)
+        idx, predicted = _read_back(indices, preds)  # the one host sync of this layer
         experts, inverse = np.unique(idx, return_inverse=True)
         cap = self._cache.capacity
         if len(experts) > cap:
@@ -102,7 +100,7 @@ class StreamingSwitchGLU(nn.Module):
 
         def start_prefetch() -> None:
             if pf is not None:
-                pf.issue(self._layer, experts, [(j, np.array(p)) for j, p in preds])
+                pf.issue(self._layer, experts, predicted)
 
         slots = self._cache.acquire(self._layer, experts, before_wait=start_prefetch)
         out = self._compute(x, mx.array(slots[inverse].reshape(idx.shape).astype(np.uint32)), self._bank_args())
@@ -155,6 +153,17 @@ class StreamingSwitchGLU(nn.Module):
         if bias is not None:
             y = y + mx.expand_dims(bias[idx], -2)
         return y
+
+
+def _read_back(indices: mx.array, preds: list[tuple[int, mx.array]]) -> tuple[np.ndarray, list]:
+    """Evaluate the routing and the predictions and read them to the host as one array: on a GPU each read-back
+    of an array costs a fixed ~0.3 ms (measured on CUDA), more than the values."""
+    if not preds:
+        return np.array(indices).astype(np.int64), []
+    parts = [indices.reshape(-1).astype(mx.uint32)] + [p.reshape(-1).astype(mx.uint32) for _, p in preds]
+    flat = np.array(mx.concatenate(parts)).astype(np.int64)
+    cuts = np.cumsum([part.size for part in parts])
+    return flat[: cuts[0]].reshape(indices.shape), [(j, flat[a:b]) for (j, _), a, b in zip(preds, cuts, cuts[1:])]
 
 
 class _Resident:

@@ -4,9 +4,13 @@ A layer call whose experts are all in the cache cannot miss, so nothing needs th
 compute: `lookup` gives the streaming layer the bank rows that hold the layer's experts in expert order (a preload
 lays them out so, and then the graph is exactly mlx-lm's SwitchGLU over those rows), or else a device-side
 expert->slot table the routing indices are mapped through. The call's lazy routing indices and output go to
-`defer`; `flush` later reads the routing back from steps already computed (a plain copy that enqueues nothing on
-the device) and does the bookkeeping a synced call does in `acquire` (hits, LFU/LRU touches, usage counts),
-vectorised over many steps. Exactness: the table of a layer is dropped when one of its experts is evicted, and
+`defer`; `flush` later reads the routing back from steps already computed and does the bookkeeping a synced call
+does in `acquire` (hits, LFU/LRU touches, usage counts), vectorised over many steps. Reading back is the cost on a GPU
+(~0.3 ms per array on CUDA, whatever its size; 13 arrays per step cost more than the step): every GATHER_STEPS
+steps, the first call of a new step concatenates the routing of the steps before it on the device, made part of
+that step's graph with `mx.depends` so it is computed with it and enqueues nothing of its own, and flush reads
+back one array per block. (Concatenating at flush time instead enqueues an op behind the step in flight and
+waits for it: a pipeline bubble.) Exactness: the table of a layer is dropped when one of its experts is evicted, and
 an eviction first evaluates every deferred output (ExpertCache._evict -> _settle_graphs), so no unfinished call
 ever reads a refilled slot.
 
@@ -19,6 +23,32 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+
+
+GATHER_STEPS = 8  # steps per read-back block of unsynced routing (see flush)
+
+
+class _Step:
+    """The unsynced calls of one model step: (layer, lazy indices, output) each; `gathered` once its indices are
+    in a block, `block` the (layers, sizes, lazy flat indices) of earlier steps gathered with this one."""
+
+    __slots__ = ("calls", "gathered", "block")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, mx.array, mx.array]] = []
+        self.gathered = False
+        self.block: tuple[np.ndarray, np.ndarray, mx.array] | None = None
+
+
+def _gather(steps: list[_Step]) -> tuple[np.ndarray, np.ndarray, mx.array]:
+    """Mark `steps` gathered; their calls' layers, index counts, and indices concatenated (lazily, on the
+    device): one array to read back for all of them."""
+    calls = [(layer, indices) for s in steps for layer, indices, _ in s.calls]
+    for s in steps:
+        s.gathered = True
+    layers = np.array([layer for layer, _ in calls], dtype=np.int64)
+    sizes = np.array([indices.size for _, indices in calls], dtype=np.int64)
+    return layers, sizes, mx.concatenate([indices.reshape(-1) for _, indices in calls])
 
 
 class ResidentLayers:
@@ -55,30 +85,45 @@ class ResidentLayers:
             mx.eval(list(self._slices[key].values()))
         return self._slices[key]
 
-    def defer(self, layer: int, indices: mx.array, output: mx.array) -> None:
-        """Note an unsynced call's lazy routing indices and output; the output is evaluated before any slot is
-        reused, and the statistics are taken by `flush`, once computed."""
+    def defer(self, layer: int, indices: mx.array, output: mx.array) -> mx.array:
+        """Note an unsynced call's lazy routing indices and output, and return the output to use in its place
+        (the same values, sometimes with a dependency added, see `_gather`). The output is evaluated before any
+        slot is reused; the statistics are taken by `flush`, once computed."""
         if not self._deferred or layer <= self._last_layer:  # a new step (or batch step) began
-            self._deferred.append([])
+            self._deferred.append(_Step())
+            loose = [s for s in self._deferred[:-1] if not s.gathered]
+            if len(loose) >= GATHER_STEPS:
+                self._deferred[-1].block = block = _gather(loose)
+                output = mx.depends(output, block[2])  # the gather is computed with this step
         self._last_layer = layer
-        self._deferred[-1].append((layer, indices, output))
-        if len(self._deferred) > 16:  # bounded; the oldest steps are long computed in any generation loop
-            self.flush(keep=2)
+        self._deferred[-1].calls.append((layer, indices, output))
+        if len(self._deferred) > 3 * GATHER_STEPS:  # bounded: loose steps are gathered every GATHER_STEPS
+            self.flush(keep=2, force=False)
+        return output
 
-    def flush(self, keep: int = 0) -> None:
-        """Count the unsynced calls of all steps but the last `keep` (hits, policy, usage). Reading their routing
-        waits for it to be computed, so a pipelined loop keeps the step still in flight (keep=1). MLX thread."""
+    def flush(self, keep: int = 0, force: bool = True) -> None:
+        """Count the unsynced calls of all steps but the last `keep` (hits, policy, usage). MLX thread.
+
+        Reading routing back waits for it to be computed, so a pipelined loop keeps the step in flight
+        (keep=1). Steps are read back in blocks that were gathered on the device as part of a later step
+        (`_gather`): one read-back per GATHER_STEPS steps, as each costs ~0.3 ms on a GPU. Steps not yet in a
+        block are left for a later flush unless `force`, which gathers them now: one read that waits for the
+        step in flight, if any (a pipeline bubble; the daemon forces at a request's end only)."""
         n = len(self._deferred) - keep
         if n <= 0:
             return
-        groups, self._deferred = self._deferred[:n], self._deferred[n:]
-        calls = [(layer, indices) for group in groups for layer, indices, _ in group]
-        # Read each call's routing back as it is: those steps are computed, so this is a copy that enqueues
-        # nothing. (Gathering them on the device first, even queued with async_eval at the next step's start,
-        # waited for the step in flight: measured 5-7 ms per step in the daemon, a broken pipeline.)
-        flat = np.concatenate([np.array(indices).reshape(-1) for _, indices in calls]).astype(np.int64)
-        layers = np.array([layer for layer, _ in calls], dtype=np.int64)
-        self._count_calls(layers, np.array([indices.size for _, indices in calls]), flat)
+        old, self._deferred = self._deferred[:n], self._deferred[n:]
+        blocks = [s.block for s in old if s.block is not None]
+        loose = [s for s in old if not s.gathered]
+        for s in old:
+            s.block = None
+        if loose and force:
+            blocks.append(_gather(loose))
+        elif loose:
+            self._deferred[:0] = loose  # the newest steps but `keep`: gathered at a later step's start
+        if blocks:
+            flat = np.concatenate([np.array(cat).reshape(-1) for _, _, cat in blocks]).astype(np.int64)
+            self._count_calls(np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]), flat)
 
     def _count_calls(self, layers: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> None:
         """Bookkeeping of unsynced calls, vectorised over many steps (it runs for every generated token):

@@ -80,6 +80,41 @@ def test_layers_look_up_again_when_the_cache_changes(setup):
         eng.close()
 
 
+def test_routing_is_read_back_in_gathered_blocks_and_counted_once(setup):
+    """Unsynced routing is gathered on the device every GATHER_STEPS steps (with a later step) and read back per
+    block: an unforced flush counts whole blocks only, a forced one the rest; every call is counted exactly once,
+    and the usage equals that of reading each step back as it comes."""
+    from moed.daemon.engine.unsynced import GATHER_STEPS
+
+    store, ref, tokens = setup
+    n_layers = len(read_manifest(store).layers)
+    steps = 2 * GATHER_STEPS + 3
+    usages = []
+    for per_step in (True, False):
+        eng = load_engine(store, budget="100%", read_mode="buffered")
+        try:
+            eng.cache.wait_loads()
+            eng.cache.reset_stats()
+            seen = []
+
+            def before(i):
+                if per_step:
+                    eng.cache.flush()  # forced: everything computed so far, now
+                elif i == GATHER_STEPS + 2:
+                    eng.cache.flush(keep=1, force=False)
+                    seen.append(eng.cache.stats().unsynced)
+            assert_same_logits(ref, eng, tokens[:steps], before_step=before)
+            if not per_step:  # steps 0..G-1 were gathered at step G (computed): one block counted, no more
+                assert seen == [GATHER_STEPS * n_layers]
+            eng.cache.flush()
+            st = eng.cache.stats()
+            assert st.unsynced == steps * n_layers and st.acquires == 0
+            usages.append(eng.cache.usage())
+        finally:
+            eng.close()
+    assert usages[0] == usages[1]
+
+
 def test_eviction_from_a_resident_layer_stays_exact(setup):
     store, ref, tokens = setup
     m = read_manifest(store)
