@@ -7,9 +7,11 @@ mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, sh
    with no host synchronisation at all, over the bank rows that hold the layer's experts in order (a preload
    lays them out so: then the graph is exactly mlx-lm's) or through a device-side expert->slot table; the
    routing is read back later, once computed anyway, for the statistics (unsynced.py: lookup, defer, flush).
+   The lookup's answer is kept until the cache's epoch changes (an eviction or reallocation), so a resident
+   layer costs about what mlx-lm's SwitchGLU costs in Python (17 vs 12 µs per call on the CPU host).
    Otherwise:
 1. Evaluate the routing indices, together with the prefetcher's predictions for the next layers, and read them
-   on the host: one synchronisation per MoE layer.
+   on the host as one array: one synchronisation per MoE layer.
 2. Acquire the distinct experts of the call from the cache (cached ones cost nothing; missing ones are read);
    once the demand reads are queued, the predicted experts of the next layers are queued behind them, so they
    load while this layer computes. Prefill chunks and decode batches alike read each needed expert at most once
