@@ -51,8 +51,6 @@ class StreamingSwitchGLU(nn.Module):
         self._cache = cache
         self._prefetcher = prefetcher
         self.activation = original.activation
-        names = {t.name for t in cache.layout.tensors}
-        self._has_bias = any(f"{p}.bias" in names for p in PROJECTIONS)
         q = quantization  # {"bits", "group_size", "mode"} or None for float experts
         self._quantized = q is not None
         self._bits, self._group_size = (q["bits"], q["group_size"]) if q else (0, 0)
