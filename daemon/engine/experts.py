@@ -55,7 +55,6 @@ class StreamingSwitchGLU(nn.Module):
         self._quantized = q is not None
         self._bits, self._group_size = (q["bits"], q["group_size"]) if q else (0, 0)
         self._mode = q.get("mode", "affine") if q else "affine"
-        self._banks = _BankArgs()  # the banks' arrays per projection, for slot ids
         self._resident = _Resident()  # this layer's resident rows or table, valid while the cache's epoch holds
         self.freeze()
 
@@ -84,10 +83,7 @@ class StreamingSwitchGLU(nn.Module):
             res.args, res.table = self._bank_args(), found
 
     def _bank_args(self) -> tuple:
-        views = self._cache.views
-        if self._banks.views is not views:  # the banks were reallocated
-            self._banks.views, self._banks.args = views, _projection_args(views)
-        return self._banks.args
+        return _projection_args(self._cache.views)  # the whole banks, for slot ids (a few µs: not kept)
 
     def _synced(self, x: mx.array, indices: mx.array) -> mx.array:
         pf = self._prefetcher
@@ -175,15 +171,6 @@ class _Resident:
 
     def __init__(self) -> None:
         self.epoch, self.args, self.table = -1, None, None
-
-
-class _BankArgs:
-    """The whole banks' arrays per projection, made once per bank allocation."""
-
-    __slots__ = ("views", "args")
-
-    def __init__(self) -> None:
-        self.views, self.args = None, None
 
 
 def _projection_args(v: dict[str, mx.array]) -> tuple:

@@ -63,6 +63,12 @@ class Engine:
     def close(self) -> None:
         self.reader.close()
 
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def parse_budget(spec: str | int | float | None, total_expert_bytes: int) -> int:
     """A cache budget in bytes from '25%', '0.25', '1.5GB', '512MiB', a byte count, or None (= 100 %).

@@ -28,13 +28,10 @@ def test_corrupt_expert_names_layer_and_expert(store_copy):
     expert = 3
     data[expert * m.layout.record_bytes + 10] ^= 0xFF
     path.write_bytes(bytes(data))
-    eng = load_engine(store_copy, budget="100%", read_mode="buffered")
-    try:
+    with load_engine(store_copy, budget="100%", read_mode="buffered") as eng:
         with pytest.raises(StoreError, match=rf"layer {layer.index}\b.*expert {expert}\b"):
             # a long prompt routes to every expert of every layer
             eng.model(mx.array(list(range(200)))[None])
-    finally:
-        eng.close()
 
 
 def test_missing_manifest_is_named(store_copy):
@@ -94,9 +91,6 @@ def test_a_corrupt_expert_is_never_served_even_when_prefetched(store_copy, depth
         data[e * m.layout.record_bytes + 7] ^= 0x5A
     path.write_bytes(bytes(data))
     for _ in range(6):  # prefetch timing varies from run to run
-        eng = load_engine(store_copy, budget="100%", read_mode="buffered", prefetch_depth=depth)
-        try:
+        with load_engine(store_copy, budget="100%", read_mode="buffered", prefetch_depth=depth) as eng:
             with pytest.raises(StoreError, match=rf"layer {m.layers[1].index}\b.*checksum mismatch"):
                 mx.eval(eng.model(mx.array([[5, 6, 7, 8]])))
-        finally:
-            eng.close()

@@ -55,14 +55,12 @@ def test_greedy_tokens_match_mlx_lm_at_every_budget(model_dir, reference, arch, 
     assert len(ref_tokens) == 64
     store = model_dir(arch, f"store-{source}")
     for name, budget in budgets(store).items():
-        eng = load_engine(store, budget=budget, read_mode="buffered")
-        try:
+        with load_engine(store, budget=budget, read_mode="buffered") as eng:
             got = greedy_tokens(eng.model, eng.tokenizer)
             assert got == ref_tokens, f"{arch}/{source} at budget {name}: tokens differ"
             ids = mx.array(eng.tokenizer.encode(PROMPT))[None]
-            np.testing.assert_allclose(np.array(eng.model(ids).astype(mx.float32)), np.array(ref_model(ids).astype(mx.float32)), rtol=1e-5, atol=1e-5)
-        finally:
-            eng.close()
+            np.testing.assert_allclose(np.array(eng.model(ids).astype(mx.float32)),
+                                       np.array(ref_model(ids).astype(mx.float32)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -72,8 +70,7 @@ def test_teacher_forced_logits_match_under_eviction(model_dir, reference, arch):
     ref_model, tok, _ = reference(arch, "mlx")
     store = model_dir(arch, "store-mlx")
     m = read_manifest(store)
-    eng = load_engine(store, budget=3 * m.expert_bytes, read_mode="direct")  # fewer slots than one token needs
-    try:
+    with load_engine(store, budget=3 * m.expert_bytes, read_mode="direct") as eng:  # fewer slots than one token needs
         tokens = corpus_tokens(tok, 48)
         c_ref, c_moe = make_prompt_cache(ref_model), make_prompt_cache(eng.model)
         a = ref_model(mx.array(tokens[:16])[None], cache=c_ref)
@@ -85,20 +82,15 @@ def test_teacher_forced_logits_match_under_eviction(model_dir, reference, arch):
             assert mx.array_equal(a, b).item()
         st = eng.cache.stats()
         assert st.evictions > 0 and st.used_bytes <= st.budget_bytes
-    finally:
-        eng.close()
 
 
 def test_expert_weights_are_never_materialised(model_dir):
     store = model_dir("qwen3_moe", "store-mlx")
-    eng = load_engine(store, budget="25%", read_mode="buffered")
-    try:
+    with load_engine(store, budget="25%", read_mode="buffered") as eng:
         names = [k for k, _ in tree_flatten(eng.model.parameters())]
         assert names and not any("switch_mlp" in k or ".experts." in k for k in names)
         dense = sum(v.nbytes for _, v in tree_flatten(eng.model.parameters()))
         assert eng.dense_bytes == dense
-    finally:
-        eng.close()
 
 
 def test_prefill_reads_each_expert_at_most_once_per_chunk(model_dir):

@@ -32,8 +32,7 @@ def test_prefetch_keeps_logits_exact(small, depth, policy):
     ckpt, store = small
     ref, tok = mlx_load(str(ckpt))
     tokens = corpus_tokens(tok, 40)
-    eng = load_engine(store, budget="25%", read_mode="direct", prefetch_depth=depth, policy=policy)
-    try:
+    with load_engine(store, budget="25%", read_mode="direct", prefetch_depth=depth, policy=policy) as eng:
         for a, b in zip(forced(ref, tokens), forced(eng.model, tokens)):
             assert mx.array_equal(a, b).item()
         st, ps = eng.cache.stats(), eng.prefetcher.stats()
@@ -41,21 +40,16 @@ def test_prefetch_keeps_logits_exact(small, depth, policy):
             assert st.prefetches > 0 and ps.needed > 0 and 0 < ps.accuracy <= 1
         else:
             assert st.prefetches == 0 and ps.predicted == 0
-    finally:
-        eng.close()
 
 
 def test_depth_can_change_at_run_time(small):
     _, store = small
-    eng = load_engine(store, budget="25%", prefetch_depth=0)
-    try:
+    with load_engine(store, budget="25%", prefetch_depth=0) as eng:
         eng.prefetcher.set_depth(2)
         forced(eng.model, list(range(20)))
         assert eng.cache.stats().prefetches > 0
         with pytest.raises(ValueError):
             eng.prefetcher.set_depth(-1)
-    finally:
-        eng.close()
 
 
 def first_tokens_hit_rate(eng, tokens) -> float:
@@ -93,21 +87,17 @@ def test_warm_restart_refills_the_cache_in_order_of_use(small_store, tmp_path):
     cold = load_engine(store, budget="25%", prefetch_depth=0)
     cold_rate = first_tokens_hit_rate(cold, tokens[:16])
     cold.close()
-    warm = load_engine(store, budget="25%", prefetch_depth=0)
-    try:
+    with load_engine(store, budget="25%", prefetch_depth=0) as warm:
         started = warm.warm_start(usage)
         assert started == min(warm.cache.capacity, len(doc["usage"]))
         assert top and all(warm.cache.contains(layer, e) for layer, e in top)
         warm_rate = first_tokens_hit_rate(warm, tokens[:16])
         assert warm_rate > cold_rate + 0.05, (warm_rate, cold_rate)
-    finally:
-        warm.close()
 
 
 def test_bad_usage_files_start_cold(small, tmp_path):
     _, store = small
-    eng = load_engine(store, budget="25%")
-    try:
+    with load_engine(store, budget="25%") as eng:
         bad = tmp_path / "bad.json"
         bad.write_text("{not json")
         assert eng.warm_start(bad) == 0
@@ -115,5 +105,3 @@ def test_bad_usage_files_start_cold(small, tmp_path):
         other.write_text(json.dumps({"format": "moed-expert-usage", "version": 1, "store": "x", "usage": [[0, 0, 1]]}))
         assert eng.warm_start(other) == 0
         assert eng.warm_start(tmp_path / "missing.json") == 0
-    finally:
-        eng.close()

@@ -34,8 +34,7 @@ def setup(model_dir):
 def test_full_budget_needs_no_sync_and_counts_every_call(setup):
     store, ref, tokens = setup
     m = read_manifest(store)
-    eng = load_engine(store, budget="100%", read_mode="buffered")  # preloads every expert in the background
-    try:
+    with load_engine(store, budget="100%", read_mode="buffered") as eng:  # preloads every expert in the background
         eng.cache.wait_loads()
         assert [eng.cache.lookup(i, layer.num_experts) for i, layer in enumerate(m.layers)] == \
             [i * layer.num_experts for i, layer in enumerate(m.layers)]  # preloaded in order: bank rows, no table
@@ -52,8 +51,6 @@ def test_full_budget_needs_no_sync_and_counts_every_call(setup):
         assert st.hits >= calls  # at least one distinct expert per call (a prefill call uses several)
         used = eng.cache.usage()
         assert len(used) > len(m.layers) and all(layer < len(m.layers) for layer, _ in used)
-    finally:
-        eng.close()
 
 
 def test_layers_look_up_again_when_the_cache_changes(setup):
@@ -61,8 +58,7 @@ def test_layers_look_up_again_when_the_cache_changes(setup):
     cache's epoch: switching the no-sync path off, or evicting, sends the layer back to the synchronised path."""
     store, ref, tokens = setup
     m = read_manifest(store)
-    eng = load_engine(store, budget="100%", read_mode="buffered")
-    try:
+    with load_engine(store, budget="100%", read_mode="buffered") as eng:
         eng.cache.wait_loads()
         lookups = []
         real = eng.cache.lookup
@@ -76,8 +72,6 @@ def test_layers_look_up_again_when_the_cache_changes(setup):
                 eng.cache.unsynced = False  # from step 2 on, every layer synchronises
         assert_same_logits(ref, eng, tokens[:4], before_step=before)
         assert eng.cache.stats().acquires == 2 * len(m.layers)
-    finally:
-        eng.close()
 
 
 def test_routing_is_read_back_in_gathered_blocks_and_counted_once(setup):
@@ -91,8 +85,7 @@ def test_routing_is_read_back_in_gathered_blocks_and_counted_once(setup):
     steps = 2 * GATHER_STEPS + 3
     usages = []
     for per_step in (True, False):
-        eng = load_engine(store, budget="100%", read_mode="buffered")
-        try:
+        with load_engine(store, budget="100%", read_mode="buffered") as eng:
             eng.cache.wait_loads()
             eng.cache.reset_stats()
             seen = []
@@ -110,8 +103,6 @@ def test_routing_is_read_back_in_gathered_blocks_and_counted_once(setup):
             st = eng.cache.stats()
             assert st.unsynced == steps * n_layers and st.acquires == 0
             usages.append(eng.cache.usage())
-        finally:
-            eng.close()
     assert usages[0] == usages[1]
 
 
@@ -119,8 +110,7 @@ def test_eviction_from_a_resident_layer_stays_exact(setup):
     store, ref, tokens = setup
     m = read_manifest(store)
     e0 = m.layers[0].num_experts
-    eng = load_engine(store, budget=(e0 + 4) * m.expert_bytes, read_mode="buffered")
-    try:
+    with load_engine(store, budget=(e0 + 4) * m.expert_bytes, read_mode="buffered") as eng:
         eng.cache.prefetch(0, np.arange(e0)[::-1])  # layer 0 wholly resident: it starts unsynced
         eng.cache.wait_loads()
         assert isinstance(eng.cache.lookup(0, e0), mx.array)  # out of order in the bank: through the slot table
@@ -128,15 +118,12 @@ def test_eviction_from_a_resident_layer_stays_exact(setup):
         eng.cache.flush()
         st = eng.cache.stats()
         assert st.unsynced > 0 and st.acquires > 0 and st.evictions > 0
-    finally:
-        eng.close()
 
 
 def test_steps_built_ahead_of_evaluation_stay_exact(setup):
     """Two steps' graphs are built before either is evaluated (mlx-lm's async pipelining)."""
     store, ref, tokens = setup
-    eng = load_engine(store, budget="100%", read_mode="buffered")
-    try:
+    with load_engine(store, budget="100%", read_mode="buffered") as eng:
         eng.cache.wait_loads()
         c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
         for a, b in zip(tokens[:16:2], tokens[1:17:2]):
@@ -145,8 +132,6 @@ def test_steps_built_ahead_of_evaluation_stay_exact(setup):
             mx.eval(got)
             assert all(mx.array_equal(x, y).item() for x, y in zip(want, got))
         assert eng.cache.stats().acquires == 0
-    finally:
-        eng.close()
 
 
 def test_refilling_a_slot_waits_for_the_unsynced_call_reading_it(setup):
@@ -155,9 +140,8 @@ def test_refilling_a_slot_waits_for_the_unsynced_call_reading_it(setup):
     store, ref, tokens = setup
     m = read_manifest(store)
     last, e_last = len(m.layers) - 1, m.layers[-1].num_experts
-    eng = load_engine(store, budget=(e_last + 6 * last) * m.expert_bytes, read_mode="buffered", prefetch_depth=0,
-                      policy="lru")  # room for three steps of the other layers beside the whole last layer
-    try:
+    with load_engine(store, budget=(e_last + 6 * last) * m.expert_bytes, read_mode="buffered", prefetch_depth=0,
+                      policy="lru") as eng:  # room for three steps of the other layers beside the whole last layer
         eng.cache.prefetch(last, np.arange(e_last))
         eng.cache.wait_loads()
         c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
@@ -171,8 +155,6 @@ def test_refilling_a_slot_waits_for_the_unsynced_call_reading_it(setup):
         eng.cache.wait_loads()
         assert eng.cache.lookup(last, e_last) is None  # its slots were taken
         assert mx.array_equal(want, got).item()
-    finally:
-        eng.close()
 
 
 def test_live_resize_between_steps_stays_exact(setup):
@@ -181,8 +163,7 @@ def test_live_resize_between_steps_stays_exact(setup):
     store, ref, tokens = setup
     m = read_manifest(store)
     total = m.total_expert_bytes
-    eng = load_engine(store, budget="100%", read_mode="buffered")
-    try:
+    with load_engine(store, budget="100%", read_mode="buffered") as eng:
         eng.cache.wait_loads()
         views = eng.cache.views
         plan = {4: total // 4, 10: total // 8, 16: total // 2, 22: total, 28: total // 4}
@@ -197,8 +178,6 @@ def test_live_resize_between_steps_stays_exact(setup):
         eng.cache.flush()
         st = eng.cache.stats()
         assert st.unsynced > 0 and st.acquires > 0 and st.misses > 0
-    finally:
-        eng.close()
 
 
 def test_direct_reads_land_straight_in_page_aligned_slots(tmp_path):
@@ -219,16 +198,13 @@ def test_direct_reads_land_straight_in_page_aligned_slots(tmp_path):
         make_test_model(root / "ckpt", size="tiny", hidden=512, expert_inter=256)  # 64 KiB / 4 KiB tensors
         convert(root / "ckpt", root / "store", bits=4, group_size=64)
         ref, tok = mlx_load(str(root / "ckpt"))
-        eng = load_engine(root / "store", budget="25%", read_mode="direct", preload=False)
-        try:
+        with load_engine(root / "store", budget="25%", read_mode="direct", preload=False) as eng:
             tokens = corpus_tokens(tok, 12)
             assert_same_logits(ref, eng, tokens)
             st = eng.reader.stats()
             if st.mode != "direct":
                 pytest.skip(f"O_DIRECT is not available here ({st.mode})")
             assert st.reads > 0 and st.scatter_reads == st.reads
-        finally:
-            eng.close()
         # memory the kernel will not DMA into (as a GPU's managed memory may be): reads go through the buffers
         import errno
 
