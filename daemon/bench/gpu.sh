@@ -4,8 +4,9 @@
 #                               # upload paths, greedy exactness at 100 % and 25 %
 #   daemon/bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
 #   daemon/bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
-#   daemon/bench/gpu.sh model; daemon/bench/gpu.sh profile; daemon/bench/gpu.sh measure; daemon/bench/gpu.sh serve
-#                               # a short visit: model, where a step goes, every target's figure, the daemon
+#   daemon/bench/gpu.sh model|profile|measure|upload|paths|exact|serve
+#                               # a short visit, one phase per step: the model; where a step goes; 100 % against
+#                               # mlx-lm; upload candidates; 25 % per upload path and read mode; exactness; the daemon
 # Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel).
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/mp/moed
@@ -41,20 +42,30 @@ model)  # the bench model and store only
 profile)  # where a step goes: build vs device, pipelined, BatchGenerator at 1/4/8, moed's variants (~1.5 min)
   python3 -m moed.daemon.bench.steps "$CK" "$ST" --steps 64 --batch 1,4,8 --variants > "$OUT/steps.json"
   ;;
-measure)  # the targets in ~5 min (median of 3 at 100 %)
+measure)  # 100 % against mlx-lm, median of 3 (~2.5 min)
   for i in 1 2 3; do
     single "{\"kind\": \"mlx-lm\", \"model\": \"$CK\", \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64}" \
       > "$OUT/mlxlm-$i.json"
     moed_run 100% buffered '"sample_tokens": 64' > "$OUT/moed100-$i.json"
   done
-  for t in 4 8; do moed_run 25% buffered "\"sample_tokens\": 0, \"read_threads\": $t" > "$OUT/moed25-buffered-$t.json"; done
+  ;;
+upload)  # the upload candidates of bench/upload.py, the CUDA driver's included (~30 s)
+  single "{\"kind\": \"upload\", \"store\": \"$ST\", \"experts\": 128}" > "$OUT/upload.json"
+  ;;
+paths)  # 25 %: page cache through each upload path (managed.py), direct reads, the read path alone (~3 min)
+  for u in copy plain; do
+    moed_run 25% buffered "\"sample_tokens\": 0, \"read_threads\": 8, \"upload\": \"$u\"" > "$OUT/moed25-buffered-$u.json"
+  done
   moed_run 25% direct '"sample_tokens": 0' > "$OUT/moed25-direct.json"
   for m in buffered direct; do
     single "{\"kind\": \"readpath\", \"store\": \"$ST\", \"read_mode\": \"$m\", \"read_threads\": 4}" > "$OUT/readpath-$m.json"
   done
   ;;
+exact)  # greedy tokens against mlx-lm at 100 % and 25 %
+  python3 -m moed.daemon.bench.exact "$ST" "$CK" --budgets 100%,25% --tokens 64 --out "$OUT/exact.json" | tail -8
+  ;;
 serve)  # concurrent sequences through the daemon at 100 % (~2 min)
   moed bench "$ST" --clients 1,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5
   ;;
-*) echo "usage: $0 setup|model|profile|measure|serve|bench|clients" >&2; exit 2 ;;
+*) echo "usage: $0 setup|model|profile|measure|upload|paths|exact|serve|bench|clients" >&2; exit 2 ;;
 esac

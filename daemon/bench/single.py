@@ -222,7 +222,10 @@ def backend() -> str:
 
 def main() -> int:
     cfg = json.loads(sys.argv[1])
+    from ..engine import managed
     from .upload import run_upload
+
+    managed.UPLOAD = cfg.get("upload", "auto")  # which upload path the cache uses (CUDA; see managed.py)
 
     runner = {"mlx-lm": run_mlx_lm, "moed": run_moed, "readpath": run_readpath, "restart": run_restart,
               "upload": run_upload, "resize": run_resize}[cfg["kind"]]
@@ -231,6 +234,7 @@ def main() -> int:
 
     out["peak_rss_bytes"] = peak_rss_bytes()
     out["backend"] = backend()
+    out["upload"] = managed.upload_path()
     print(json.dumps(out))
     return 0
 

@@ -6,9 +6,8 @@ For each model: the median teacher-forced step split into graph building (Python
 step of a pipelined loop (the next step's graph is built while the device computes the current one, as mlx-lm's
 generate loop does), and mlx-lm's BatchGenerator decoding N sequences in this process (aggregate tok/s). With
 `--variants`, moed is also measured with its routing bookkeeping switched off (`defer` a no-op: what the
-bookkeeping costs) and with its bank rows copied to fresh device arrays (what computing over slot-bank views
-costs), with its banks zero-filled by the host instead of the device (first touch, CUDA's managed memory), and
-the per-layer-sync path. Built for the GPU, where compute is fast and these costs show.
+bookkeeping costs), with its bank rows copied to fresh device arrays (what computing over slot-bank views
+costs), the per-layer-sync path, and on CUDA with the banks filled through page faults (managed.py's plain path). Built for the GPU, where compute is fast and these costs show.
 """
 
 from __future__ import annotations
@@ -124,13 +123,13 @@ def main() -> int:
     batch = [int(x) for x in a.batch.split(",") if x]
     from mlx_lm import load
 
-    from ..engine import banks
+    from ..engine import managed
     from ..engine.model import load_engine
     from .single import backend
 
     model, tok = load(a.ckpt)
     mx.eval(model.parameters())
-    result = {"backend": backend(), "mlx-lm": profile(model, tok, a.steps, batch)}
+    result = {"backend": backend(), "upload": managed.upload_path(), "mlx-lm": profile(model, tok, a.steps, batch)}
     del model
     gc.collect()
     mx.clear_cache()
@@ -141,18 +140,16 @@ def main() -> int:
     if a.variants:
         result["moed_variants"] = moed_variants(eng, tokens, a.steps)
     eng.close()
-    if a.variants:  # a fresh engine whose banks the host touched first (see banks.FILL_STREAM)
-        del eng
+    if a.variants and managed.upload_path() != "plain":  # a fresh engine filled through page faults instead
         gc.collect()
         mx.clear_cache()
-        banks.FILL_STREAM = mx.cpu
-        eng = load_engine(a.store, budget="100%", read_mode="buffered")
-        eng.cache.wait_loads()
-        split(eng.model, tokens, 8)
-        result["moed_variants"]["banks_host_filled"] = {"split": split(eng.model, tokens, a.steps),
+        managed.UPLOAD = "plain"
+        with load_engine(a.store, budget="100%", read_mode="buffered") as eng:
+            eng.cache.wait_loads()
+            split(eng.model, tokens, 8)
+            result["moed_variants"]["upload_plain"] = {"split": split(eng.model, tokens, a.steps),
                                                        "pipelined": pipelined(eng.model, tokens, a.steps)}
-        banks.FILL_STREAM = None
-        eng.close()
+        managed.UPLOAD = "auto"
     print(json.dumps(result))
     return 0
 

@@ -15,6 +15,11 @@ timed without I/O; the two that include the read say so.
   tensor per batch, concatenated into the bank.
 - read_copy: pread (page cache) into a staging buffer, then view_copy: moed's buffered read path end to end.
 - read_into_bank: os.preadv straight from the file into the bank's per-tensor slot views, no staging buffer.
+On CUDA, where the banks are managed memory (managed.py), three more, each starting with the bank's pages on
+the GPU (where a used slot's are) and checked byte for byte afterwards:
+- view_copy_prefetch: view_copy, then `cuMemPrefetchAsync` of the rows to the GPU, waited for.
+- driver_copy: `cuMemcpyHtoDAsync` per tensor per expert from the (page-locked) staging records.
+- read_driver_copy: pread into a page-locked record buffer, then driver_copy: moed's CUDA path end to end.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from ..engine import managed
 from ..store.format import read_manifest
 
 BATCH = 8
@@ -128,8 +134,54 @@ def run_upload(cfg: dict) -> dict:
                 os.preadv(fd, views, e * lay.record_bytes)
 
         record("read_into_bank", _timed(read_into), _consume(bank, n))
-        ok = all(np.array_equal(host[t.name][e], staging[e, t.offset : t.offset + t.nbytes])
-                 for e in (0, n - 1) for t in lay.tensors)
+        correct = {"read_into_bank": _holds(host, staging, lay, n)}
+        drv = managed.driver()
+        if drv is not None:
+            correct.update(_driver_candidates(drv, fd, bank, host, staging, buf, lay, n, record, view_copy))
     finally:
         os.close(fd)
-    return {"experts": n, "expert_bytes": payload // n, "candidates": out, "read_into_bank_correct": ok}
+    return {"experts": n, "expert_bytes": payload // n, "candidates": out, "correct": correct}
+
+
+def _holds(host: dict[str, np.ndarray], staging: np.ndarray, lay, n: int) -> bool:
+    """Whether every slot 0..n-1 holds its staging record's bytes."""
+    return all(np.array_equal(host[t.name][e], staging[e, t.offset : t.offset + t.nbytes])
+               for e in range(n) for t in lay.tensors)
+
+
+def _driver_candidates(drv, fd, bank, host, staging, buf, lay, n, record, view_copy) -> dict[str, bool]:
+    rows = {t.name: host[t.name].ctypes.data for t in lay.tensors}  # slot 0's address per tensor bank
+    src0 = staging.ctypes.data
+
+    def on_gpu_zeroed() -> None:  # every row zero and on the GPU, as a used slot's pages are
+        for h in host.values():
+            h[:n] = 0
+        _consume(bank, n)
+
+    def prefetched():
+        view_copy()
+        drv.to_device([(rows[t.name], n * t.nbytes) for t in lay.tensors])
+        drv.copy([])  # waits for this thread's stream: the prefetch is done
+
+    def copied():
+        drv.copy([(rows[t.name] + e * t.nbytes, src0 + e * lay.record_bytes + t.offset, t.nbytes)
+                  for e in range(n) for t in lay.tensors])
+
+    def read_copied():
+        for e in range(n):
+            os.preadv(fd, [buf], e * lay.record_bytes)
+            drv.copy([(rows[t.name] + e * t.nbytes, buf.ctypes.data + t.offset, t.nbytes) for t in lay.tensors])
+
+    correct = {}
+    drv.pin(src0, staging.nbytes)
+    drv.pin(buf.ctypes.data, buf.nbytes)
+    try:
+        for name, fn in (("view_copy_prefetch", prefetched), ("driver_copy", copied),
+                         ("read_driver_copy", read_copied)):
+            on_gpu_zeroed()
+            record(name, _timed(fn), _consume(bank, n))
+            correct[name] = _holds(host, staging, lay, n)
+    finally:
+        drv.unpin(src0)
+        drv.unpin(buf.ctypes.data)
+    return correct

@@ -17,18 +17,12 @@ import mlx.core as mx
 import numpy as np
 
 
-# Where a new bank is zero-filled, i.e. first touched: None = MLX's default device. On CUDA (managed memory) a bank
-# filled by the device and then written by the host migrates twice before the compute reads it; the step profile
-# (bench/steps.py --variants) measures mx.cpu against the default. Not a setting: an experiment's switch.
-FILL_STREAM = None
-
-
 def page_aligned_bank(slots: int, width: int) -> tuple[mx.array, np.ndarray]:
     """An MLX uint8 array [slots, width] whose first row starts on a page boundary, and a writable numpy view of
     it. MLX's CPU allocator returns addresses 24 bytes past a page; aligned rows (with a width that is a multiple
     of 4 KiB, as the Qwen3-30B shapes are) let direct reads land straight in a slot (reader scatter reads)."""
     page = mmap.PAGESIZE
-    flat = mx.zeros((slots * width + page,), dtype=mx.uint8, stream=FILL_STREAM)
+    flat = mx.zeros((slots * width + page,), dtype=mx.uint8)
     mx.eval(flat)
     host = np.array(flat, copy=False)  # writable view of MLX memory
     pad = -host.ctypes.data % page

@@ -8,6 +8,8 @@ How it works
 - Reads land in MLX-owned memory: each bank is allocated as raw bytes (its rows page-aligned) and written
   through a numpy view of its buffer on the reader's threads: where it can, the reader reads a record straight
   into the slot's rows with one preadv (no copy in Python); otherwise one memcpy per tensor from its buffer.
+  On CUDA, where the banks are managed memory, the rows are filled by the driver's copy engine from the
+  reader's page-locked buffer instead (managed.py: no page faults on either side).
 - A layer whose experts are all resident cannot miss: `lookup` gives the streaming layer its bank rows (or a
   device-side expert->slot table) so it runs with no host synchronisation; `defer` keeps its lazy routing and
   output, `flush` counts them later from computed steps (unsynced.py). Evicting first evaluates every such
@@ -37,6 +39,7 @@ write the slot they were given.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -47,8 +50,11 @@ import mlx.core as mx
 import numpy as np
 
 from ..store.format import RecordLayout
+from . import managed
 from .banks import page_aligned_bank, release_rows
 from .unsynced import ResidentLayers
+
+log = logging.getLogger(__name__)
 
 _MLX_DTYPES = {
     "uint32": mx.uint32, "uint8": mx.uint8, "int8": mx.int8,
@@ -123,6 +129,9 @@ class ExpertCache(ResidentLayers):
         self._releasing: threading.Thread | None = None  # see _resize_within
         self.epoch = 0  # changes whenever a lookup result may change (eviction, reallocation, unsynced toggled)
         self._unsynced = True
+        self._upload, self._driver = managed.upload_path(), managed.driver()
+        if self._upload == "copy":
+            self._pin_reader_buffers()
         self._allocate(self._slots_for(budget_bytes), [])
 
     @property
@@ -134,6 +143,18 @@ class ExpertCache(ResidentLayers):
     def unsynced(self, on: bool) -> None:
         self._unsynced = bool(on)
         self.epoch += 1
+
+    def _pin_reader_buffers(self) -> None:
+        region = getattr(self.reader, "buffer_region", None)
+        if region is None:
+            return
+        addr, nbytes = region()
+        try:
+            self._driver.pin(addr, nbytes)
+        except managed.CudaError as e:  # copies still work from pageable memory, staged by the driver
+            log.warning("page-locking the reader's buffers failed (%s): uploads copy from pageable memory", e)
+            return
+        self.reader.on_close(lambda: self._driver.unpin(addr))
 
     # -- sizing -----------------------------------------------------------------------------------------------
     def _slots_for(self, budget_bytes: int) -> int:
@@ -170,6 +191,8 @@ class ExpertCache(ResidentLayers):
         self.views = {t.name: banks[t.name].view(_MLX_DTYPES[t.dtype]).reshape((slots,) + t.shape)
                       for t in self.layout.tensors}
         mx.eval(list(self.views.values()))
+        if self._upload == "copy":  # the banks' pages start on the GPU, where the copies then land
+            self._driver.to_device([(h.ctypes.data, h.nbytes) for h in host.values()])
         self._capacity = slots
         with self._lock:
             self._stats.slots, self._stats.used_bytes = slots, len(where) * self.expert_bytes
@@ -286,6 +309,25 @@ class ExpertCache(ResidentLayers):
             self._score[slots] = self._score[slots] * self._decay ** (now - self._last[slots]) + uses
         self._last[slots] = now
 
+    def _victims(self, n: int, pinned: np.ndarray) -> list[int]:
+        """Up to `n` slots for new reads, the ones `n` successive `_victim(wait=False)` calls would give (each
+        loaded before the next), ranking once: free slots first, then the lowest-ranked evictable ones, evicted.
+        The caller loads every slot returned before asking again."""
+        free = np.flatnonzero(self._state == FREE)[:n].tolist()
+        if len(free) == n:
+            return free
+        rank = self._rank()
+        rank[self._state != READY] = np.inf  # free slots are taken above; loading ones are never evicted
+        rank[pinned] = np.inf
+        rank[self._busy] = np.inf
+        if self._protected:
+            rank[list(self._protected)] = np.inf
+        order = np.argsort(rank, kind="stable")[: n - len(free)]  # ties: lowest slot first, as argmin
+        chosen = [int(s) for s in order if np.isfinite(rank[s])]
+        for slot in chosen:
+            self._evict(slot)
+        return free + chosen
+
     def _victim(self, pinned: np.ndarray, wait: bool = False) -> int:
         """A free slot, else evict the lowest-ranked evictable one. Slots being read into cannot be evicted;
         prefetches not yet used are protected from other prefetches (wait=False) until their layer has run;
@@ -340,6 +382,14 @@ class ExpertCache(ResidentLayers):
 
     def _sink(self, slot: int):
         host, tensors = self._host, self.layout.tensors
+        if self._upload == "copy":
+            drv, rows = self._driver, [(host[t.name][slot].ctypes.data, t) for t in tensors]  # (row address, tensor)
+
+            def copy_into_slot(payload: np.ndarray) -> None:  # the reader's buffer -> rows, by the copy engine
+                base = payload.ctypes.data
+                drv.copy([(addr, base + t.offset, t.nbytes) for addr, t in rows])
+
+            return copy_into_slot
 
         def copy_into_slot(payload: np.ndarray) -> None:
             for t in tensors:  # record -> bank, one memcpy per tensor
@@ -387,7 +437,11 @@ class ExpertCache(ResidentLayers):
         slots = np.array([self._where.get((layer, int(e)), -1) for e in experts], dtype=np.int64)
         hits = int(np.sum(slots >= 0))
         inflight = [int(s) for s in slots if s >= 0 and self._state[s] == LOADING and not self._futures[s].done()]
-        for i in np.flatnonzero(slots < 0):
+        missing = np.flatnonzero(slots < 0)
+        for i, slot in zip(missing, self._victims(len(missing), slots[slots >= 0])):
+            slots[i] = slot
+            self._load((layer, int(experts[i])), slot, DEMAND)
+        for i in np.flatnonzero(slots < 0):  # nothing evictable left: finish a read in flight first (see _victim)
             slots[i] = self._victim(slots[slots >= 0], wait=True)
             self._load((layer, int(experts[i])), int(slots[i]), DEMAND)
         self._busy = slots.copy()  # from here on nothing may evict them
@@ -469,26 +523,21 @@ class ExpertCache(ResidentLayers):
         Never evicts a slot the current step needs (busy), a slot being read, or an expert asked for in the same
         call; stops when no slot may be taken or `limit` reads were started. `score` is the LFU score the experts
         enter with (a warm start passes their past use)."""
-        started, pinned = 0, []
         if not self._busy.size:  # outside a layer call (warm start): finish every graph first
             self._settle_graphs()
         self._reap()
-        for e in experts:
-            key = (layer, int(e))
-            if key in self._where:
-                continue
-            if limit is not None and started >= limit:
-                break
-            try:
-                slot = self._victim(np.array(pinned, dtype=np.int64))
-            except RuntimeError:
-                break
-            self._load(key, slot, priority)
+        asked = list(dict.fromkeys(int(e) for e in experts))  # distinct, in order
+        held = np.array([self._where[(layer, e)] for e in asked if (layer, e) in self._where], dtype=np.int64)
+        todo = [e for e in asked if (layer, e) not in self._where]
+        if limit is not None:
+            todo = todo[: max(limit, 0)]
+        chosen = self._victims(len(todo), held) if todo else []  # never evicts an expert asked for here
+        for e, slot in zip(todo, chosen):
+            self._load((layer, e), slot, priority)
             self._score[slot] = score
             self._prefetched.add(slot)
             self._protected[slot] = layer
-            pinned.append(slot)
-            started += 1
+        started = len(chosen)
         with self._lock:
             self._stats.prefetches += started
         return started

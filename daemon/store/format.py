@@ -22,6 +22,7 @@ import json
 import os
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
@@ -68,7 +69,7 @@ class TensorSpec:
     shape: tuple[int, ...]  # per-expert shape (without the leading expert axis)
     offset: int  # byte offset inside the record
 
-    @property
+    @cached_property  # read per expert landed, on the hot path
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype][1]
 

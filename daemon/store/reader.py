@@ -24,6 +24,7 @@ How it runs:
     the kernel refuses to read into that memory (a GPU's managed memory may be such); otherwise, and where
     `preadv` is missing, the staging path runs. Measured on the lent GPU: 1.6 GB/s per thread straight into
     MLX's managed memory against 1.2-1.36 GB/s through a staging buffer (docs/results.md).
+  * `buffer_region()` and `on_close(fn)` let the cache page-lock the buffers for the reader's life (CUDA).
 """
 
 from __future__ import annotations
@@ -150,10 +151,22 @@ class ExpertReader:
         self._stats_lock = threading.Lock()
         self._reads = self._bytes = self._read_ns = self._verify_ns = self._errors = self._scattered = 0
         self._direct_scatter = True  # cleared if the kernel refuses a direct read into a sink's memory
+        self._on_close: list = []  # callbacks run by close() before the buffers are unmapped
         self._workers = [threading.Thread(target=self._work, name=f"moed-reader-{i}", daemon=True)
                          for i in range(threads)]
         for t in self._workers:
             t.start()
+
+    def buffer_region(self) -> tuple[int, int]:
+        """(address, bytes) of the workers' buffers, one contiguous mapping (the cache page-locks it on CUDA)."""
+        bufs = self._bufs
+        if bufs is None:
+            raise StoreError("expert reader is closed")
+        return bufs[0].ctypes.data, len(bufs) * self.manifest.layout.record_bytes
+
+    def on_close(self, fn) -> None:
+        """Run `fn()` in close(), after the workers stop and before the buffers are unmapped."""
+        self._on_close.append(fn)
 
     def read(self, layer: int, expert: int, sink: Sink, *, priority: int = 0) -> Future[None]:
         """Queue a read of expert `expert` of layer position `layer`; `sink(payload)` runs on a reader thread.
@@ -202,6 +215,11 @@ class ExpertReader:
                 os.close(fd)
             self._files.clear()
             self._stale_fds.clear()
+        for fn in self._on_close:
+            try:
+                fn()
+            except Exception as e:  # closing goes on: the buffers are unmapped regardless
+                log.warning("expert reader close hook failed: %s", e)
         self._bufs = None  # drop our views so the mmap has no exported buffers left
         try:
             if self._mm is not None:

@@ -272,3 +272,32 @@ def test_usage_counts_every_request():
     cache.acquire(0, np.array([1, 2]))
     cache.acquire(0, np.array([1]))
     assert cache.usage() == {(0, 1): 2.0, (0, 2): 1.0}
+
+
+@pytest.mark.parametrize("policy", ["lfu", "lru"])
+def test_batched_victims_are_the_ones_picked_one_by_one(policy):
+    """_victims ranks once for several new reads; it must choose exactly what successive _victim calls (each slot
+    loaded before the next call) would, including when the free slots run out partway and when it runs dry."""
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        (a, _), (b, _) = make(12, policy), make(12, policy)
+        calls = [(int(rng.integers(3)), rng.choice(10, size=int(rng.integers(1, 5)), replace=False),
+                  rng.random() < 0.3) for _ in range(int(rng.integers(1, 12)))]
+        for cache in (a, b):  # the same history: identical ranks, states, free and protected slots
+            for layer, experts, prefetch in calls:
+                if prefetch:  # unused prefetches stay protected from other prefetches
+                    cache.prefetch(layer, experts)
+                else:
+                    cache.acquire(layer, np.sort(experts))
+        pinned = a._busy.copy()
+        n = int(rng.integers(1, 14))
+        batched = a._victims(n, pinned)
+        one_by_one = []
+        for i in range(n):
+            try:
+                slot = b._victim(np.concatenate([pinned, np.array(one_by_one, dtype=np.int64)]))
+            except RuntimeError:
+                break
+            b._load((9, 100 + i), slot, 1)  # a key no call uses
+            one_by_one.append(slot)
+        assert batched == one_by_one, (trial, calls, n)

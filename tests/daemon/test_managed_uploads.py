@@ -1,0 +1,155 @@
+"""The CUDA upload path (moed.daemon.engine.managed), exercised on the CPU through a driver stand-in that does
+what the real calls promise (a copy moves bytes, a prefetch moves none): the cache must land every expert through
+it, page-lock and release the reader's buffers, hint only memory of its banks, and stay bit-equal to mlx-lm.
+The ctypes glue is checked against a fake libcuda: errors name the call and the driver's error name."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import mlx.core as mx
+import pytest
+from mlx_lm import load as mlx_load
+
+from moed.daemon.bench.workload import corpus_tokens
+from moed.daemon.engine import managed
+from moed.daemon.engine.model import load_engine
+
+from test_engine_unsynced import assert_same_logits
+
+
+class StandInDriver:
+    """managed.Driver's interface: copies really copy (memmove), prefetches and pins are recorded."""
+
+    def __init__(self):
+        self.copied_bytes, self.copies = 0, 0
+        self.prefetched: list[tuple[int, int]] = []
+        self.pinned: dict[int, int] = {}
+        self.unpinned: list[int] = []
+        self.threads: set[str] = set()
+        self.lock = threading.Lock()
+
+    def copy(self, pieces):
+        for dst, src, n in pieces:
+            ctypes.memmove(dst, src, n)
+        with self.lock:
+            self.copies += 1
+            self.copied_bytes += sum(n for _, _, n in pieces)
+            self.threads.add(threading.current_thread().name)
+
+    def to_device(self, ranges):
+        with self.lock:
+            self.prefetched.extend(ranges)
+
+    def pin(self, ptr, n):
+        self.pinned[ptr] = n
+
+    def unpin(self, ptr):
+        self.unpinned.append(ptr)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    drv = StandInDriver()
+    monkeypatch.setattr(managed, "driver", lambda: drv)
+    return drv
+
+
+@pytest.fixture(scope="module")
+def setup(model_dir):
+    ref, tok = mlx_load(str(model_dir("qwen3_moe", "mlx")))
+    return model_dir("qwen3_moe", "store-mlx"), ref, corpus_tokens(tok, 40)
+
+
+def _bank_ranges(cache) -> list[tuple[int, int]]:
+    return [(h.ctypes.data, h.ctypes.data + h.nbytes) for h in cache._host.values()]
+
+
+def _inside(ranges, addr: int, n: int) -> bool:
+    return any(lo <= addr and addr + n <= hi for lo, hi in ranges)
+
+
+def test_copy_path_lands_every_expert_through_the_driver_and_stays_exact(setup, stand_in, monkeypatch):
+    monkeypatch.setattr(managed, "UPLOAD", "auto")
+    assert managed.upload_path() == "copy"
+    store, ref, tokens = setup
+    eng = load_engine(store, budget="25%", read_mode="buffered")
+    with eng:
+        addr, nbytes = eng.reader.buffer_region()
+        assert stand_in.pinned == {addr: nbytes}  # the reader's buffers, page-locked once
+        banks = _bank_ranges(eng.cache)
+        assert all(_inside(banks, a, n) for a, n in stand_in.prefetched)  # only the banks are hinted
+        assert_same_logits(ref, eng, tokens[:24])
+        reads = eng.reader.stats()
+        assert reads.reads > 0 and reads.scatter_reads == 0  # staged in the pinned buffers, not read into rows
+        assert stand_in.copies == reads.reads  # one driver copy per expert read
+        assert stand_in.copied_bytes == reads.reads * eng.cache.expert_bytes
+        assert stand_in.threads and all(t.startswith("moed-reader") for t in stand_in.threads)
+    assert stand_in.unpinned == [addr]  # released when the reader closed
+
+
+def test_plain_path_without_a_driver(setup, monkeypatch):
+    monkeypatch.setattr(managed, "driver", lambda: None)
+    monkeypatch.setattr(managed, "UPLOAD", "copy")
+    assert managed.upload_path() == "plain"  # no driver (CPU, Metal): the page-fault path, whatever was asked
+    monkeypatch.setattr(managed, "UPLOAD", "fastest")
+    with pytest.raises(ValueError, match="fastest"):
+        managed.upload_path()
+
+
+class FakeLibcuda:
+    """Enough of libcuda for managed.Driver: every call succeeds except those named in `failing`."""
+
+    def __init__(self, failing=()):
+        self.calls: list[str] = []
+        self.failing = set(failing)
+        for name in ("cuInit", "cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuCtxSetCurrent", "cuStreamCreate",
+                     "cuMemcpyHtoDAsync_v2", "cuMemPrefetchAsync_v2", "cuMemHostRegister_v2", "cuMemHostUnregister",
+                     "cuStreamSynchronize"):
+            setattr(self, name, self._call(name))
+
+    def _call(self, name):
+        def fn(*args):
+            self.calls.append(name)
+            return 2 if name in self.failing else 0  # 2: CUDA_ERROR_OUT_OF_MEMORY
+        return fn
+
+    @staticmethod
+    def cuGetErrorName(rc, ref):
+        ref._obj.value = b"CUDA_ERROR_OUT_OF_MEMORY" if rc == 2 else b"CUDA_ERROR_UNKNOWN"
+        return 0
+
+
+def test_driver_binds_the_context_once_per_thread_and_names_failures():
+    lib = FakeLibcuda(failing={"cuMemcpyHtoDAsync_v2"})
+    drv = managed.Driver(lib)
+    drv.to_device([(4096, 8192), (65536, 4096)])
+    drv.to_device([(4096, 8192)])
+    assert lib.calls.count("cuCtxSetCurrent") == 1 and lib.calls.count("cuStreamCreate") == 1
+    assert lib.calls.count("cuMemPrefetchAsync_v2") == 3
+    t = threading.Thread(target=drv.to_device, args=([(4096, 8192)],))
+    t.start()
+    t.join()
+    assert lib.calls.count("cuCtxSetCurrent") == 2  # a new thread binds MLX's context and gets its own stream
+    with pytest.raises(managed.CudaError, match=r"cuMemcpyHtoDAsync failed: CUDA_ERROR_OUT_OF_MEMORY \(2\)"):
+        drv.copy([(4096, 8192, 16)])
+    assert "cuStreamSynchronize" not in lib.calls  # a failed copy is not waited for as if it had been queued
+
+
+def test_driver_setup_failure_is_a_cuda_error():
+    with pytest.raises(managed.CudaError, match="cuDevicePrimaryCtxRetain failed"):
+        managed.Driver(FakeLibcuda(failing={"cuDevicePrimaryCtxRetain"}))
+
+
+def test_upload_benchmark_measures_and_checks_every_candidate(model_dir, stand_in):
+    from moed.daemon.bench.upload import run_upload
+
+    r = run_upload({"store": str(model_dir("qwen3_moe", "store-mlx")), "experts": 6})
+    assert set(r["candidates"]) == {"view_copy", "mx_array", "mx_array_batched", "read_copy", "read_into_bank",
+                                    "view_copy_prefetch", "driver_copy", "read_driver_copy"}
+    assert r["correct"] == dict.fromkeys(["read_into_bank", "view_copy_prefetch", "driver_copy",
+                                          "read_driver_copy"], True)
+    assert all(c["gb_per_s"] > 0 for c in r["candidates"].values())
+    assert stand_in.copies == 6 + 1 + 1  # read_driver_copy per expert, driver_copy at once, the prefetch's wait
+    assert len(stand_in.unpinned) == 2 and set(stand_in.unpinned) == set(stand_in.pinned)
