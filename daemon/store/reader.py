@@ -1,14 +1,17 @@
 """The expert reader: every routed expert the daemon loads from the packed store comes through here.
 
 `ExpertReader.read(layer, expert, sink)` reads one expert record (exactly `record_bytes` at
-`expert * record_bytes` of the layer's file) with one positional read into a page-aligned buffer, checks its
-CRC-32 against the manifest the first time that expert is read, hands the payload to `sink` on the reader
-thread, puts the buffer back in the pool and resolves the returned future.
+`expert * record_bytes` of the layer's file) with one positional read into a page-aligned buffer, hands the
+payload to `sink` on the reader thread, checks its CRC-32 against the manifest the first time that expert is
+read, puts the buffer back in the pool and resolves the returned future. The sink may see a record before its
+checksum is checked: nothing may use what it kept before the future resolves (it fails on a mismatch).
 
 How it runs:
   * Threads: `threads` persistent workers take requests from one priority queue (lower number first, FIFO
     within a priority: 0 = demand reads, higher = prefetch). `os.preadv` and `zlib.crc32` release the GIL, so
     reads and checksums of different experts overlap; sinks run on the workers and hold the GIL while in Python.
+    With direct reads, first-read checksums go to `threads // 2` checker threads (at least one), which resolve
+    the future and free the buffer, so the workers keep the disk busy (buffered reads checksum inline).
   * Buffers and memory bound: `buffers` (default 2 x threads) record-sized slices of one anonymous mmap (page
     aligned, as O_DIRECT requires). A worker takes a request only once a buffer is free, so expert I/O holds at
     most buffers x record_bytes bytes however many requests are queued (a queued request is only a small tuple).
@@ -35,6 +38,7 @@ import itertools
 import logging
 import mmap
 import os
+import queue
 import sys
 import threading
 import time
@@ -154,7 +158,13 @@ class ExpertReader:
         self._on_close: list = []  # callbacks run by close() before the buffers are unmapped
         self._workers = [threading.Thread(target=self._work, name=f"moed-reader-{i}", daemon=True)
                          for i in range(threads)]
-        for t in self._workers:
+        # Direct reads hand first-read checksums to these threads, so the workers go back to the disk at once
+        # (the CRC of a record holds a thread off the disk ~10 % of a read; a cold fill lost 22 % without this).
+        self._checks: queue.SimpleQueue = queue.SimpleQueue()
+        n_checkers = max(1, threads // 2) if mode == "direct" and verify else 0
+        self._checkers = [threading.Thread(target=self._check_deferred, name=f"moed-checksum-{i}", daemon=True)
+                          for i in range(n_checkers)]
+        for t in self._workers + self._checkers:
             t.start()
 
     def buffer_region(self) -> tuple[int, int]:
@@ -210,6 +220,11 @@ class ExpertReader:
         for t in self._workers:
             if t is not me:  # close() from inside a sink must not join its own thread
                 t.join()
+        for _ in self._checkers:  # after every queued checksum: each read's future resolves
+            self._checks.put(None)
+        for t in self._checkers:
+            if t is not me:
+                t.join()
         with self._files_lock:
             for fd in [f.fd for f in self._files.values()] + self._stale_fds:
                 os.close(fd)
@@ -258,29 +273,52 @@ class ExpertReader:
         try:
             buf = self._bufs[bi]  # type: ignore[index]  # set until close()
             targets = getattr(sink, "targets", None)
-            if targets is None or not self._scatter(layer, expert, buf, targets):
-                sink(self._fetch(layer, expert, buf))
+            check = self._scatter(layer, expert, buf, targets) if targets is not None else False
+            if check is False:
+                payload, check = self._fetch(layer, expert, buf)
+                sink(payload)
+            if check is not None:
+                if self._checkers and self._files[layer].direct:
+                    self._checks.put((check, fut, bi))  # the checker resolves the future, releases the buffer
+                    return
+                self._checksum(*check)
         except BaseException as e:  # the future must always resolve and the buffer go back, whatever went wrong
-            if isinstance(e, StoreError):  # a failed read (not a sink's own exception)
-                with self._stats_lock:
-                    self._errors += 1
-            self._release(bi)
-            fut.set_exception(e)
+            self._fail(fut, bi, e)
         else:
             self._release(bi)
             fut.set_result(None)
 
-    def _fetch(self, layer: int, expert: int, buf: np.ndarray) -> np.ndarray:
-        """Read and (first time) verify one record into buf; returns the read-only payload view."""
+    def _check_deferred(self) -> None:
+        while (job := self._checks.get()) is not None:
+            check, fut, bi = job
+            try:
+                self._checksum(*check)
+            except BaseException as e:
+                self._fail(fut, bi, e)
+            else:
+                self._release(bi)
+                fut.set_result(None)
+
+    def _fail(self, fut: Future[None], bi: int, e: BaseException) -> None:
+        if isinstance(e, StoreError):  # a failed read (not a sink's own exception)
+            with self._stats_lock:
+                self._errors += 1
+        self._release(bi)
+        fut.set_exception(e)
+
+    def _fetch(self, layer: int, expert: int, buf: np.ndarray) -> tuple[np.ndarray, tuple | None]:
+        """Read one record into buf and check its length; returns the read-only payload view and the checksum
+        still to verify (None: verified before)."""
         offset = self.manifest.layers[layer].offset(expert, self.manifest.layout)
         got, path = self._read_record(layer, buf, offset)
-        self._check(layer, expert, path, offset, got, [buf])
         payload = buf[: self.manifest.layout.payload_bytes]
         payload.flags.writeable = False
-        return payload
+        return payload, self._check(layer, expert, path, offset, got, [buf])
 
-    def _scatter(self, layer: int, expert: int, buf: np.ndarray, targets: list[tuple[int, np.ndarray]]) -> bool:
-        """Read the record straight into `targets` (see the module docstring); False: use the staging path."""
+    def _scatter(self, layer: int, expert: int, buf: np.ndarray,
+                 targets: list[tuple[int, np.ndarray]]) -> tuple | None | bool:
+        """Read the record straight into `targets` (see the module docstring) and return the checksum still to
+        verify (None: verified before); False: not read, use the staging path."""
         entry, layout = self.manifest.layers[layer], self.manifest.layout
         lf = self._file(layer)
         iov, pos = [], 0
@@ -313,19 +351,25 @@ class ExpertReader:
             self._bytes += got
             self._read_ns += time.perf_counter_ns() - t0
         lf.proven = True
-        self._check(layer, expert, lf.path, offset, got, iov)
-        return True
+        return self._check(layer, expert, lf.path, offset, got, iov)
 
-    def _check(self, layer: int, expert: int, path: str, offset: int, got: int, pieces: list[np.ndarray]) -> None:
-        """Length and (first read of the expert) CRC-32 of a record just read; `pieces` hold it in order."""
+    def _check(self, layer: int, expert: int, path: str, offset: int, got: int,
+               pieces: list[np.ndarray]) -> tuple | None:
+        """The length of a record just read (raises StoreError if short); returns the arguments of `_checksum`
+        if this is the expert's first read (CRC-32 still to verify), else None. `pieces` hold it in order."""
         entry, layout = self.manifest.layers[layer], self.manifest.layout
         if got != layout.record_bytes:  # a record is one read; a short one means a truncated file
             raise StoreError(f"layer {entry.index} expert {expert}: short read of {path} at offset {offset}: "
                              f"expected {layout.record_bytes} bytes, got {got} (file truncated?)")
         if not self.verify or self._verified[layer][expert]:
-            return
+            return None
+        return layer, expert, path, offset, pieces
+
+    def _checksum(self, layer: int, expert: int, path: str, offset: int, pieces: list[np.ndarray]) -> None:
+        """CRC-32 of a record's payload against the manifest; raises StoreError naming the expert on a mismatch."""
+        entry, layout = self.manifest.layers[layer], self.manifest.layout
         t0, crc, left = time.perf_counter_ns(), 0, layout.payload_bytes
-        for v in pieces:  # zlib releases the GIL for large buffers: reader threads checksum in parallel
+        for v in pieces:  # zlib releases the GIL for large buffers: threads checksum in parallel
             n = min(v.nbytes, left)
             crc, left = zlib.crc32(v[:n], crc), left - n
         with self._stats_lock:

@@ -344,3 +344,61 @@ def test_scatter_reads_verify_checksums_and_length(store):
         rows, _ = scatter_read(r, 1, 3)
         check_rows(rows, experts[1, 3])
         assert r.stats().errors == 2
+
+
+def test_direct_reads_checksum_off_the_worker(store, monkeypatch):
+    """With direct reads a first read's CRC runs on a checker thread: the one worker starts the next read while the
+    previous checksum is still running; each future resolves only after its checksum, a mismatch fails that read
+    alone (named), and close() resolves every future."""
+    root, manifest, experts = store
+    release = threading.Event()
+    seen: list[tuple[str, int]] = []
+    real = ExpertReader._checksum
+
+    def slow_checksum(self, layer, expert, *args):
+        seen.append((threading.current_thread().name, expert))
+        assert release.wait(10)
+        return real(self, layer, expert, *args)
+
+    fd, direct = reader_mod.open_for_read(str(root / manifest.layers[0].file), "direct")
+    os.close(fd)
+    if not direct:  # then reads are buffered and checksums stay on the worker
+        pytest.skip("O_DIRECT not available on this filesystem")
+    monkeypatch.setattr(ExpertReader, "_checksum", slow_checksum)
+    with ExpertReader(root, manifest, mode="direct", threads=1) as r:
+        first = r.read(0, 0, lambda p: None)
+        for _ in range(500):
+            if seen:
+                break
+            release.wait(0.01)
+        if not r._files[0].direct:  # O_DIRECT accepted on open, refused on read: reads fell back to buffered
+            release.set()
+            pytest.skip("O_DIRECT reads refused on this filesystem")
+        second = r.read(0, 1, lambda p: None)
+        for _ in range(500):  # the single worker reads the second record while the first checksum is held
+            if r.stats().reads == 2:
+                break
+            release.wait(0.01)
+        assert r.stats().reads == 2 and not first.done() and not second.done()
+        assert {name for name, _ in seen} == {"moed-checksum-0"}
+        release.set()
+        assert first.result(5) is None and second.result(5) is None
+        check_payload(r.read_now(0, 1), experts[0, 1])  # verified once: no checksum the second time
+        assert [e for _, e in seen] == [0, 1]
+    monkeypatch.setattr(ExpertReader, "_checksum", real)
+    with open(root / manifest.layers[1].file, "r+b") as f:  # corrupt expert 4 of the second layer
+        f.seek(4 * LAYOUT.record_bytes + 10)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x01]))
+    with ExpertReader(root, manifest, mode="direct", threads=2) as r:
+        futs = [r.read(1, e, lambda p: None) for e in range(NUM_EXPERTS)]
+        for e, fut in enumerate(futs):
+            if e == 4:
+                with pytest.raises(StoreError, match=f"layer {LAYER_INDICES[1]} expert 4: checksum mismatch"):
+                    fut.result(5)
+            else:
+                assert fut.result(5) is None
+        assert r.stats().errors == 1
+        pending = [r.read(0, e, lambda p: None) for e in range(NUM_EXPERTS)]
+    assert all(f.done() for f in pending)  # close() left no future unresolved
