@@ -7,7 +7,8 @@ step of a pipelined loop (the next step's graph is built while the device comput
 generate loop does), and mlx-lm's BatchGenerator decoding N sequences in this process (aggregate tok/s). With
 `--variants`, moed is also measured with its routing bookkeeping switched off (`defer` a no-op: what the
 bookkeeping costs), with its bank rows copied to fresh device arrays (what computing over slot-bank views
-costs), the per-layer-sync path, and on CUDA with the banks filled through page faults (managed.py's plain path). Built for the GPU, where compute is fast and these costs show.
+costs), the per-layer-sync path, and on CUDA with the banks filled through page faults (managed.py's plain
+path). Built for the GPU, where compute is fast and these costs show.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ def main() -> int:
         result["moed_variants"] = moed_variants(eng, tokens, a.steps)
     eng.close()
     if a.variants and managed.upload_path() != "plain":  # a fresh engine filled through page faults instead
+        del eng
         gc.collect()
         mx.clear_cache()
         managed.UPLOAD = "plain"
