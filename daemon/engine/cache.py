@@ -309,10 +309,11 @@ class ExpertCache(ResidentLayers):
             self._score[slots] = self._score[slots] * self._decay ** (now - self._last[slots]) + uses
         self._last[slots] = now
 
-    def _victims(self, n: int, pinned: np.ndarray) -> list[int]:
-        """Up to `n` slots for new reads, the ones `n` successive `_victim(wait=False)` calls would give (each
-        loaded before the next), ranking once: free slots first, then the lowest-ranked evictable ones, evicted.
-        The caller loads every slot returned before asking again."""
+    def _victims(self, n: int, pinned: np.ndarray, spare_prefetches: bool = True) -> list[int]:
+        """Up to `n` slots for new reads, ranking once: free slots first, then the lowest-ranked evictable ones,
+        evicted; the same slots as `n` one-at-a-time picks, each loaded before the next. Never a slot being read
+        into, a pinned or busy one, nor (with `spare_prefetches`, as prefetches ask) an unused prefetch whose layer
+        has not run yet. The caller loads every slot returned before asking again."""
         free = np.flatnonzero(self._state == FREE)[:n].tolist()
         if len(free) == n:
             return free
@@ -320,7 +321,7 @@ class ExpertCache(ResidentLayers):
         rank[self._state != READY] = np.inf  # free slots are taken above; loading ones are never evicted
         rank[pinned] = np.inf
         rank[self._busy] = np.inf
-        if self._protected:
+        if spare_prefetches and self._protected:
             rank[list(self._protected)] = np.inf
         order = np.argsort(rank, kind="stable")[: n - len(free)]  # ties: lowest slot first, as argmin
         chosen = [int(s) for s in order if np.isfinite(rank[s])]
@@ -329,24 +330,13 @@ class ExpertCache(ResidentLayers):
         return free + chosen
 
     def _victim(self, pinned: np.ndarray, wait: bool = False) -> int:
-        """A free slot, else evict the lowest-ranked evictable one. Slots being read into cannot be evicted;
-        prefetches not yet used are protected from other prefetches (wait=False) until their layer has run;
-        with wait=True (demand reads) the oldest unpinned read in flight is finished first if nothing else is
-        evictable. Raises RuntimeError if no slot can be had."""
+        """One slot as `_victims` gives it; with wait=True (demand reads) unused prefetches may go too, and if
+        nothing is evictable the oldest unpinned read in flight is finished first. Raises RuntimeError if no
+        slot can be had."""
         while True:
-            free = np.flatnonzero(self._state == FREE)
-            if len(free):
-                return int(free[0])
-            rank = self._rank()
-            rank[self._state != READY] = np.inf  # never evict a slot being read into
-            rank[pinned] = np.inf
-            rank[self._busy] = np.inf
-            if not wait and self._protected:
-                rank[list(self._protected)] = np.inf  # a prefetch never evicts another one still awaited
-            slot = int(np.argmin(rank))
-            if np.isfinite(rank[slot]):
-                self._evict(slot)
-                return slot
+            got = self._victims(1, pinned, spare_prefetches=not wait)
+            if got:
+                return got[0]
             pinned_set = set(pinned.tolist())
             loading = [s for s in self._futures if s not in pinned_set]
             if not wait or not loading:
@@ -438,7 +428,7 @@ class ExpertCache(ResidentLayers):
         hits = int(np.sum(slots >= 0))
         inflight = [int(s) for s in slots if s >= 0 and self._state[s] == LOADING and not self._futures[s].done()]
         missing = np.flatnonzero(slots < 0)
-        for i, slot in zip(missing, self._victims(len(missing), slots[slots >= 0])):
+        for i, slot in zip(missing, self._victims(len(missing), slots[slots >= 0], spare_prefetches=False)):
             slots[i] = slot
             self._load((layer, int(experts[i])), slot, DEMAND)
         for i in np.flatnonzero(slots < 0):  # nothing evictable left: finish a read in flight first (see _victim)

@@ -274,10 +274,12 @@ def test_usage_counts_every_request():
     assert cache.usage() == {(0, 1): 2.0, (0, 2): 1.0}
 
 
+@pytest.mark.parametrize("demand", [False, True])
 @pytest.mark.parametrize("policy", ["lfu", "lru"])
-def test_batched_victims_are_the_ones_picked_one_by_one(policy):
+def test_batched_victims_are_the_ones_picked_one_by_one(policy, demand):
     """_victims ranks once for several new reads; it must choose exactly what successive _victim calls (each slot
-    loaded before the next call) would, including when the free slots run out partway and when it runs dry."""
+    loaded before the next call) would, including when the free slots run out partway and when it runs dry, for
+    prefetches (unused prefetches spared) and demand reads (they may go)."""
     rng = np.random.default_rng(7)
     for trial in range(20):
         (a, _), (b, _) = make(12, policy), make(12, policy)
@@ -291,13 +293,29 @@ def test_batched_victims_are_the_ones_picked_one_by_one(policy):
                     cache.acquire(layer, np.sort(experts))
         pinned = a._busy.copy()
         n = int(rng.integers(1, 14))
-        batched = a._victims(n, pinned)
+        batched = a._victims(n, pinned, spare_prefetches=not demand)
         one_by_one = []
-        for i in range(n):
+        # demand picks beyond what is evictable would finish a read in flight instead: compare the ready ones
+        for i in range(len(batched) if demand else n):
             try:
-                slot = b._victim(np.concatenate([pinned, np.array(one_by_one, dtype=np.int64)]))
+                slot = b._victim(np.concatenate([pinned, np.array(one_by_one, dtype=np.int64)]), wait=demand)
             except RuntimeError:
                 break
             b._load((9, 100 + i), slot, 1)  # a key no call uses
             one_by_one.append(slot)
         assert batched == one_by_one, (trial, calls, n)
+        if len(batched) < n:  # it ran dry: nothing evictable is left
+            rest = np.concatenate([pinned, np.array(batched, dtype=np.int64)])
+            for i, slot in enumerate(batched):
+                a._load((9, 100 + i), slot, 1)
+            assert a._victims(1, rest, spare_prefetches=not demand) == []
+
+
+def test_a_demand_read_may_evict_an_unused_prefetch():
+    """Prefetches are spared only from other prefetches: a demand miss takes the lowest-ranked slot, and an unused
+    prefetch (score 0) is that one."""
+    cache, _ = make(3, "lfu")
+    cache.acquire(0, np.array([0, 1]))
+    assert cache.prefetch(1, [5]) == 1
+    cache.acquire(0, np.array([2]))
+    assert not cache.contains(1, 5) and cache.contains(0, 0) and cache.contains(0, 1) and cache.contains(0, 2)
