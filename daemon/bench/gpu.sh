@@ -4,10 +4,13 @@
 #                               # upload paths, greedy exactness at 100 % and 25 %
 #   daemon/bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
 #   daemon/bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
-#   daemon/bench/gpu.sh model|profile|measure|upload|paths|exact|serve
+#   daemon/bench/gpu.sh model|profile|measure|upload|paths|host|pipeline|readpath|exact|serve
 #                               # a short visit, one phase per step: the model; where a step goes; 100 % against
-#                               # mlx-lm; upload candidates; 25 % per upload path and read mode; exactness; the daemon
-# Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel).
+#                               # mlx-lm; upload candidates; 25 % per upload path and read mode; where a synced layer
+#                               # call goes; mlx-lm's pipelined loops; the read path alone; exactness; the daemon
+# Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel); making it took
+# 2.5 to over 4 minutes on the lent machine: leave room for it, and do not pipe a phase through grep (a buffered pipe
+# loses its output when the call times out).
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/mp/moed
 for d in daemon clients governor; do ln -sfn "$PWD/$d" "/tmp/mp/moed/$d"; done
@@ -17,6 +20,12 @@ moed() { python3 -m moed.daemon.cli "$@"; }
 single() { python3 -m moed.daemon.bench.single "$1"; }
 # moed_run BUDGET READ_MODE EXTRA_JSON: one teacher-forced moed run of the store (prompt 16, 64 steps)
 moed_run() { single "{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"$1\", \"read_mode\": \"$2\", \"prompt_len\": 16, \"steps\": 64, $3}"; }
+# run_to FILE LABEL BUDGET READ_MODE EXTRA_JSON: moed_run, its record appended to FILE, its figures printed
+run_to() {
+  local r; r=$(moed_run "$3" "$4" "$5")
+  echo "{\"label\": \"$2\", \"record\": $r}" >> "$1"
+  python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print(sys.argv[1], *(f"{k}={r.get(k) if not isinstance(r.get(k), float) else round(r[k], 2)}" for k in ("forced_decode_tps","decode_wait_ms_per_token","decode_sync_ms_per_token","decode_synced_call_ms_per_token","syncs_per_token","decode_hit_rate","decode_bytes_read_per_token")), {k: round(v, 2) for k, v in r.get("phases_ms_per_token", {}).items()})' "$2" "$r"
+}
 make_model() { [ -d "$ST" ] || { moed make-test-model "$CK" --size bench >/dev/null; moed convert "$CK" "$ST" --quiet; }; }
 case "${1:-}" in
 setup)
@@ -52,6 +61,30 @@ measure)  # 100 % against mlx-lm, median of 3 (~2.5 min)
 upload)  # the upload candidates of bench/upload.py, the CUDA driver's included (~30 s)
   single "{\"kind\": \"upload\", \"store\": \"$ST\", \"experts\": 128}" > "$OUT/upload.json"
   ;;
+host)  # 25 % page cache: where a synced call goes (phases), twice; the synced path at 100 % (~2 min)
+  f="$OUT/host.jsonl"
+  for i in 1 2; do
+    run_to "$f" "phases-$i" 25% buffered '"sample_tokens": 0, "read_threads": 8, "phases": true'
+  done
+  run_to "$f" synced-100 100% buffered '"sample_tokens": 0, "unsynced": false, "phases": true'
+  ;;
+pipeline)  # 100 %: mlx-lm's pipelined loops for mlx-lm and moed's two upload paths, alternated (~4 min)
+  for v in mlx-lm copy plain mlx-lm copy plain; do
+    case $v in
+      mlx-lm) c="{\"kind\": \"mlx-lm\", \"model\": \"$CK\"";;
+      *) c="{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"100%\", \"read_mode\": \"buffered\", \"upload\": \"$v\"";;
+    esac
+    r=$(single "$c, \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64, \"pipelined\": true}")
+    echo "{\"label\": \"$v\", \"record\": $r}" >> "$OUT/pipeline.jsonl"
+    python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print(sys.argv[1], *(round(r[k], 1) for k in ("forced_decode_tps", "pipelined_decode_tps", "sampled_decode_tps")), flush=True)' "$v" "$r"
+  done
+  ;;
+readpath)  # the read path alone against the raw device, direct and page cache, twice (~1.5 min)
+  for i in 1 2; do for m in direct buffered; do
+    single "{\"kind\": \"readpath\", \"store\": \"$ST\", \"read_mode\": \"$m\", \"read_threads\": 4}" >> "$OUT/readpath.jsonl"
+    tail -1 "$OUT/readpath.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["read_mode"], round(r["moed_gb_per_s"], 3), round(r["raw"]["gb_per_s"], 3), round(r["ratio"], 3))'
+  done; done
+  ;;
 paths)  # 25 %: page cache through each upload path (managed.py), direct reads, the read path alone (~3 min)
   for u in copy plain; do
     moed_run 25% buffered "\"sample_tokens\": 0, \"read_threads\": 8, \"upload\": \"$u\"" > "$OUT/moed25-buffered-$u.json"
@@ -67,5 +100,5 @@ exact)  # greedy tokens against mlx-lm at 100 % and 25 %
 serve)  # concurrent sequences through the daemon at 100 % (~2 min)
   moed bench "$ST" --clients 1,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5
   ;;
-*) echo "usage: $0 setup|model|profile|measure|upload|paths|exact|serve|bench|clients" >&2; exit 2 ;;
+*) echo "usage: $0 setup|model|profile|measure|upload|paths|host|pipeline|readpath|exact|serve|bench|clients" >&2; exit 2 ;;
 esac

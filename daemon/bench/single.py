@@ -6,6 +6,9 @@
     python -m moed.daemon.bench.single '{"kind": "upload", "store": STORE, "experts": 64}'  (see upload.py)
 
 Common keys: prompt_len (prefill chunk), steps (teacher-forced decode steps), sample_tokens (seeded sampling run).
+moed runs also take read_threads, prefetch_depth, policy, unsynced, and the benchmark switches upload ("auto",
+"copy", "plain": engine/managed.py) and phases (true: time each phase of a synced
+call, engine/cache.py); pipelined (true) adds teacher forcing in mlx-lm's pipelined loop.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ def run_moed(cfg: dict) -> dict:
                       read_threads=cfg.get("read_threads", 4), policy=cfg.get("policy", "lfu"),
                       prefetch_depth=cfg.get("prefetch_depth", 1))
     eng.cache.unsynced = cfg.get("unsynced", True)
+    from ..engine import cache as cache_mod
+
+    cache_mod.PHASES = {} if cfg.get("phases") else None  # where a synced call's time goes (engine/cache.py)
     eng.cache.wait_loads()  # at 100 % the preload: every expert in memory before timing, as mlx-lm's load
     load_s = time.perf_counter() - t0
     marks: dict = {}
@@ -42,6 +48,7 @@ def run_moed(cfg: dict) -> dict:
     def snapshot():
         eng.cache.flush()  # count the unsynced layer calls so far
         marks["cache"], marks["reader"], marks["pf"] = eng.cache.stats(), eng.reader.stats(), eng.prefetcher.stats()
+        marks["phases"] = dict(cache_mod.PHASES or {})
 
     out = _forced(eng.model, eng.tokenizer, cfg, snapshot)
     eng.cache.flush()
@@ -52,7 +59,11 @@ def run_moed(cfg: dict) -> dict:
     needed, correct = pf.needed - pf0.needed, pf.correct - pf0.correct
     out.update({
         "decode_wait_ms_per_token": (c.wait_seconds - c0.wait_seconds) * 1000 / steps,
+        "decode_sync_ms_per_token": (c.sync_seconds - c0.sync_seconds) * 1000 / steps,
+        "decode_synced_call_ms_per_token": (c.synced_seconds - c0.synced_seconds) * 1000 / steps,
         "syncs_per_token": (c.acquires - c0.acquires) / steps,
+        **({"phases_ms_per_token": {k: (v - marks["phases"].get(k, 0.0)) * 1000 / steps
+                                    for k, v in cache_mod.PHASES.items()}} if cache_mod.PHASES is not None else {}),
         "unsynced_layers_per_token": (c.unsynced - c0.unsynced) / steps,
         "prefetch_accuracy": correct / needed if needed else None,
         "prefetch_reads_per_token": (c.prefetches - c0.prefetches) / steps,
@@ -69,6 +80,7 @@ def run_moed(cfg: dict) -> dict:
         "prefill_bytes_read": r0.bytes_read,
         "read_mode": r.mode,
     })
+    cache_mod.PHASES = None  # the sampled runs below are not counted
     out.update(_sampled(eng.model, eng.tokenizer, cfg))
     eng.close()
     return out
@@ -204,12 +216,16 @@ def _forced(model, tokenizer, cfg: dict, on_prefilled=None) -> dict:
 
 
 def _sampled(model, tokenizer, cfg: dict) -> dict:
+    from .steps import pipelined
     from .workload import corpus_tokens, sampled_tps
 
-    if not cfg.get("sample_tokens"):
-        return {}
-    prompt = corpus_tokens(tokenizer, 32)
-    return {"sampled_decode_tps": sampled_tps(model, tokenizer, prompt, cfg["sample_tokens"])}
+    out = {}
+    if cfg.get("pipelined"):  # teacher forcing in mlx-lm's pipelined loop (step n+1 queued before n is read)
+        out["pipelined_decode_tps"] = pipelined(model, corpus_tokens(tokenizer, 17 + cfg["steps"]), cfg["steps"])["tok_s"]
+    if cfg.get("sample_tokens"):
+        prompt = corpus_tokens(tokenizer, 32)
+        out["sampled_decode_tps"] = sampled_tps(model, tokenizer, prompt, cfg["sample_tokens"])
+    return out
 
 
 def backend() -> str:

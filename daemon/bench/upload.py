@@ -165,12 +165,13 @@ def _driver_candidates(drv, fd, bank, host, staging, buf, lay, n, record, view_c
 
     def copied():
         drv.copy([(rows[t.name] + e * t.nbytes, src0 + e * lay.record_bytes + t.offset, t.nbytes)
-                  for e in range(n) for t in lay.tensors])
+                  for e in range(n) for t in lay.tensors], pinned=True)
 
     def read_copied():
         for e in range(n):
             os.preadv(fd, [buf], e * lay.record_bytes)
-            drv.copy([(rows[t.name] + e * t.nbytes, buf.ctypes.data + t.offset, t.nbytes) for t in lay.tensors])
+            drv.copy([(rows[t.name] + e * t.nbytes, buf.ctypes.data + t.offset, t.nbytes) for t in lay.tensors],
+                     pinned=True)
 
     correct = {}
     drv.pin(src0, staging.nbytes)

@@ -56,6 +56,16 @@ from .unsynced import ResidentLayers
 
 log = logging.getLogger(__name__)
 
+PHASES: dict[str, float] | None = None  # a benchmark's switch: {} = sum the seconds of each phase of a synced call
+
+
+def lap(phase: str, t0: float) -> float:
+    """Add the time since t0 to PHASES[phase] (when PHASES is on); returns now."""
+    t = time.perf_counter()
+    if PHASES is not None:
+        PHASES[phase] = PHASES.get(phase, 0.0) + t - t0
+    return t
+
 _MLX_DTYPES = {
     "uint32": mx.uint32, "uint8": mx.uint8, "int8": mx.int8,
     "float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16,
@@ -85,6 +95,8 @@ class CacheStats:
     prefetch_used: int = 0  # prefetched experts later requested
     prefetch_wasted: int = 0  # prefetched experts evicted before any request
     wait_seconds: float = 0.0  # time acquire spent waiting for reads
+    sync_seconds: float = 0.0  # time synced layer calls spent computing and reading back their routing
+    synced_seconds: float = 0.0  # time in synced layer calls, all of it (sync, bookkeeping, waits, graph building)
     acquires: int = 0  # layer calls served with a host synchronisation (routing read back at the layer)
     unsynced: int = 0  # layer calls served without one: every expert of the layer was resident (see lookup)
     budget_bytes: int = 0
@@ -130,6 +142,7 @@ class ExpertCache(ResidentLayers):
         self.epoch = 0  # changes whenever a lookup result may change (eviction, reallocation, unsynced toggled)
         self._unsynced = True
         self._upload, self._driver = managed.upload_path(), managed.driver()
+        self._pinned = False  # the reader's buffers are page-locked (copies from them are only queued)
         if self._upload == "copy":
             self._pin_reader_buffers()
         self._allocate(self._slots_for(budget_bytes), [])
@@ -154,6 +167,7 @@ class ExpertCache(ResidentLayers):
         except managed.CudaError as e:  # copies still work from pageable memory, staged by the driver
             log.warning("page-locking the reader's buffers failed (%s): uploads copy from pageable memory", e)
             return
+        self._pinned = True
         self.reader.on_close(lambda: self._driver.unpin(addr))
 
     # -- sizing -----------------------------------------------------------------------------------------------
@@ -371,13 +385,15 @@ class ExpertCache(ResidentLayers):
         self._futures[slot] = self.reader.read(key[0], key[1], self._sink(slot), priority=priority)
 
     def _sink(self, slot: int):
+        """The function a read of `slot` hands the record to (it writes only that slot's rows)."""
         host, tensors = self._host, self.layout.tensors
         if self._upload == "copy":
             drv, rows = self._driver, [(host[t.name][slot].ctypes.data, t) for t in tensors]  # (row address, tensor)
+            pinned = self._pinned
 
             def copy_into_slot(payload: np.ndarray) -> None:  # the reader's buffer -> rows, by the copy engine
                 base = payload.ctypes.data
-                drv.copy([(addr, base + t.offset, t.nbytes) for addr, t in rows])
+                drv.copy([(addr, base + t.offset, t.nbytes) for addr, t in rows], pinned=pinned)
 
             return copy_into_slot
 
@@ -419,6 +435,7 @@ class ExpertCache(ResidentLayers):
         """
         if len(experts) > self.capacity:
             raise ValueError(f"asked for {len(experts)} experts at once, the cache has {self.capacity} slots")
+        t = time.perf_counter()
         self._tick += 1
         self._settle_graphs()
         self._busy = np.zeros(0, dtype=np.int64)  # no pending graph reads the banks now
@@ -435,9 +452,12 @@ class ExpertCache(ResidentLayers):
             slots[i] = self._victim(slots[slots >= 0], wait=True)
             self._load((layer, int(experts[i])), int(slots[i]), DEMAND)
         self._busy = slots.copy()  # from here on nothing may evict them
+        t = lap("acquire: bookkeeping, demand reads queued", t)
         if before_wait is not None:
             before_wait()
+        t = lap("acquire: prefetch issued", t)
         waited = self._wait_all(slots, layer, experts)
+        t = lap("acquire: waiting for reads", t)
         self._record_use([layer], slots)
         self._count_usage(layer, experts)
         with self._lock:
@@ -446,7 +466,14 @@ class ExpertCache(ResidentLayers):
             self._stats.misses += len(experts) - hits
             self._stats.wait_seconds += waited
             self._stats.acquires += 1
+        lap("acquire: use counted", t)
         return slots
+
+    def note_synced(self, sync: float, total: float) -> None:
+        """A synced layer call took `total` seconds, `sync` of them reading its routing back (see CacheStats)."""
+        with self._lock:
+            self._stats.sync_seconds += sync
+            self._stats.synced_seconds += total
 
     def _record_use(self, layers, slots: np.ndarray, uses: np.ndarray | float = 1.0) -> None:
         """Policy bookkeeping after calls of `layers` (synced or not): the distinct `slots` were used, `uses`

@@ -23,17 +23,18 @@ class StandInDriver:
     """managed.Driver's interface: copies really copy (memmove), prefetches and pins are recorded."""
 
     def __init__(self):
-        self.copied_bytes, self.copies = 0, 0
+        self.copied_bytes, self.copies, self.pinned_copies = 0, 0, 0
         self.prefetched: list[tuple[int, int]] = []
         self.pinned: dict[int, int] = {}
         self.unpinned: list[int] = []
         self.threads: set[str] = set()
         self.lock = threading.Lock()
 
-    def copy(self, pieces):
+    def copy(self, pieces, pinned=False):
         for dst, src, n in pieces:
             ctypes.memmove(dst, src, n)
         with self.lock:
+            self.pinned_copies += pinned
             self.copies += 1
             self.copied_bytes += sum(n for _, _, n in pieces)
             self.threads.add(threading.current_thread().name)
@@ -83,7 +84,7 @@ def test_copy_path_lands_every_expert_through_the_driver_and_stays_exact(setup, 
         assert_same_logits(ref, eng, tokens[:24])
         reads = eng.reader.stats()
         assert reads.reads > 0 and reads.scatter_reads == 0  # staged in the pinned buffers, not read into rows
-        assert stand_in.copies == reads.reads  # one driver copy per expert read
+        assert stand_in.copies == stand_in.pinned_copies == reads.reads  # one per read, from the pinned buffers
         assert stand_in.copied_bytes == reads.reads * eng.cache.expert_bytes
         assert stand_in.threads and all(t.startswith("moed-reader") for t in stand_in.threads)
     assert stand_in.unpinned == [addr]  # released when the reader closed
@@ -135,6 +136,17 @@ def test_driver_binds_the_context_once_per_thread_and_names_failures():
     with pytest.raises(managed.CudaError, match=r"cuMemcpyHtoDAsync failed: CUDA_ERROR_OUT_OF_MEMORY \(2\)"):
         drv.copy([(4096, 8192, 16)])
     assert "cuStreamSynchronize" not in lib.calls  # a failed copy is not waited for as if it had been queued
+
+
+def test_copies_from_page_locked_memory_are_queued_holding_the_gil():
+    """cuMemcpyHtoDAsync from pinned memory only queues the copy: it goes through the GIL-holding library (PyDLL);
+    from pageable memory the driver copies before returning, so that call goes through the releasing one."""
+    lib, held = FakeLibcuda(), FakeLibcuda()
+    drv = managed.Driver(lib, held=held)
+    drv.copy([(4096, 1 << 20, 4096), (8192, (1 << 20) + 4096, 4096)], pinned=True)
+    assert held.calls == ["cuMemcpyHtoDAsync_v2"] * 2 and lib.calls[-1] == "cuStreamSynchronize"
+    drv.copy([(4096, 1 << 30, 4096)])
+    assert held.calls == ["cuMemcpyHtoDAsync_v2"] * 2 and lib.calls.count("cuMemcpyHtoDAsync_v2") == 1
 
 
 def test_driver_setup_failure_is_a_cuda_error():
