@@ -7,8 +7,8 @@
 
 Common keys: prompt_len (prefill chunk), steps (teacher-forced decode steps), sample_tokens (seeded sampling run).
 moed runs also take read_threads, prefetch_depth, policy, unsynced, and the benchmark switches upload ("auto",
-"copy", "plain": engine/managed.py) and phases (true: time each phase of a synced
-call, engine/cache.py); pipelined (true) adds teacher forcing in mlx-lm's pipelined loop.
+"copy", "plain": engine/managed.py) and phases (true: time each phase of a synced call, engine/cache.py).
+pipelined (true) adds teacher-forced decode in mlx-lm's pipelined loop (steps.pipelined) to either kind.
 """
 
 from __future__ import annotations
@@ -221,7 +221,8 @@ def _sampled(model, tokenizer, cfg: dict) -> dict:
 
     out = {}
     if cfg.get("pipelined"):  # teacher forcing in mlx-lm's pipelined loop (step n+1 queued before n is read)
-        out["pipelined_decode_tps"] = pipelined(model, corpus_tokens(tokenizer, 17 + cfg["steps"]), cfg["steps"])["tok_s"]
+        tokens = corpus_tokens(tokenizer, 17 + cfg["steps"])
+        out["pipelined_decode_tps"] = pipelined(model, tokens, cfg["steps"])["tok_s"]
     if cfg.get("sample_tokens"):
         prompt = corpus_tokens(tokenizer, 32)
         out["sampled_decode_tps"] = sampled_tps(model, tokenizer, prompt, cfg["sample_tokens"])
