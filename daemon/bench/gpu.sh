@@ -64,9 +64,9 @@ upload)  # the upload candidates of bench/upload.py, the CUDA driver's included 
 host)  # 25 % page cache: where a synced call goes (phases), twice; the synced path at 100 % (~2 min)
   f="$OUT/host.jsonl"
   for i in 1 2; do
-    run_to "$f" "phases-$i" 25% buffered '"sample_tokens": 0, "read_threads": 8, "phases": true'
+    run_to "$f" "phases-$i" 25% buffered '"sample_tokens": 0, "read_threads": 8'
   done
-  run_to "$f" synced-100 100% buffered '"sample_tokens": 0, "unsynced": false, "phases": true'
+  run_to "$f" synced-100 100% buffered '"sample_tokens": 0, "unsynced": false'
   ;;
 pipeline)  # 100 %: mlx-lm's pipelined loops for mlx-lm and moed's two upload paths, alternated (~4 min)
   for v in mlx-lm copy plain mlx-lm copy plain; do

@@ -6,8 +6,8 @@
     python -m moed.daemon.bench.single '{"kind": "upload", "store": STORE, "experts": 64}'  (see upload.py)
 
 Common keys: prompt_len (prefill chunk), steps (teacher-forced decode steps), sample_tokens (seeded sampling run).
-moed runs also take read_threads, prefetch_depth, policy, unsynced, and the benchmark switches upload ("auto",
-"copy", "plain": engine/managed.py) and phases (true: time each phase of a synced call, engine/cache.py).
+moed runs also take read_threads, prefetch_depth, policy, unsynced, and the benchmark switch upload ("auto",
+"copy", "plain": engine/managed.py); their records split the synced layer calls' time into phases (ExpertCache.lap).
 pipelined (true) adds teacher-forced decode in mlx-lm's pipelined loop (steps.pipelined) to either kind.
 """
 
@@ -30,6 +30,9 @@ def run_mlx_lm(cfg: dict) -> dict:
     return {"load_seconds": load_s, **_forced(model, tokenizer, cfg), **_sampled(model, tokenizer, cfg)}
 
 
+READ_BACK = "routing read back (with the prediction)"  # the phase that is the layer's host sync (experts.py)
+
+
 def run_moed(cfg: dict) -> dict:
     from ..engine.model import load_engine
 
@@ -38,9 +41,6 @@ def run_moed(cfg: dict) -> dict:
                       read_threads=cfg.get("read_threads", 4), policy=cfg.get("policy", "lfu"),
                       prefetch_depth=cfg.get("prefetch_depth", 1))
     eng.cache.unsynced = cfg.get("unsynced", True)
-    from ..engine import cache as cache_mod
-
-    cache_mod.PHASES = {} if cfg.get("phases") else None  # where a synced call's time goes (engine/cache.py)
     eng.cache.wait_loads()  # at 100 % the preload: every expert in memory before timing, as mlx-lm's load
     load_s = time.perf_counter() - t0
     marks: dict = {}
@@ -48,7 +48,7 @@ def run_moed(cfg: dict) -> dict:
     def snapshot():
         eng.cache.flush()  # count the unsynced layer calls so far
         marks["cache"], marks["reader"], marks["pf"] = eng.cache.stats(), eng.reader.stats(), eng.prefetcher.stats()
-        marks["phases"] = dict(cache_mod.PHASES or {})
+        marks["phases"] = dict(eng.cache.phases)
 
     out = _forced(eng.model, eng.tokenizer, cfg, snapshot)
     eng.cache.flush()
@@ -57,13 +57,13 @@ def run_moed(cfg: dict) -> dict:
     hits = c.hits + c.inflight_hits - c0.hits - c0.inflight_hits
     misses = c.misses - c0.misses
     needed, correct = pf.needed - pf0.needed, pf.correct - pf0.correct
+    phases = {k: (v - marks["phases"].get(k, 0.0)) * 1000 / steps for k, v in eng.cache.phases.items()}
     out.update({
         "decode_wait_ms_per_token": (c.wait_seconds - c0.wait_seconds) * 1000 / steps,
-        "decode_sync_ms_per_token": (c.sync_seconds - c0.sync_seconds) * 1000 / steps,
-        "decode_synced_call_ms_per_token": (c.synced_seconds - c0.synced_seconds) * 1000 / steps,
+        "decode_sync_ms_per_token": phases.get(READ_BACK, 0.0),
+        "decode_synced_call_ms_per_token": sum(phases.values()),
+        "phases_ms_per_token": phases,
         "syncs_per_token": (c.acquires - c0.acquires) / steps,
-        **({"phases_ms_per_token": {k: (v - marks["phases"].get(k, 0.0)) * 1000 / steps
-                                    for k, v in cache_mod.PHASES.items()}} if cache_mod.PHASES is not None else {}),
         "unsynced_layers_per_token": (c.unsynced - c0.unsynced) / steps,
         "prefetch_accuracy": correct / needed if needed else None,
         "prefetch_reads_per_token": (c.prefetches - c0.prefetches) / steps,
@@ -80,7 +80,6 @@ def run_moed(cfg: dict) -> dict:
         "prefill_bytes_read": r0.bytes_read,
         "read_mode": r.mode,
     })
-    cache_mod.PHASES = None  # the sampled runs below are not counted
     out.update(_sampled(eng.model, eng.tokenizer, cfg))
     eng.close()
     return out

@@ -56,16 +56,6 @@ from .unsynced import ResidentLayers
 
 log = logging.getLogger(__name__)
 
-PHASES: dict[str, float] | None = None  # a benchmark's switch: {} = sum the seconds of each phase of a synced call
-
-
-def lap(phase: str, t0: float) -> float:
-    """Add the time since t0 to PHASES[phase] (when PHASES is on); returns now."""
-    t = time.perf_counter()
-    if PHASES is not None:
-        PHASES[phase] = PHASES.get(phase, 0.0) + t - t0
-    return t
-
 _MLX_DTYPES = {
     "uint32": mx.uint32, "uint8": mx.uint8, "int8": mx.int8,
     "float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16,
@@ -95,8 +85,6 @@ class CacheStats:
     prefetch_used: int = 0  # prefetched experts later requested
     prefetch_wasted: int = 0  # prefetched experts evicted before any request
     wait_seconds: float = 0.0  # time acquire spent waiting for reads
-    sync_seconds: float = 0.0  # time synced layer calls spent computing and reading back their routing
-    synced_seconds: float = 0.0  # time in synced layer calls, all of it (sync, bookkeeping, waits, graph building)
     acquires: int = 0  # layer calls served with a host synchronisation (routing read back at the layer)
     unsynced: int = 0  # layer calls served without one: every expert of the layer was resident (see lookup)
     budget_bytes: int = 0
@@ -139,6 +127,7 @@ class ExpertCache(ResidentLayers):
         self._deferred: list = []  # unsynced calls by step (unsynced._Step)
         self._last_layer = -1
         self._releasing: threading.Thread | None = None  # see _resize_within
+        self.phases: dict[str, float] = {}  # seconds spent in each phase of the synced layer calls (see lap)
         self.epoch = 0  # changes whenever a lookup result may change (eviction, reallocation, unsynced toggled)
         self._unsynced = True
         self._upload, self._driver = managed.upload_path(), managed.driver()
@@ -452,12 +441,12 @@ class ExpertCache(ResidentLayers):
             slots[i] = self._victim(slots[slots >= 0], wait=True)
             self._load((layer, int(experts[i])), int(slots[i]), DEMAND)
         self._busy = slots.copy()  # from here on nothing may evict them
-        t = lap("acquire: bookkeeping, demand reads queued", t)
+        t = self.lap("acquire: bookkeeping, demand reads queued", t)
         if before_wait is not None:
             before_wait()
-        t = lap("acquire: prefetch issued", t)
+        t = self.lap("acquire: prefetch issued", t)
         waited = self._wait_all(slots, layer, experts)
-        t = lap("acquire: waiting for reads", t)
+        t = self.lap("acquire: waiting for reads", t)
         self._record_use([layer], slots)
         self._count_usage(layer, experts)
         with self._lock:
@@ -466,14 +455,15 @@ class ExpertCache(ResidentLayers):
             self._stats.misses += len(experts) - hits
             self._stats.wait_seconds += waited
             self._stats.acquires += 1
-        lap("acquire: use counted", t)
+        self.lap("acquire: use counted", t)
         return slots
 
-    def note_synced(self, sync: float, total: float) -> None:
-        """A synced layer call took `total` seconds, `sync` of them reading its routing back (see CacheStats)."""
-        with self._lock:
-            self._stats.sync_seconds += sync
-            self._stats.synced_seconds += total
+    def lap(self, phase: str, t0: float) -> float:
+        """Add the time since t0 to phase `phase` of the synced layer calls (`phases`, read by the benchmarks to
+        split a step); returns now. MLX thread."""
+        t = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + t - t0
+        return t
 
     def _record_use(self, layers, slots: np.ndarray, uses: np.ndarray | float = 1.0) -> None:
         """Policy bookkeeping after calls of `layers` (synced or not): the distinct `slots` were used, `uses`

@@ -34,7 +34,6 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.switch_layers import SwitchGLU, _gather_sort, _scatter_unsort
 
-from . import cache as cache_mod
 from .cache import ExpertCache
 from .prefetch import Prefetcher
 
@@ -89,29 +88,25 @@ class StreamingSwitchGLU(nn.Module):
         return _projection_args(self._cache.views)  # the whole banks, for slot ids (a few µs: not kept)
 
     def _synced(self, x: mx.array, indices: mx.array) -> mx.array:
-        pf, t0 = self._prefetcher, time.perf_counter()
+        pf, cache, t = self._prefetcher, self._cache, time.perf_counter()
         preds = pf.predict(self._layer, x) if pf is not None and pf.depth else []
         idx, predicted = _read_back(indices, preds)  # the one host sync of this layer
-        t = cache_mod.lap("routing read back (with the prediction)", t0)
-        t_sync = t - t0
+        t = cache.lap("routing read back (with the prediction)", t)
         experts, inverse = np.unique(idx, return_inverse=True)
-        cap = self._cache.capacity
+        cap = cache.capacity
         if len(experts) > cap:
-            out = self._compute_in_waves(x, idx, experts, cap)
-            self._cache.note_synced(t_sync, time.perf_counter() - t0)
-            return out
+            return self._compute_in_waves(x, idx, experts, cap)
 
         def start_prefetch() -> None:
             if pf is not None:
                 pf.issue(self._layer, experts, predicted)
 
-        t = cache_mod.lap("distinct experts", t)
-        slots = self._cache.acquire(self._layer, experts, before_wait=start_prefetch)
+        t = cache.lap("distinct experts", t)
+        slots = cache.acquire(self._layer, experts, before_wait=start_prefetch)
         t = time.perf_counter()
         out = self._compute(x, mx.array(slots[inverse].reshape(idx.shape).astype(np.uint32)), self._bank_args())
-        self._cache.guard(out)  # evaluated before any slot it reads can be refilled
-        cache_mod.lap("expert graph built", t)
-        self._cache.note_synced(t_sync, time.perf_counter() - t0)
+        cache.guard(out)  # evaluated before any slot it reads can be refilled
+        cache.lap("expert graph built", t)
         return out
 
     def _compute_in_waves(self, x: mx.array, idx: np.ndarray, experts: np.ndarray, cap: int) -> mx.array:

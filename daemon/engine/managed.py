@@ -66,7 +66,7 @@ class Driver:
         self._check("cuDevicePrimaryCtxRetain", lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev))
         self._ctx, self._loc = ctx, _Location(_CU_MEM_LOCATION_TYPE_DEVICE, dev.value)
         self._local = threading.local()  # per thread: the context made current, and its stream
-        for fn in {id(f): f for f in (lib.cuMemcpyHtoDAsync_v2, self._queue_copy)}.values():
+        for fn in (lib.cuMemcpyHtoDAsync_v2, self._queue_copy):  # the same function when `held` is None
             fn.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
         lib.cuMemPrefetchAsync_v2.argtypes = [ctypes.c_uint64, ctypes.c_size_t, _Location, ctypes.c_uint,
                                               ctypes.c_void_p]
