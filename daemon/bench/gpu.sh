@@ -4,10 +4,11 @@
 #                               # upload paths, greedy exactness at 100 % and 25 %
 #   daemon/bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
 #   daemon/bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
-#   daemon/bench/gpu.sh model|profile|measure|upload|paths|host|pipeline|readpath|exact|serve
+#   daemon/bench/gpu.sh model|profile|measure|paired|upload|paths|host|readpath|exact|serve
 #                               # a short visit, one phase per step: the model; where a step goes; 100 % against
-#                               # mlx-lm; upload candidates; 25 % per upload path and read mode; where a synced layer
-#                               # call goes; mlx-lm's pipelined loops; the read path alone; exactness; the daemon
+#                               # mlx-lm (separate processes; paired: in one, alternated); upload candidates; 25 % per
+#                               # upload path and read mode; where a synced layer call goes; the read path alone;
+#                               # exactness; the daemon
 # Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel); making it took
 # 2.5 to over 4 minutes on the lent machine: leave room for it, and do not pipe a phase through grep (a buffered pipe
 # loses its output when the call times out).
@@ -68,16 +69,9 @@ host)  # 25 % page cache: where a synced call goes (phases), twice; the synced p
   done
   run_to "$f" synced-100 100% buffered '"sample_tokens": 0, "unsynced": false'
   ;;
-pipeline)  # 100 %: mlx-lm's pipelined loops for mlx-lm and moed's two upload paths, alternated (~4 min)
-  for v in mlx-lm copy plain mlx-lm copy plain; do
-    case $v in
-      mlx-lm) c="{\"kind\": \"mlx-lm\", \"model\": \"$CK\"";;
-      *) c="{\"kind\": \"moed\", \"store\": \"$ST\", \"budget\": \"100%\", \"read_mode\": \"buffered\", \"upload\": \"$v\"";;
-    esac
-    r=$(single "$c, \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64, \"pipelined\": true}")
-    echo "{\"label\": \"$v\", \"record\": $r}" >> "$OUT/pipeline.jsonl"
-    python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print(sys.argv[1], *(round(r[k], 1) for k in ("forced_decode_tps", "pipelined_decode_tps", "sampled_decode_tps")), flush=True)' "$v" "$r"
-  done
+paired)  # 100 %: mlx-lm and moed (copy, plain, copy with bookkeeping off) in one process, alternated (~2 min)
+  python3 -m moed.daemon.bench.paired "$CK" "$ST" --rounds "${ROUNDS:-7}" --tokens 128 --uploads copy,plain --bare \
+    --out "$OUT/paired.json" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({k: r[k] for k in ("median", "ratio", "synced_calls")}))'
   ;;
 readpath)  # the read path alone against the raw device, direct and page cache, twice (~1.5 min)
   for i in 1 2; do for m in direct buffered; do
@@ -100,5 +94,5 @@ exact)  # greedy tokens against mlx-lm at 100 % and 25 %
 serve)  # concurrent sequences through the daemon at 100 % (~2 min)
   moed bench "$ST" --clients 1,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5
   ;;
-*) echo "usage: $0 setup|model|profile|measure|upload|paths|host|pipeline|readpath|exact|serve|bench|clients" >&2; exit 2 ;;
+*) echo "usage: $0 setup|model|profile|measure|paired|upload|paths|host|readpath|exact|serve|bench|clients" >&2; exit 2 ;;
 esac

@@ -1,0 +1,57 @@
+"""bench/paired.py: mlx-lm and moed engines measured in one process, alternated, with per-round ratios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from moed.daemon.bench import paired
+
+
+def test_rounds_rotate_the_order_and_ratios_pair_values_of_the_same_round(monkeypatch):
+    calls = []
+    speeds = {"a": [10.0, 20.0, 40.0], "b": [5.0, 30.0, 20.0]}  # per round, for every measure
+
+    def fake(model, tokenizer, tokens):
+        calls.append((model, tokens))
+        if tokens == 8:  # the warm-up
+            return dict.fromkeys(paired.MEASURES, 1.0)
+        i = sum(1 for m, t in calls if m == model and t != 8) - 1
+        return dict.fromkeys(paired.MEASURES, speeds[model][i])
+
+    monkeypatch.setattr(paired, "measure", fake)
+    out = paired.run([("a", "a", None, paired._plain), ("b", "b", None, paired._plain)], rounds=3, tokens=64,
+                     baseline="a")
+    assert [m for m, t in calls if t == 64] == ["a", "b", "b", "a", "a", "b"]  # round r starts with r mod 2
+    assert out["values"]["b"]["sampled"] == [5.0, 30.0, 20.0]
+    assert out["median"]["a"]["forced"] == 20.0
+    # the median of the rounds' ratios (0.5, 1.5, 0.5), not the ratio of the medians (20 / 20)
+    assert out["ratio"]["b"]["pipelined"] == pytest.approx(0.5)
+    assert "a" not in out["ratio"]
+
+
+def test_bookkeeping_off_is_restored_after_its_turn():
+    class Cache:
+        def defer(self, layer, indices, out):
+            return "kept"
+
+    c = Cache()
+    with paired._no_bookkeeping(c):
+        assert c.defer(0, None, "x") == "x"
+    assert c.defer(0, None, "x") == "kept"
+
+
+def test_the_command_measures_mlx_lm_and_a_moed_engine_with_no_synced_call(model_dir, tmp_path):
+    ckpt, store = model_dir("qwen3_moe", "mlx"), model_dir("qwen3_moe", "store-mlx")
+    out = tmp_path / "paired.json"
+    p = subprocess.run([sys.executable, "-m", "moed.daemon.bench.paired", str(ckpt), str(store), "--rounds", "2",
+                        "--tokens", "6", "--bare", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    assert set(r["values"]) == {"mlx-lm", "moed-plain", "moed-plain-bare"}  # off CUDA the upload path is plain
+    assert all(len(v) == 2 and min(v) > 0 for ms in r["values"].values() for v in ms.values())
+    assert set(r["ratio"]) == {"moed-plain", "moed-plain-bare"}
+    assert r["synced_calls"] == {"moed-plain": 0} and r["backend"] == "cpu"
