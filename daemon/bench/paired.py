@@ -45,7 +45,7 @@ def measure(model, tokenizer, tokens: int) -> dict[str, float]:
 
 
 @contextmanager
-def _plain() -> Iterator[None]:
+def _as_is() -> Iterator[None]:
     yield
 
 
@@ -99,14 +99,17 @@ def main() -> int:
 
     model, tok = load(a.ckpt)
     mx.eval(model.parameters())
-    contestants = [("mlx-lm", model, tok, _plain)]
+    contestants = [("mlx-lm", model, tok, _as_is)]
     engines = []
     for upload in [u for u in a.uploads.split(",") if u]:
         managed.UPLOAD = upload  # read when the engine's cache is made
+        name = f"moed-{managed.upload_path()}"  # off CUDA every path is "plain": one engine
+        if any(name == n for n, _ in engines):
+            continue
         eng = load_engine(a.store, budget="100%", read_mode="buffered")
         eng.cache.wait_loads()
-        engines.append((f"moed-{managed.upload_path()}", eng))
-        contestants.append((f"moed-{managed.upload_path()}", eng.model, eng.tokenizer, _plain))
+        engines.append((name, eng))
+        contestants.append((name, eng.model, eng.tokenizer, _as_is))
     if a.bare and engines:
         name, eng = engines[0]
         contestants.append((f"{name}-bare", eng.model, eng.tokenizer, lambda c=eng.cache: _no_bookkeeping(c)))

@@ -23,7 +23,7 @@ def test_rounds_rotate_the_order_and_ratios_pair_values_of_the_same_round(monkey
         return dict.fromkeys(paired.MEASURES, speeds[model][i])
 
     monkeypatch.setattr(paired, "measure", fake)
-    out = paired.run([("a", "a", None, paired._plain), ("b", "b", None, paired._plain)], rounds=3, tokens=64,
+    out = paired.run([("a", "a", None, paired._as_is), ("b", "b", None, paired._as_is)], rounds=3, tokens=64,
                      baseline="a")
     assert [m for m, t in calls if t == 64] == ["a", "b", "b", "a", "a", "b"]  # round r starts with r mod 2
     assert out["values"]["b"]["sampled"] == [5.0, 30.0, 20.0]
@@ -48,10 +48,11 @@ def test_the_command_measures_mlx_lm_and_a_moed_engine_with_no_synced_call(model
     ckpt, store = model_dir("qwen3_moe", "mlx"), model_dir("qwen3_moe", "store-mlx")
     out = tmp_path / "paired.json"
     p = subprocess.run([sys.executable, "-m", "moed.daemon.bench.paired", str(ckpt), str(store), "--rounds", "2",
-                        "--tokens", "6", "--bare", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                        "--tokens", "6", "--uploads", "auto,plain", "--bare", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     r = json.loads(out.read_text())
-    assert set(r["values"]) == {"mlx-lm", "moed-plain", "moed-plain-bare"}  # off CUDA the upload path is plain
+    # off CUDA every upload path is the plain one: one engine, not two of the same name
+    assert set(r["values"]) == {"mlx-lm", "moed-plain", "moed-plain-bare"}
     assert all(len(v) == 2 and min(v) > 0 for ms in r["values"].values() for v in ms.values())
     assert set(r["ratio"]) == {"moed-plain", "moed-plain-bare"}
     assert r["synced_calls"] == {"moed-plain": 0} and r["backend"] == "cpu"
