@@ -1,16 +1,19 @@
 """Host time of the synchronised path's bookkeeping per MoE layer call, with no I/O and no compute; prints JSON.
 
     python -m moed.daemon.bench.hostcost [--layers 13] [--experts 128] [--k 8] [--budget 0.25] [--tokens 300]
+                                         [--upload plain|copy]
 
 On a GPU a layer that can miss costs a host sync plus the host work between that sync and the layer's compute
 being queued; the work is the same on any backend, so it is measured here on the CPU in isolation. An ExpertCache
-over tiny tensors, with a reader that lands every record at once, is driven by the call sequence of a decode at a
-partial budget: per token and layer, the streaming layer's steps after its sync (`np.unique` of the routing, the
-lookup it makes when the cache changed, `acquire`, the prefetcher's `issue` for the next layer, the slot-id
-array). Routing is drawn per layer from a seeded Zipf-like popularity (so some experts are hot, as in real
+over tiny tensors (the nine of a quantized SwitchGLU expert), with a reader that resolves every read at once
+(a sink runs on a reader thread, so it is not called: only making it is the MLX thread's cost), is driven by the
+call sequence of a decode at a partial budget: per token and layer, the streaming layer's steps after its sync
+(`np.unique` of the routing, the lookup it makes when the cache changed, `acquire`, the prefetcher's `issue` for
+the next layer, the slot-id array). Routing is drawn per layer from a seeded Zipf-like popularity (so some experts are hot, as in real
 traces), and the next layer's prediction is its real routing with one of k experts wrong (~88 % recall, the
 bench's measured prefetch accuracy is 92 %). Reports the median µs per layer call over the timed tokens, split
-by part, and the hit rate reached.
+by part, and the hit rate reached. `--upload copy` gives the cache a driver that does nothing, so the CUDA copy
+path's per-read work on the MLX thread is measured; plain is the path of the CPU and Metal.
 """
 
 from __future__ import annotations
@@ -27,20 +30,28 @@ from ..engine.cache import ExpertCache
 from ..engine.prefetch import Prefetcher
 from ..store.format import RecordLayout
 
-LAYOUT = RecordLayout.build([("w.weight", "uint32", (4, 8)), ("w.scales", "bfloat16", (4, 2))])
+LAYOUT = RecordLayout.build([(f"{p}.{t}", dtype, shape) for p in ("gate_proj", "up_proj", "down_proj")
+                             for t, dtype, shape in (("weight", "uint32", (4, 8)), ("scales", "bfloat16", (4, 2)),
+                                                     ("biases", "bfloat16", (4, 2)))])
 
 
 class InstantReader:
-    """Lands every record (zeros) before `read` returns."""
-
-    def __init__(self) -> None:
-        self._payload = np.zeros(LAYOUT.payload_bytes, dtype=np.uint8)
+    """Resolves every read before `read` returns, without running its sink (a reader thread's work)."""
 
     def read(self, layer, expert, sink, *, priority=0) -> Future:
-        sink(self._payload)
         fut: Future = Future()
         fut.set_result(None)
         return fut
+
+
+class IdleDriver:
+    """managed.Driver's interface, doing nothing: the copy path's host work without copies."""
+
+    def copy(self, pieces, pinned=False) -> None:
+        pass
+
+    def to_device(self, ranges) -> None:
+        pass
 
 
 def routing(rng: np.random.Generator, layers: int, experts: int, k: int, tokens: int) -> np.ndarray:
@@ -54,11 +65,13 @@ def routing(rng: np.random.Generator, layers: int, experts: int, k: int, tokens:
     return out
 
 
-def run(layers: int, experts: int, k: int, budget: float, tokens: int, warm: int = 50, seed: int = 0) -> dict:
+def run(layers: int, experts: int, k: int, budget: float, tokens: int, warm: int = 50, seed: int = 0,
+        upload: str = "plain") -> dict:
     rng = np.random.default_rng(seed)
     route = routing(rng, layers, experts, k, warm + tokens)
     slots = max(k, int(budget * layers * experts))
-    cache = ExpertCache(LAYOUT, InstantReader(), slots * sum(t.nbytes for t in LAYOUT.tensors))
+    cache = ExpertCache(LAYOUT, InstantReader(), slots * sum(t.nbytes for t in LAYOUT.tensors),
+                        driver=IdleDriver() if upload == "copy" else None)
     pf = Prefetcher(cache, [None] * layers, depth=1)
     parts = {"unique": [], "lookup": [], "acquire": [], "issue": [], "slot_ids": []}
     epoch = [-1] * layers
@@ -95,8 +108,8 @@ def run(layers: int, experts: int, k: int, budget: float, tokens: int, warm: int
     st = cache.stats()
     med = {name: float(np.median(v)) * 1e6 for name, v in parts.items()}
     total = np.sum([parts[n] for n in parts], axis=0)
-    return {"layers": layers, "experts": experts, "k": k, "budget": budget, "slots": cache.capacity,
-            "tokens": tokens, "us_per_call": med, "us_per_call_total_median": float(np.median(total)) * 1e6,
+    return {"layers": layers, "experts": experts, "k": k, "budget": budget, "upload": cache.upload,
+            "slots": cache.capacity, "tokens": tokens, "us_per_call": med, "us_per_call_total_median": float(np.median(total)) * 1e6,
             "us_per_call_total_mean": float(np.mean(total)) * 1e6,
             "hit_rate": (st.hits + st.inflight_hits) / max(st.hits + st.inflight_hits + st.misses, 1),
             "reads_per_token": (st.misses + st.prefetches) / (warm + tokens)}
@@ -109,8 +122,9 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--tokens", type=int, default=300)
+    ap.add_argument("--upload", choices=("plain", "copy"), default="plain")
     a = ap.parse_args()
-    print(json.dumps(run(a.layers, a.experts, a.k, a.budget, a.tokens)))
+    print(json.dumps(run(a.layers, a.experts, a.k, a.budget, a.tokens, upload=a.upload)))
     return 0
 
 
