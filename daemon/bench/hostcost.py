@@ -9,11 +9,11 @@ over tiny tensors (the nine of a quantized SwitchGLU expert), with a reader that
 (a sink runs on a reader thread, so it is not called: only making it is the MLX thread's cost), is driven by the
 call sequence of a decode at a partial budget: per token and layer, the streaming layer's steps after its sync
 (`np.unique` of the routing, the lookup it makes when the cache changed, `acquire`, the prefetcher's `issue` for
-the next layer, the slot-id array). Routing is drawn per layer from a seeded Zipf-like popularity (so some experts are hot, as in real
-traces), and the next layer's prediction is its real routing with one of k experts wrong (~88 % recall, the
-bench's measured prefetch accuracy is 92 %). Reports the median µs per layer call over the timed tokens, split
-by part, and the hit rate reached. `--upload copy` gives the cache a driver that does nothing, so the CUDA copy
-path's per-read work on the MLX thread is measured; plain is the path of the CPU and Metal.
+the next layer, the slot-id array). Routing is drawn per layer from a seeded Zipf-like popularity (so some experts
+are hot, as in real traces), and the next layer's prediction is its real routing with one of k experts wrong
+(~88 % recall, the bench's measured prefetch accuracy is 92 %). Reports the median µs per layer call over the
+timed tokens, split by part, and the hit rate reached. `--upload copy` gives the cache a driver that does nothing,
+so the CUDA copy path's per-read work on the MLX thread is measured; plain is the path of the CPU and Metal.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ def run(layers: int, experts: int, k: int, budget: float, tokens: int, warm: int
     med = {name: float(np.median(v)) * 1e6 for name, v in parts.items()}
     total = np.sum([parts[n] for n in parts], axis=0)
     return {"layers": layers, "experts": experts, "k": k, "budget": budget, "upload": cache.upload,
-            "slots": cache.capacity, "tokens": tokens, "us_per_call": med, "us_per_call_total_median": float(np.median(total)) * 1e6,
+            "slots": cache.capacity, "tokens": tokens, "us_per_call": med,
+            "us_per_call_total_median": float(np.median(total)) * 1e6,
             "us_per_call_total_mean": float(np.mean(total)) * 1e6,
             "hit_rate": (st.hits + st.inflight_hits) / max(st.hits + st.inflight_hits + st.misses, 1),
             "reads_per_token": (st.misses + st.prefetches) / (warm + tokens)}

@@ -48,7 +48,8 @@ def test_the_command_measures_mlx_lm_and_a_moed_engine_with_no_synced_call(model
     ckpt, store = model_dir("qwen3_moe", "mlx"), model_dir("qwen3_moe", "store-mlx")
     out = tmp_path / "paired.json"
     p = subprocess.run([sys.executable, "-m", "moed.daemon.bench.paired", str(ckpt), str(store), "--rounds", "2",
-                        "--tokens", "6", "--uploads", "auto,plain", "--bare", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                        "--tokens", "6", "--uploads", "auto,plain", "--bare", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     r = json.loads(out.read_text())
     # off CUDA every upload path is the plain one: one engine, not two of the same name
