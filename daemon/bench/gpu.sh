@@ -4,9 +4,9 @@
 #                               # upload paths, greedy exactness at 100 % and 25 %
 #   daemon/bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
 #   daemon/bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
-#   daemon/bench/gpu.sh model|profile|measure|paired|upload|paths|host|readpath|exact|serve
+#   daemon/bench/gpu.sh model|profile|paired|upload|paths|host|readpath|exact|serve
 #                               # a short visit, one phase per step: the model; where a step goes; 100 % against
-#                               # mlx-lm (separate processes; paired: in one, alternated); upload candidates; 25 % per
+#                               # mlx-lm (in one process, alternated); upload candidates; 25 % per
 #                               # upload path and read mode; where a synced layer call goes; the read path alone;
 #                               # exactness; the daemon
 # Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel); making it took
@@ -52,13 +52,6 @@ model)  # the bench model and store only
 profile)  # where a step goes: build vs device, pipelined, BatchGenerator at 1/4/8, moed's variants (~1.5 min)
   python3 -m moed.daemon.bench.steps "$CK" "$ST" --steps 64 --batch 1,4,8 --variants > "$OUT/steps.json"
   ;;
-measure)  # 100 % against mlx-lm, median of 3 (~2.5 min)
-  for i in 1 2 3; do
-    single "{\"kind\": \"mlx-lm\", \"model\": \"$CK\", \"prompt_len\": 16, \"steps\": 64, \"sample_tokens\": 64}" \
-      > "$OUT/mlxlm-$i.json"
-    moed_run 100% buffered '"sample_tokens": 64' > "$OUT/moed100-$i.json"
-  done
-  ;;
 upload)  # the upload candidates of bench/upload.py, the CUDA driver's included (~30 s)
   single "{\"kind\": \"upload\", \"store\": \"$ST\", \"experts\": 128}" > "$OUT/upload.json"
   ;;
@@ -94,5 +87,5 @@ exact)  # greedy tokens against mlx-lm at 100 % and 25 %
 serve)  # concurrent sequences through the daemon at 100 % (~2 min)
   moed bench "$ST" --clients 1,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5
   ;;
-*) echo "usage: $0 setup|model|profile|measure|paired|upload|paths|host|readpath|exact|serve|bench|clients" >&2; exit 2 ;;
+*) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients" >&2; exit 2 ;;
 esac

@@ -30,10 +30,8 @@ def run_mlx_lm(cfg: dict) -> dict:
     return {"load_seconds": load_s, **_forced(model, tokenizer, cfg), **_sampled(model, tokenizer, cfg)}
 
 
-READ_BACK = "routing read back (with the prediction)"  # the phase that is the layer's host sync (experts.py)
-
-
 def run_moed(cfg: dict) -> dict:
+    from ..engine.experts import READ_BACK
     from ..engine.model import load_engine
 
     t0 = time.perf_counter()

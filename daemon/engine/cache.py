@@ -205,7 +205,7 @@ class ExpertCache(ResidentLayers):
                       for t in self.layout.tensors}
         mx.eval(list(self.views.values()))
         if self._upload == "copy":  # the banks' pages start on the GPU, where the copies then land
-            self._driver.to_device([(h.ctypes.data, h.nbytes) for h in host.values()])
+            self._driver.to_device([(row0, width * slots) for row0, width, _ in self._rows])
         self._capacity = slots
         with self._lock:
             self._stats.slots, self._stats.used_bytes = slots, len(where) * self.expert_bytes

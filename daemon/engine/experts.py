@@ -38,6 +38,7 @@ from .cache import ExpertCache
 from .prefetch import Prefetcher
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+READ_BACK = "routing read back (with the prediction)"  # the phase of a synced call that is its host sync
 
 
 class StreamingSwitchGLU(nn.Module):
@@ -91,7 +92,7 @@ class StreamingSwitchGLU(nn.Module):
         pf, cache, t = self._prefetcher, self._cache, time.perf_counter()
         preds = pf.predict(self._layer, x) if pf is not None and pf.depth else []
         idx, predicted = _read_back(indices, preds)  # the one host sync of this layer
-        t = cache.lap("routing read back (with the prediction)", t)
+        t = cache.lap(READ_BACK, t)
         experts, inverse = np.unique(idx, return_inverse=True)
         cap = cache.capacity
         if len(experts) > cap:
