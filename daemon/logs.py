@@ -4,6 +4,12 @@
 
 Code logs with `log.info("request", extra={"fields": {...}})` (or the `event` helper); the fields become pairs
 after `msg`. Values with spaces, quotes or `=` are quoted, so a line splits back into pairs with shlex.
+
+Clients supply some of these strings (request ids, error messages that quote their input), so every value and
+message is escaped before it reaches a line: control characters (C0, DEL, C1 such as U+0085 NEL), Unicode line
+and paragraph separators and format characters (bidirectional overrides, zero-width joiners) become `\\xHH` or
+`\\uHHHH`, newlines and tabs `\\n` and `\\t`. One event is always exactly one line, and a terminal that shows
+the log never interprets anything a client sent.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import logging.handlers
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +32,25 @@ def event(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:
     logger.log(level, msg, extra={"fields": fields})
 
 
+_UNSAFE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")  # controls, format, separators, surrogates, unassigned
+_SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape_char(c: str) -> str:
+    if c in _SHORT:
+        return _SHORT[c]
+    if unicodedata.category(c) not in _UNSAFE:
+        return c
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 def _value(v: Any) -> str:
+    """One logfmt value: quoted when it holds a space, quote, `=` or anything escaped (see the module docstring)."""
     s = f"{v:.6g}" if isinstance(v, float) else str(v)
-    if s == "" or any(c in s for c in ' "=\\\n\t'):
-        s = '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
-    return s
+    if s and s.isprintable() and not any(c in s for c in ' "=\\'):
+        return s
+    return '"' + "".join(_escape_char(c) for c in s) + '"'
 
 
 class LogfmtFormatter(logging.Formatter):

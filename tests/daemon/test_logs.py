@@ -32,3 +32,31 @@ def test_logfmt_lines_to_stream_and_rotating_file(tmp_path):
             h.close()
         logging.getLogger("moed").handlers.clear()
         logging.getLogger("moed").propagate = True
+
+
+HOSTILE = ["a\rb", "\x1b[31mred\x1b[0m", "nul\x00here", "line\u2028sep", "nel\x85x", "para\u2029x",
+           "rtl\u202eevil", "tab\tand\nnewline", 'back\\slash "q"', "zero\u200bwidth"]
+
+
+def test_client_strings_cannot_break_or_colour_a_line():
+    stream = io.StringIO()
+    setup_logging(LogConfig(log_level="info"), stream)
+    try:
+        log = logging.getLogger("moed.daemon.test")
+        for rid in HOSTILE:
+            event(log, logging.INFO, "request", id=rid)
+            log.info("refused %s", rid)
+        out = stream.getvalue()
+        lines = out.split("\n")[:-1]
+        assert len(lines) == 2 * len(HOSTILE)  # one event, one line: nothing a client sent splits it
+        for line in lines:
+            assert line.isprintable(), repr(line)  # no ESC, NUL, CR, NEL, separators or bidi overrides survive
+        first = dict(p.split("=", 1) for p in shlex.split(lines[0].split(" ", 1)[1]))
+        assert first["id"] == "a\\rb"  # visible, escaped: the reader sees what was sent
+        assert dict(p.split("=", 1) for p in shlex.split(lines[16].split(" ", 1)[1]))["id"] == 'back\\slash "q"'
+    finally:
+        setup_logging(LogConfig(), io.StringIO())
+        for h in logging.getLogger("moed").handlers:
+            h.close()
+        logging.getLogger("moed").handlers.clear()
+        logging.getLogger("moed").propagate = True
