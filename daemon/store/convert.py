@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import json
 import os
 import shutil
@@ -53,6 +54,7 @@ from .safetensors_raw import SafetensorsSet, SafetensorsWriter
 __all__ = ["convert", "ConvertError", "source_is_quantized"]
 
 Raw = dict[str, tuple[str, np.ndarray]]  # tensor name -> (mlx dtype name, numpy array of its raw bytes)
+DTYPES = ("float32", "float16", "bfloat16")  # --dtype choices (mlx_lm.convert's)
 SHARD_GB = 2  # dense shards of at most ~2 GiB (mlx-lm uses 5 GiB; only the split into files differs)
 Progress = Callable[[str], None]
 
@@ -65,27 +67,59 @@ def convert(
     group_size: int = 64,
     force: bool = False,
     progress: Progress | None = None,
+    dtype: str | None = None,
 ) -> Manifest:
     """Convert the checkpoint folder `src` into a store at `dst` (see the module docstring); returns its manifest.
 
+    `dtype` ("float32", "float16", "bfloat16"): cast a float source's floating weights to it before quantizing
+    (the dense weights, and the experts when `bits` is 0), in place of the config's `torch_dtype`; on MLX's CPU
+    backend float32 runs fastest (docs/performance.md). Partial folders that dead conversions of `dst` left
+    behind are removed first.
+
     Raises:
         StoreError: (ConvertError) an unsupported or inconsistent source, or `dst` exists and not `force`.
+        OSError: the disk is full or a path is not writable (the partial folder is removed first).
     """
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() or dst.resolve() in src.resolve().parents:
         raise ConvertError(f"{dst} would replace the source {src}")
     if os.path.lexists(dst) and not force:
         raise ConvertError(f"{dst} already exists (use --force to replace it)")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConvertError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_partials(dst):
+        (progress or (lambda _: None))(f"removing {stale.name}, left behind by a conversion that died")
+        shutil.rmtree(stale, ignore_errors=True)
     partial = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        manifest = _convert_into(src, partial, bits, group_size, progress or (lambda _: None))
+        manifest = _convert_into(src, partial, bits, group_size, progress or (lambda _: None), dtype)
         _commit(partial, dst, manifest)
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # gone already after a successful commit
     return manifest
+
+
+def stale_partials(dst: Path) -> list[Path]:
+    """`DST.partial-<pid>` folders beside `dst` whose process is gone (a convert killed before its cleanup ran)."""
+    stale = []
+    for p in dst.parent.glob(f"{glob.escape(dst.name)}.partial-*"):
+        pid = p.name.rsplit("-", 1)[1]
+        if p.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            stale.append(p)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def source_is_quantized(src: str | os.PathLike[str]) -> bool:
@@ -93,8 +127,13 @@ def source_is_quantized(src: str | os.PathLike[str]) -> bool:
     return "quantization" in load_source_config(Path(src))
 
 
-def _convert_into(src: Path, out: Path, bits: int | None, group_size: int, progress: Progress) -> Manifest:
+def _convert_into(src: Path, out: Path, bits: int | None, group_size: int, progress: Progress,
+                  dtype: str | None = None) -> Manifest:
     config = load_source_config(src)
+    if dtype is not None:
+        if "quantization" in config:
+            raise ConvertError(f"{src} is already quantized: its weights keep their dtypes (drop --dtype)")
+        config["torch_dtype"] = dtype  # what mlx_lm.convert's cast reads
     files = sorted(src.glob("model*.safetensors"))  # what mlx_lm.utils.load_model reads
     if not files:
         raise ConvertError(f"no model*.safetensors files in {src}")

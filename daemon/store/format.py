@@ -230,6 +230,25 @@ class Manifest:
         )
 
 
+def not_a_store(root: Path) -> str:
+    """Why `root` (with no manifest) is not a store, and what to do: it is missing, a model checkpoint, a model
+    hub id, or a conversion's leftovers."""
+    if not root.exists():
+        if not root.is_absolute() and len(root.parts) == 2 and not str(root).startswith("."):
+            return (f"{root} is not a folder here; if it is a Hugging Face model id, download the checkpoint and "
+                    f"convert it: `moed convert CHECKPOINT_FOLDER STORE`")
+        return f"{root} does not exist: give the folder `moed convert` wrote"
+    if not root.is_dir():
+        return f"{root} is a file, not a store folder: give the folder `moed convert` wrote"
+    if (root / "config.json").is_file() and any(root.glob("*.safetensors")):
+        return (f"{root} is a model checkpoint, not a moed store: convert it with "
+                f"`moed convert {root} {root.name}-store`, then use the store")
+    if ".partial-" in root.name:
+        return f"{root} is the unfinished output of a conversion: run `moed convert` again"
+    return (f"{root} is not a moed store: {MANIFEST} is missing (was the conversion interrupted? run "
+            f"`moed convert` again)")
+
+
 def read_manifest(root: str | os.PathLike[str]) -> Manifest:
     """Read and check a store's manifest and that every file it names exists with the size it implies.
 
@@ -239,7 +258,7 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
-        raise StoreError(f"{root} is not a moed store: {MANIFEST} is missing (was the conversion interrupted?)")
+        raise StoreError(not_a_store(root))
     try:
         manifest = Manifest.from_json(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError, IndexError) as e:

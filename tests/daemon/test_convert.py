@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -312,3 +314,55 @@ def test_memory_is_bounded_by_tensors_not_model(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=True)
     peak = int(out.stdout.split()[-1])
     assert size > 750e6 and peak < 250e6, f"peak RSS {peak / 1e6:.0f} MB converting {size / 1e6:.0f} MB"
+
+
+def test_dtype_casts_a_bf16_source_like_mlx_lm(sources, tmp_path: Path) -> None:
+    src = sources["qwen3_moe", "hf"]  # bf16
+    convert(src, tmp_path / "store", bits=4, dtype="float32")
+    with contextlib.redirect_stdout(io.StringIO()):
+        mlx_convert(str(src), str(tmp_path / "ref"), quantize=True, q_bits=4, q_group_size=64, dtype="float32")
+    ref_config = json.loads((tmp_path / "ref" / "config.json").read_text())  # mlx-lm casts, keeps the old name
+    (tmp_path / "ref" / "config.json").write_text(json.dumps({**ref_config, "torch_dtype": "float32"}))
+    assert_store_equals(tmp_path / "store", tmp_path / "ref")
+    assert json.loads((tmp_path / "store" / "config.json").read_text())["torch_dtype"] == "float32"
+    with pytest.raises(StoreError, match="already quantized"):
+        convert(sources["qwen3_moe", "mlx-quantized"], tmp_path / "q", bits=None, dtype="float32")
+
+
+def test_stale_partials_of_dead_conversions_are_removed(sources, tmp_path: Path) -> None:
+    dead, alive = tmp_path / "store.partial-999999999", tmp_path / f"store.partial-{os.getppid()}"
+    other = tmp_path / "other.partial-999999999"
+    for d in (dead, alive, other):
+        d.mkdir()
+    assert conv.stale_partials(tmp_path / "store") == [dead]
+    convert(sources["qwen3_moe", "mlx-quantized"], tmp_path / "store", bits=None)
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+@pytest.mark.parametrize("err, says", [(errno.ENOSPC, "no space left"), (errno.EACCES, "cannot write")])
+def test_disk_full_or_unwritable_is_one_line(sources, tmp_path: Path, monkeypatch, capsys, err, says) -> None:
+    def fail(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(err, os.strerror(err), str(tmp_path / "s" / "experts" / "layer-000.bin"))
+
+    monkeypatch.setattr(conv, "_write_experts", fail)
+    sub = argparse.ArgumentParser().add_subparsers()
+    convert_cmd.register(sub)
+    args = sub.choices["convert"].parse_args([str(sources["qwen2_moe", "hf"]), str(tmp_path / "s"), "--quiet"])
+    assert args.func(args) == 1
+    out = capsys.readouterr().err.strip()
+    assert says in out and "\n" not in out and "Traceback" not in out
+    assert list(tmp_path.iterdir()) == []  # the partial folder went too
+
+
+def test_not_a_store_says_what_the_folder_is(sources, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cases = {tmp_path / "nope": "does not exist", Path("Qwen/Qwen3-30B-A3B"): "Hugging Face model id",
+             sources["qwen3_moe", "hf"]: "moed convert", tmp_path / "store.partial-12": "unfinished output",
+             tmp_path / "empty": "manifest.json is missing"}
+    (tmp_path / "store.partial-12").mkdir()
+    (tmp_path / "empty").mkdir()
+    for path, says in cases.items():
+        with pytest.raises(StoreError, match=says):
+            read_manifest(path)
+    with pytest.raises(StoreError, match="is a model checkpoint, not a moed store: convert it"):
+        read_manifest(sources["qwen3_moe", "hf"])
