@@ -240,7 +240,7 @@ def not_a_store(root: Path) -> str:
         return f"{root} does not exist: give the folder `moed convert` wrote"
     if not root.is_dir():
         return f"{root} is a file, not a store folder: give the folder `moed convert` wrote"
-    if (root / "config.json").is_file() and any(root.glob("*.safetensors")):
+    if not (root / "experts").is_dir() and (root / "config.json").is_file() and any(root.glob("*.safetensors")):
         return (f"{root} is a model checkpoint, not a moed store: convert it with "
                 f"`moed convert {root} {root.name}-store`, then use the store")
     if ".partial-" in root.name:
