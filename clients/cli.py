@@ -1,27 +1,31 @@
 """moectl: talk to a running moed daemon from the shell (status, health, generate, chat, cancel, shutdown).
 
-    moectl [--endpoint E] [--timeout S] COMMAND [options]      (the two options may also follow COMMAND)
+    moectl [--endpoint E] [--timeout S] [--wait S] COMMAND [options]   (these may also follow COMMAND)
 
 Each command is one `cmd_*` function below; its docstring gives the request it sends, the reply it prints and
-its usage. Text goes to stdout, statistics and errors to stderr; --json prints one JSON object instead.
-Exit codes: 0 ok, 1 request error (any error final, a protocol violation), 2 usage, 3 daemon unavailable,
-4 busy, 5 timeout, 130 interrupted (a stream in progress is cancelled first).
-Needs only pyzmq and msgpack (no MLX).
+its usage. Text goes to stdout, statistics, progress and errors to stderr; --json prints one JSON object instead.
+Exit codes are moed's and moectl's one scheme (exitcodes.py, docs/cli.md). Needs only pyzmq and msgpack (no MLX).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import exitcodes
+from .chat_repl import run_repl
+from .cli_output import ProgressLine, print_json, stats_line, status_rows, table
 from .errors import Busy, DaemonUnavailable, MoedError, RequestError, Timeout
-from .events import Chunk, Result
+from .events import Chunk, Progress, Result
 from .sync import Client, SyncStream
 
-EXIT_OK, EXIT_REQUEST, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_BUSY, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+EXIT_OK, EXIT_REQUEST, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_BUSY, EXIT_TIMEOUT, EXIT_INTERRUPTED = (
+    exitcodes.OK, exitcodes.FAILED, exitcodes.USAGE, exitcodes.UNAVAILABLE, exitcodes.BUSY, exitcodes.TIMEOUT,
+    exitcodes.INTERRUPTED)
 ROLES = ("system", "user", "assistant")
 
 Command = Callable[[Client, argparse.Namespace], int]
@@ -29,20 +33,16 @@ Command = Callable[[Client, argparse.Namespace], int]
 
 # -- commands -----------------------------------------------------------------------------------------------------
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
-    """Show the daemon's state, model, load and cache.
+    """Show the daemon's state, model, load, cache and reads.
 
     Request: status {}.  Reply: ok {state, model_type, store, active, queued, max_batch, queue_limit, cache,
     uptime_s, version}.  Usage: moectl status [--json]
     """
     st = client.status()
     if args.json:
-        return _print_json(st.raw)
-    rows = [("state", st.state), ("model", st.model_type), ("store", st.store),
-            ("active", f"{st.active} of max_batch {st.max_batch}"), ("queued", f"{st.queued} of {st.queue_limit}"),
-            ("uptime", f"{st.uptime_s:.1f} s"), ("version", st.version),
-            ("cache", " ".join(f"{k}={_num(v)}" for k, v in sorted(st.cache.items())))]
-    for name, value in rows:
-        print(f"{name:<8} {value}")
+        print_json(st.raw)
+    else:
+        table(status_rows(st))
     return EXIT_OK
 
 
@@ -53,7 +53,7 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
     """
     h = client.health()
     if args.json:
-        _print_json({"ok": h.ok, "state": h.state})
+        print_json({"ok": h.ok, "state": h.state})
     else:
         print(h.state)
     return EXIT_OK if h.ok else EXIT_REQUEST
@@ -64,15 +64,18 @@ def cmd_generate(client: Client, args: argparse.Namespace) -> int:
 
     Request: generate {prompt, max_tokens, temperature, top_p, top_k, min_p, seed, stop} (only the options given).
     Replies: progress*, chunk*, then final ok {done_reason, prompt_tokens, generated_tokens, ..._ns, cache_hits,
-    cache_misses, bytes_read}.  --no-stream prints the text only at the end (the request still streams, so
-    --timeout stays a silence limit); --json prints the result with its text as one JSON object.
-    Usage: moectl generate PROMPT [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--min-p P]
+    cache_misses, bytes_read}.  PROMPT `-`, or no PROMPT with piped input, reads the prompt from stdin. While the
+    request is queued or prefilling, a progress line shows on stderr (at a terminal). --no-stream prints the text
+    only at the end (the request still streams, so --timeout stays a silence limit); --json prints the result
+    with its text as one JSON object.
+    Usage: moectl generate [PROMPT | -] [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--min-p P]
            [--seed S] [--stop S ...] [--no-stream] [--json]
     """
-    result = _run_stream(client.generate(args.prompt, **_sampling(args)), args)
+    result = _run_stream(client.generate(_prompt(args), **_sampling(args)), args)
     if args.json:
-        return _print_json(result.as_dict())
-    _print_stats(result)
+        print_json(result.as_dict())
+    else:
+        print(stats_line(result), file=sys.stderr)
     return EXIT_OK
 
 
@@ -80,19 +83,30 @@ def cmd_chat(client: Client, args: argparse.Namespace) -> int:
     """Chat: one reply to the messages given, or an interactive session that keeps the history.
 
     Request: generate {messages: [{role, content}, ...], sampling options}; replies as for generate.
-    MESSAGE is `TEXT` (a user message) or `ROLE:TEXT` with ROLE system|user|assistant. Without messages, reads one
-    user message per line from stdin and answers each (/reset forgets the history, /exit or end of input stops;
-    Ctrl-C during a reply cancels just that reply).
+    MESSAGE is `TEXT` (a user message) or `ROLE:TEXT` with ROLE system|user|assistant. Without messages, an
+    interactive session (chat_repl.py): at a terminal it says whom it talks to and how to leave; /help lists its
+    commands (/reset, /system TEXT, /exit), which never reach the model; Ctrl-C during a reply cancels just that
+    reply. Piped input is one user message per line.
     Usage: moectl chat [MESSAGE ...] [--system TEXT] [sampling options as generate] [--no-stream] [--json]
     """
     history = [{"role": "system", "content": args.system}] if args.system else []
     if args.messages:
         result = _run_stream(client.chat(history + [_message(m) for m in args.messages], **_sampling(args)), args)
         if args.json:
-            return _print_json(result.as_dict())
-        _print_stats(result)
+            print_json(result.as_dict())
+        else:
+            print(stats_line(result), file=sys.stderr)
         return EXIT_OK
-    return _repl(client, args, history)
+
+    def turn(messages: list[dict[str, str]]) -> Result:
+        result = _run_stream(client.chat(messages, **_sampling(args)), args)
+        if args.json:
+            print_json(result.as_dict())
+        else:
+            print(stats_line(result), file=sys.stderr)
+        return result
+
+    return run_repl(client, args, turn)
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
@@ -122,11 +136,17 @@ def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
 def _run_stream(stream: SyncStream, args: argparse.Namespace) -> Result:
     """Read a stream to its end, echoing chunks to stdout unless --no-stream / --json; returns the Result."""
     echo = not (args.no_stream or args.json)
-    with stream:  # leaving early (Ctrl-C, an error) cancels the request on the daemon
+    progress = ProgressLine()
+    with stream:  # leaving early (Ctrl-C, an error, a closed stdout) cancels the request on the daemon
         for event in stream:
+            if isinstance(event, Progress):
+                progress.show(event)
+                continue
+            progress.clear()
             if echo and isinstance(event, Chunk):
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
+    progress.clear()
     assert stream.result is not None  # the stream ended with its final
     if not args.json:
         if not echo:
@@ -137,65 +157,19 @@ def _run_stream(stream: SyncStream, args: argparse.Namespace) -> Result:
     return stream.result
 
 
-def _repl(client: Client, args: argparse.Namespace, history: list[dict[str, str]]) -> int:
-    system, rc = list(history), EXIT_OK
-    interactive = sys.stdin.isatty()
-    while True:
-        if interactive:
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line or line.strip() in ("/exit", "/quit"):
-            return rc
-        text = line.rstrip("\n")
-        if text.strip() == "/reset":
-            history = list(system)
-            continue
+def _prompt(args: argparse.Namespace) -> str:
+    if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty()):
+        text = sys.stdin.read()
         if not text.strip():
-            continue
-        try:
-            result = _run_stream(client.chat(history + [{"role": "user", "content": text}], **_sampling(args)), args)
-        except KeyboardInterrupt:
-            print("\n[cancelled]", file=sys.stderr)
-            continue
-        except RequestError as e:  # one failed turn (busy, context overflow) does not end the session
-            print(f"moectl: {e}", file=sys.stderr)
-            rc = exit_code(e)
-            continue
-        history += [{"role": "user", "content": text}, {"role": "assistant", "content": result.text}]
-        if args.json:
-            _print_json(result.as_dict())
-        else:
-            _print_stats(result)
+            raise UsageError("the prompt read from stdin is empty")
+        return text
+    if args.prompt is None:
+        raise UsageError("no prompt: give PROMPT, or `-` (or a pipe) to read it from stdin")
+    return str(args.prompt)
 
 
-def _print_stats(r: Result) -> None:
-    n = r.cache_hits + r.cache_misses
-    print(f"[{r.done_reason}] {r.prompt_tokens} prompt + {r.generated_tokens} generated tokens | "
-          f"queue {_ms(r.queue_ns)} | prefill {_ms(r.prefill_ns)} ({r.prefill_tps:.1f} tok/s) | "
-          f"decode {_ms(r.decode_ns)} ({r.decode_tps:.1f} tok/s) | cache {r.hit_rate:.0%} hits of {n} | "
-          f"{_bytes(r.bytes_read)} read", file=sys.stderr)
-
-
-def _print_json(obj: Any) -> int:
-    print(json.dumps(obj, default=str))
-    return EXIT_OK
-
-
-def _ms(ns: int) -> str:
-    return f"{ns / 1e6:.1f} ms"
-
-
-def _bytes(n: int) -> str:
-    if n < 1000:
-        return f"{n} B"
-    size, units = n / 1000, ["kB", "MB", "GB", "TB"]
-    while size >= 1000 and len(units) > 1:
-        size, units = size / 1000, units[1:]
-    return f"{size:.1f} {units[0]}"
-
-
-def _num(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+class UsageError(Exception):
+    """A command line that makes no sense once parsed (exit 2)."""
 
 
 def _message(arg: str) -> dict[str, str]:
@@ -213,16 +187,15 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- parser and entry point -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moectl", description="Talk to a running moed daemon.",
-                                epilog="exit codes: 0 ok, 1 request error, 2 usage, 3 daemon unavailable, 4 busy, "
-                                       "5 timeout")
+    p = argparse.ArgumentParser(prog="moectl", description="Talk to a running moed daemon.", epilog=exitcodes.SUMMARY)
+    p.add_argument("--version", action="version", version=f"moectl {_version()}")
     _connection_options(p, defaults=True)
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, defaults=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, fn in COMMANDS.items():
         doc = (fn.__doc__ or "").strip()
-        sp = sub.add_parser(name, parents=[common], help=doc.splitlines()[0],
+        sp = sub.add_parser(name, parents=[common], help=doc.splitlines()[0], epilog=exitcodes.SUMMARY,
                             description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(run=fn)
         if name in ("status", "health"):
@@ -234,12 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("moed")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _connection_options(p: argparse.ArgumentParser, defaults: bool) -> None:
     # Given before the command they set the default; after it they override (SUPPRESS keeps the first one).
     p.add_argument("--endpoint", default=None if defaults else argparse.SUPPRESS,
                    help="daemon endpoint (default: $MOED_ENDPOINT, else the per-user ipc socket)")
     p.add_argument("--timeout", type=float, default=30.0 if defaults else argparse.SUPPRESS,
                    help="seconds to wait for a reply; for streams, the longest silence (default 30)")
+    p.add_argument("--wait", type=float, default=0.0 if defaults else argparse.SUPPRESS, metavar="S",
+                   help="first wait up to S seconds for the daemon to be ready (default 0: don't wait)")
 
 
 def _generate_options(p: argparse.ArgumentParser, chat: bool) -> None:
@@ -247,9 +231,9 @@ def _generate_options(p: argparse.ArgumentParser, chat: bool) -> None:
         p.add_argument("messages", nargs="*", metavar="MESSAGE", help="TEXT or ROLE:TEXT; none: read stdin")
         p.add_argument("--system", help="a system message to start the conversation with")
     else:
-        p.add_argument("prompt")
+        p.add_argument("prompt", nargs="?", help="the prompt; `-` or none with piped input: read stdin")
     p.add_argument("--max-tokens", type=int)
-    p.add_argument("--temperature", type=float)
+    p.add_argument("--temperature", "--temp", type=float, help="sampling temperature (0: greedy)")
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--min-p", type=float)
@@ -268,7 +252,7 @@ COMMANDS: dict[str, Command] = {
 def exit_code(e: BaseException) -> int:
     """The exit code for an exception from a command."""
     for cls, code in ((Busy, EXIT_BUSY), (DaemonUnavailable, EXIT_UNAVAILABLE), (Timeout, EXIT_TIMEOUT),
-                      (KeyboardInterrupt, EXIT_INTERRUPTED)):
+                      (KeyboardInterrupt, EXIT_INTERRUPTED), (UsageError, EXIT_USAGE)):
         if isinstance(e, cls):
             return code
     return EXIT_REQUEST
@@ -281,11 +265,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         with Client(args.endpoint, timeout=args.timeout, name="moectl") as client:
+            if args.wait > 0:
+                wait_ready(client, args.wait)
             rc: int = args.run(client, args)
             return rc
-    except (MoedError, KeyboardInterrupt) as e:
+    except (MoedError, KeyboardInterrupt, UsageError) as e:
         print(f"moectl: {_describe(e)}", file=sys.stderr)
         return exit_code(e)
+    except BrokenPipeError:  # `moectl status | head`: the reader left; end quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush finds nothing to complain about
+        return exitcodes.BROKEN_PIPE
+
+
+def wait_ready(client: Client, seconds: float) -> None:
+    """Poll health until the daemon admits work; Timeout (or DaemonUnavailable if it never answered) after
+    `seconds`."""
+    deadline, state, last = time.monotonic() + seconds, None, None
+    while True:
+        try:
+            h = client.health()
+            if h.ok:
+                return
+            state = h.state
+        except (DaemonUnavailable, Timeout) as e:
+            last = e
+        if time.monotonic() >= deadline:
+            if state is None and last is not None:
+                raise DaemonUnavailable(f"no daemon answered within --wait {seconds:g} s ({last})")
+            raise Timeout(f"the daemon was still {state} after --wait {seconds:g} s")
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
 def _describe(e: BaseException) -> str:

@@ -20,7 +20,10 @@ def run(fake: FakeDaemon, *argv: str) -> int:
 def test_status(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]):
     assert run(fake, "status") == 0
     out = capsys.readouterr().out
-    assert "state    ready" in out and "qwen3_moe" in out and "1 of max_batch 4" in out and "hits=3" in out
+    rows = {line.split("  ", 1)[0]: line.split("  ", 1)[1].strip() for line in out.splitlines()}
+    assert rows["state"] == "ready" and rows["model"] == "qwen3_moe"
+    assert rows["requests"].startswith("1 running of 4 batch slots")
+    assert "expert lookups" in rows["hit rate"] and "=" not in out  # a table, not a key=value dump
     assert run(fake, "status", "--json") == 0
     assert json.loads(capsys.readouterr().out)["queue_limit"] == 64
 
@@ -120,9 +123,16 @@ def test_exit_codes(fake: FakeDaemon, capsys: pytest.CaptureFixture[str], script
     assert capsys.readouterr().err.startswith("moectl: ")
 
 
-def test_usage_and_unavailable(tmp_path: Any, capsys: pytest.CaptureFixture[str]):
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_usage_and_unavailable(tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
     assert main(["frobnicate"]) == 2
-    assert main(["generate"]) == 2  # no prompt
+    monkeypatch.setattr("sys.stdin", FakeTty(""))
+    assert main(["--endpoint", f"ipc://{tmp_path}/none.sock", "generate"]) == 2  # no prompt at a terminal
+    assert "no prompt" in capsys.readouterr().err
     assert main(["generate", "x", "--max-tokens", "many"]) == 2
     assert main(["--help"]) == 0
     assert main(["--endpoint", f"ipc://{tmp_path}/none.sock", "status"]) == 3
