@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from moed.clients.cli_output import nbytes, table
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="describe (and verify) a store", description=__doc__,
@@ -72,12 +74,26 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
     else:
-        gb = 1e9
-        print(f"{root}: {info['model_type']}, {info['moe_layers']} MoE layers x {info['experts_per_layer']} experts, "
-              f"quantization {info['quantization']}")
-        print(f"experts: {info['expert_bytes'] / 1e6:.3f} MB each (record {info['record_bytes']} B), "
-              f"{info['total_expert_bytes'] / gb:.3f} GB in all; dense files {info['dense_file_bytes'] / gb:.3f} GB")
-        if args.verify:
-            errs = info["verify_errors"]
-            print("verify: all checksums match" if not errs else "verify: " + "\n".join(errs))
+        table(rows(root, info, args.verify))
     return 1 if info.get("verify_errors") else 0
+
+
+def rows(root: Path, info: dict, verified: bool) -> list[tuple[str, str]]:
+    """`describe`'s dict as the rows a person reads."""
+    q = info["quantization"]
+    quant = f"{q['bits']}-bit {q.get('mode', 'affine')}, group size {q['group_size']}" if q else "none (float experts)"
+    per_layer = info["experts_per_layer"]
+    experts = str(per_layer[0]) if len(per_layer) == 1 else f"{per_layer[0]}-{per_layer[-1]}"
+    out = [("store", str(root)), ("model", info["model_type"]),
+           ("MoE layers", f"{info['moe_layers']}, {experts} experts each"), ("quantization", quant),
+           ("expert", f"{nbytes(info['expert_bytes'])} (a record of {nbytes(info['record_bytes'])} on disk)"),
+           ("experts", f"{nbytes(info['total_expert_bytes'])} in all"),
+           ("dense", f"{nbytes(info['dense_file_bytes'])} (resident while serving)")]
+    for i, t in enumerate(info["tensors"]):
+        shape = "x".join(str(d) for d in t["shape"])
+        out.append(("tensors" if i == 0 else "", f"{t['name']}  {t['dtype']} [{shape}]"))
+    if verified:
+        errs = info["verify_errors"]
+        out.append(("verify", "every checksum matches" if not errs else f"{len(errs)} errors"))
+        out += [("", e) for e in errs]
+    return out

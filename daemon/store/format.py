@@ -242,7 +242,7 @@ def not_a_store(root: Path) -> str:
         return f"{root} is a file, not a store folder: give the folder `moed convert` wrote"
     if not (root / "experts").is_dir() and (root / "config.json").is_file() and any(root.glob("*.safetensors")):
         return (f"{root} is a model checkpoint, not a moed store: convert it with "
-                f"`moed convert {root} {root.name}-store`, then use the store")
+                f"`moed convert {root} {root}-store`, then use the store")
     if ".partial-" in root.name:
         return f"{root} is the unfinished output of a conversion: run `moed convert` again"
     return (f"{root} is not a moed store: {MANIFEST} is missing (was the conversion interrupted? run "
