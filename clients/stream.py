@@ -53,6 +53,9 @@ class Stream:
     `async with client.generate(...) as s:` to be sure it is cancelled on exit. `collect()` reads to the end.
     """
 
+    request_id: str  # the id the daemon knows the request by (for cancel, and in its logs)
+    result: Result | None  # the Result once the final came
+
     def __init__(self, client: Exchange, params: dict[str, Any], timeout: float | None) -> None:
         self.request_id, self._frame = client.new_request("generate", params)  # raises InvalidParams now
         self.result: Result | None = None
