@@ -4,11 +4,12 @@ How it runs
 - The socket connects on the first call, which first says `hello` (version negotiation, docs/protocol.md). An ipc
   endpoint whose socket file is missing, or a daemon that does not answer hello in time, raises DaemonUnavailable.
 - One receiver task reads every reply and hands it to the request it belongs to, by `id` (a _Call with its own
-  queue), so replies for other requests are never confused. Streams (stream.py) reach a request only through
-  the Exchange / Call interface that AsyncClient and _Call implement. On the way it holds the daemon to the protocol:
+  queue), so replies for other requests are never confused. On the way it holds the daemon to the protocol:
   `seq` must count 0, 1, 2, ... per request (ZeroMQ delivers in order, so a gap is a daemon bug, not tolerated),
   only generate gets progress and chunks, and exactly one final comes (a reply after it is recorded in
   `violations`, because the call it concerned has already returned).
+- A Stream (stream.py) sees its client only through the stream.Exchange interface (new_request, send_request,
+  cancel) and its request only as a stream.Call (reply, abandon), which AsyncClient and _Call implement.
 - Deadlines: a unary call (hello, status, cancel, ...) has one deadline, `timeout` seconds, for its whole life;
   a stream allows at most `timeout` seconds of silence between two messages (the daemon sends progress while the
   request queues and prefills, so a long queue is not a timeout, a hung daemon is).
