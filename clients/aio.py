@@ -8,6 +8,8 @@ How it runs
   `seq` must count 0, 1, 2, ... per request (ZeroMQ delivers in order, so a gap is a daemon bug, not tolerated),
   only generate gets progress and chunks, and exactly one final comes (a reply after it is recorded in
   `violations`, because the call it concerned has already returned).
+- A Stream (stream.py) sees its client only through the stream.Exchange interface (new_request, send_request,
+  cancel) and its request only as a stream.Call (reply, abandon), which AsyncClient and _Call implement.
 - Deadlines: a unary call (hello, status, cancel, ...) has one deadline, `timeout` seconds, for its whole life;
   a stream allows at most `timeout` seconds of silence between two messages (the daemon sends progress while the
   request queues and prefills, so a long queue is not a timeout, a hung daemon is).
@@ -65,12 +67,23 @@ class _Recent:
 
 @dataclass(eq=False)
 class _Call:
-    """One request in flight: its replies arrive on `queue` in order, ending with a final or an exception."""
+    """One request in flight: its replies arrive on `queue` in order, ending with a final or an exception.
+    Implements stream.Call for the Stream that owns it."""
 
     id: str
     type: str
+    client: AsyncClient
     queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
     next_seq: int = 0
+
+    async def reply(self, timeout: float | None) -> dict[str, Any]:
+        """The next reply within `timeout` seconds (None: the client's); see AsyncClient._next."""
+        return await self.client._next(self, self.client._deadline(timeout))
+
+    async def abandon(self) -> None:
+        """Drop later replies and send cancel for the request without waiting for its answer."""
+        self.client._forget(self)
+        await self.client._cancel_quietly(self.id)
 
 
 class AsyncClient:
@@ -170,12 +183,23 @@ class AsyncClient:
         if self._sock is not None:
             self._sock.close(linger=0)
 
-    # -- plumbing used by Stream ------------------------------------------------------------------------------------
+    # -- the request exchange (stream.Exchange) ---------------------------------------------------------------------
+    def new_request(self, type_: str, params: dict[str, Any]) -> tuple[str, bytes]:
+        """A fresh request id and the packed request, checked as the daemon will check it.
+
+        Raises InvalidParams (or another RequestError) for parameters the daemon would refuse."""
+        rid = f"{self._prefix}-{next(self._ids)}"
+        return rid, self._frame(rid, type_, params)
+
+    async def send_request(self, request_id: str, type_: str, frame: bytes, *, timeout: float | None) -> _Call:
+        """Connect and say hello if need be (within `timeout`), then send `frame`; returns the call its replies
+        come to (read them with `await call.reply(timeout)`, give up with `await call.abandon()`)."""
+        await self._connect(self._deadline(timeout))
+        return await self._open(request_id, type_, frame)
+
+    # -- plumbing ---------------------------------------------------------------------------------------------------
     def _deadline(self, timeout: float | None) -> float:
         return asyncio.get_running_loop().time() + (self.timeout if timeout is None else timeout)
-
-    def _new_id(self) -> str:
-        return f"{self._prefix}-{next(self._ids)}"
 
     def _frame(self, rid: str, type_: str, params: dict[str, Any]) -> bytes:
         """The packed request, checked as the daemon will check it. Raises InvalidParams / RequestError."""
@@ -196,8 +220,8 @@ class AsyncClient:
 
     async def _roundtrip(self, type_: str, params: dict[str, Any], deadline: float) -> dict[str, Any]:
         """Send one request and return its ok result; error finals raise their RequestError."""
-        rid = self._new_id()
-        call = await self._open(rid, type_, self._frame(rid, type_, params))
+        rid, frame = self.new_request(type_, params)
+        call = await self._open(rid, type_, frame)
         try:
             msg = await self._next(call, deadline)
         except BaseException:
@@ -211,7 +235,7 @@ class AsyncClient:
     async def _open(self, rid: str, type_: str, frame: bytes) -> _Call:
         if self._closed or self._sock is None:
             raise MoedError("the client is closed" if self._closed else "the client is not connected")
-        call = _Call(rid, type_)
+        call = _Call(rid, type_, self)
         self._calls[rid] = call  # before sending: the reply may come back before send() returns
         try:
             await self._sock.send(frame)
@@ -246,9 +270,9 @@ class AsyncClient:
         """Send cancel for `target` without waiting for the answer (used when a stream is closed early)."""
         if self._closed or self._sock is None:
             return
-        rid = self._new_id()
         try:
-            self._forget(await self._open(rid, "cancel", self._frame(rid, "cancel", {"target": target})))
+            rid, frame = self.new_request("cancel", {"target": target})
+            self._forget(await self._open(rid, "cancel", frame))
         except (MoedError, zmq.ZMQError) as e:
             log.debug("could not send cancel for %s: %s", target, e)
 

@@ -1,21 +1,49 @@
 """Stream: one generate request seen from the client, an async iterable of Progress and Chunk events.
 
-It is created by AsyncClient.generate / chat (the request is checked then, and sent on first use) and reads its
-replies from the queue the client's receiver fills (see aio.py). Leaving early in any way (break, an exception,
-`async with` exit, aclose) sends `cancel` for the request, so a client that stops reading frees its slot.
+It is created by AsyncClient.generate / chat (the request is checked then, and sent on first use). A Stream
+knows its client only through the small `Exchange` interface below (AsyncClient implements it), and its request in
+flight only as a `Call`: so this module imports nothing from aio.py, and aio.py imports it. Leaving early in any way
+(break, an exception, `async with` exit, aclose) abandons the call, which sends `cancel` for the request, so a
+client that stops reading frees its slot.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import errors
 from .errors import MoedError, NotFound
 from .events import Chunk, Event, Result, event_from_wire
 
-if TYPE_CHECKING:
-    from .aio import AsyncClient, _Call
+
+class Call(Protocol):
+    """One request in flight, as an Exchange hands it to a Stream."""
+
+    async def reply(self, timeout: float | None) -> dict[str, Any]:
+        """The request's next reply (a checked wire message), waiting at most `timeout` seconds (None: the
+        client's default). Raises Timeout, DaemonUnavailable or ProtocolViolation."""
+        ...
+
+    async def abandon(self) -> None:
+        """Stop reading: later replies are dropped, and the daemon is asked (without waiting) to cancel."""
+        ...
+
+
+class Exchange(Protocol):
+    """What a Stream needs from its client: frame a request, send it, cancel it. AsyncClient is one."""
+
+    def new_request(self, type_: str, params: dict[str, Any]) -> tuple[str, bytes]:
+        """A fresh request id and the packed request, checked as the daemon will check it (raises InvalidParams)."""
+        ...
+
+    async def send_request(self, request_id: str, type_: str, frame: bytes, *, timeout: float | None) -> Call:
+        """Connect if need be (within `timeout`), send `frame`, and return the Call its replies come to."""
+        ...
+
+    async def cancel(self, request_id: str, *, timeout: float | None = None) -> bool:
+        """Ask the daemon to cancel the request; True if it was still running. Raises NotFound if not in flight."""
+        ...
 
 
 class Stream:
@@ -25,12 +53,14 @@ class Stream:
     `async with client.generate(...) as s:` to be sure it is cancelled on exit. `collect()` reads to the end.
     """
 
-    def __init__(self, client: AsyncClient, params: dict[str, Any], timeout: float | None) -> None:
-        self.request_id = client._new_id()
+    request_id: str  # the id the daemon knows the request by (for cancel, and in its logs)
+    result: Result | None  # the Result once the final came
+
+    def __init__(self, client: Exchange, params: dict[str, Any], timeout: float | None) -> None:
+        self.request_id, self._frame = client.new_request("generate", params)  # raises InvalidParams now
         self.result: Result | None = None
         self._client, self._params, self._timeout = client, params, timeout
-        self._frame = client._frame(self.request_id, "generate", params)  # raises InvalidParams now
-        self._call: _Call | None = None
+        self._call: Call | None = None
         self._started = False
         self._chunks: list[str] = []
         self._over = False  # the final came, the request failed, or the stream was closed
@@ -50,8 +80,7 @@ class Stream:
         if self._started or self._over:
             return
         self._started = True  # before the first await: a concurrent start() must not send it twice
-        await self._client._connect(self._client._deadline(self._timeout))
-        self._call = await self._client._open(self.request_id, "generate", self._frame)
+        self._call = await self._client.send_request(self.request_id, "generate", self._frame, timeout=self._timeout)
 
     async def next_event(self) -> Event | None:
         """The next event, or None once the final has come (then `result` is set). Error finals raise."""
@@ -59,7 +88,7 @@ class Stream:
             await self.start()
             if self._over or self._call is None:
                 return None
-            msg = await self._client._next(self._call, self._client._deadline(self._timeout))
+            msg = await self._call.reply(self._timeout)
         except BaseException:
             await self.aclose()
             raise
@@ -118,8 +147,7 @@ class Stream:
             return
         self._over = True
         if self._call is not None:
-            self._client._forget(self._call)
-            await self._client._cancel_quietly(self.request_id)
+            await self._call.abandon()
 
     async def __aenter__(self) -> Stream:
         await self.start()

@@ -1,5 +1,5 @@
 """The client side needs only pyzmq and msgpack: import it and run a client against the fake daemon in a
-subprocess where importing mlx or mlx_lm fails."""
+subprocess where importing mlx or mlx_lm fails; and `import moed.clients` itself loads nothing heavy."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ else:
     raise SystemExit("the blocker did not block mlx")
 
 import moed.clients, moed.clients.client, moed.clients.cli, moed.clients.protocol
-from moed.clients.client import Client
+from moed.clients import AsyncClient, Client
 sys.path.insert(0, TESTS)
 from fakedaemon import FakeDaemon
 
@@ -47,3 +47,23 @@ def test_clients_run_without_mlx():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "NO-MLX-OK" in proc.stdout and "Hello world" in proc.stdout
+
+
+LIGHT = r'''
+import sys
+import moed.clients, moed.clients.protocol
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlx", "mlx_lm", "zmq", "numpy")
+               or m.startswith("moed.daemon") or m in ("moed.clients.aio", "moed.clients.sync"))
+assert not heavy, heavy
+from moed.clients import AsyncClient, Client, MoedError
+assert "zmq" in sys.modules and not any(m.split(".")[0] in ("mlx", "mlx_lm") for m in sys.modules)
+print("LIGHT-OK")
+'''
+
+
+def test_import_moed_clients_is_light():
+    """The package's names load on first use: importing it (or its protocol, as the daemon does) loads no pyzmq,
+    numpy or MLX, and the first use of a client name loads pyzmq but still no MLX."""
+    proc = subprocess.run([sys.executable, "-c", LIGHT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "LIGHT-OK" in proc.stdout
