@@ -35,12 +35,6 @@ MLX = ("mlx", "mlx_lm")
 KNOWN_RULE_VIOLATIONS: set[tuple[str, str]] = {
     ("moed.daemon.commands.demo", "from ...clients.client import Client, MoedError"),
     ("moed.daemon.commands.demo", "from ...clients.client import Chunk, Client, MoedError"),
-    ("moed.daemon.bench.multiclient", "from ...clients.client import Chunk"),
-    ("moed.daemon.bench.multiclient", "from ...clients.client import AsyncClient"),
-    ("moed.daemon.bench.multiclient", "from ...clients.client import Client"),
-    ("moed.daemon.bench.multiclient", "from ...clients.client import Client, MoedError"),
-    ("moed.daemon.commands.make_test_model", "from moed.daemon.testmodel.presets import ARCHES, SIZES"),
-    ("moed.daemon.commands.make_test_model", "from moed.daemon.testmodel import make_test_model"),
     ("moed.daemon.store.iobench", "from moed.daemon.store.format import read_manifest"),
     ("moed.daemon.store.iobench", "from moed.daemon.store.reader import open_for_read, pread_into"),
     ("moed.daemon.store.reader", "from moed.daemon.store.format import Manifest, StoreError"),

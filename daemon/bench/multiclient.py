@@ -36,7 +36,7 @@ def _percentile(xs: list[float], q: float) -> float:
 
 
 async def _one(client, prompt: str, max_tokens: int, seed: int) -> tuple[list[float], object]:
-    from ...clients.client import Chunk
+    from moed.clients import Chunk
 
     stamps: list[float] = []
     async with client.generate(prompt, max_tokens=max_tokens, temperature=1.0, seed=seed) as stream:
@@ -47,7 +47,7 @@ async def _one(client, prompt: str, max_tokens: int, seed: int) -> tuple[list[fl
 
 
 async def _round(endpoint: str, prompts: list[str], max_tokens: int) -> dict:
-    from ...clients.client import AsyncClient
+    from moed.clients import AsyncClient
 
     async with AsyncClient(endpoint, timeout=600) as client:
         t0 = time.perf_counter()
@@ -112,7 +112,7 @@ def run_ceiling(store: str, ceiling: int, budget: str, max_tokens: int, prompt_t
 
 def _traffic(endpoint: str) -> dict:
     """The daemon's expert traffic counters by phase (status `cache` map)."""
-    from ...clients.client import Client
+    from moed.clients import Client
 
     with Client(endpoint, timeout=10) as c:
         cache = c.status().cache
@@ -122,7 +122,7 @@ def _traffic(endpoint: str) -> dict:
 def _wait_filled(endpoint: str, store: str, prompt_tokens: int, timeout: float = 300) -> None:
     """At a budget that holds every expert, the daemon preloads them in the background: run warm-up requests
     until it has, so the timed round runs all resident (as mlx-lm's all-in-memory reference does)."""
-    from ...clients.client import Client
+    from moed.clients import Client
     from ..store.format import read_manifest
 
     m = read_manifest(store)
@@ -136,7 +136,7 @@ def _wait_filled(endpoint: str, store: str, prompt_tokens: int, timeout: float =
 
 
 def _wait_ready(endpoint: str, proc: subprocess.Popen, timeout: float = 600) -> None:
-    from ...clients.client import Client, MoedError
+    from moed.clients import Client, MoedError
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

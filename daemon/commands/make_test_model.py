@@ -12,7 +12,7 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     # presets is light (the package pulls in mlx.core and tokenizers, ~0.1 s); mlx-lm loads in run().
-    from moed.daemon.testmodel.presets import ARCHES, SIZES
+    from ..testmodel.presets import ARCHES, SIZES
 
     p = subparsers.add_parser(
         "make-test-model",
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moed.daemon.testmodel import make_test_model
+    from ..testmodel import make_test_model
 
     try:
         path = make_test_model(
