@@ -3,12 +3,11 @@
     python -m moed.daemon.bench.single '{"kind": "mlx-lm", "model": CKPT, ...}'
     python -m moed.daemon.bench.single '{"kind": "moed", "store": STORE, "budget": "25%", "read_mode": "direct", ...}'
     python -m moed.daemon.bench.single '{"kind": "readpath", "store": STORE, "read_mode": "direct", ...}'
-    python -m moed.daemon.bench.single '{"kind": "upload", "store": STORE, "experts": 64}'  (see upload.py)
 
 Common keys: prompt_len (prefill chunk), steps (teacher-forced decode steps), sample_tokens (seeded sampling run).
 moed runs also take read_threads, prefetch_depth, policy, unsynced, and the benchmark switch upload ("auto",
 "copy", "plain": engine/managed.py); their records split the synced layer calls' time into phases (ExpertCache.lap).
-pipelined (true) adds teacher-forced decode in mlx-lm's pipelined loop (steps.pipelined) to either kind.
+pipelined (true) adds teacher-forced decode in mlx-lm's pipelined loop (workload.pipelined) to either kind.
 """
 
 from __future__ import annotations
@@ -172,7 +171,7 @@ def run_readpath(cfg: dict) -> dict:
     time as a prefill would, next to the raw device throughput of the same files with the same threads."""
     from ..engine.cache import ExpertCache
     from ..store.format import read_manifest
-    from ..store.iobench import measure_device_throughput
+    from .iobench import measure_device_throughput
     from ..store.reader import ExpertReader
     import numpy as np
     from pathlib import Path
@@ -213,8 +212,7 @@ def _forced(model, tokenizer, cfg: dict, on_prefilled=None) -> dict:
 
 
 def _sampled(model, tokenizer, cfg: dict) -> dict:
-    from .steps import pipelined
-    from .workload import corpus_tokens, sampled_tps
+    from .workload import corpus_tokens, pipelined, sampled_tps
 
     out = {}
     if cfg.get("pipelined"):  # teacher forcing in mlx-lm's pipelined loop (step n+1 queued before n is read)
@@ -237,12 +235,11 @@ def backend() -> str:
 def main() -> int:
     cfg = json.loads(sys.argv[1])
     from ..engine import managed
-    from .upload import run_upload
 
     managed.UPLOAD = cfg.get("upload", "auto")  # which upload path the cache uses (CUDA; see managed.py)
 
     runner = {"mlx-lm": run_mlx_lm, "moed": run_moed, "readpath": run_readpath, "restart": run_restart,
-              "upload": run_upload, "resize": run_resize}[cfg["kind"]]
+              "resize": run_resize}[cfg["kind"]]
     out = {"config": cfg, **runner(cfg)}
     from ..engine.generate import peak_rss_bytes
 

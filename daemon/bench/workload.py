@@ -1,4 +1,4 @@
-"""The honest decode workload: teacher forcing on a fixed real text, and seeded sampling.
+"""The honest decode workload: teacher forcing on a fixed real text (unpipelined and pipelined), and seeded sampling.
 
 Random-weight models decoding greedily soon repeat one token, so the same experts route every step and any cache
 looks perfect. Teacher forcing feeds the tokens of a fixed English text (the corpus the test tokenizer was
@@ -60,6 +60,25 @@ def teacher_forced(model: nn.Module, tokens: list[int], prompt_len: int, on_pref
         mx.eval(logits)
         run.step_seconds.append(time.perf_counter() - t0)
     return run
+
+
+def pipelined(model: nn.Module, tokens: list[int], steps: int) -> dict:
+    """Teacher forcing in mlx-lm's pipelined loop: step n+1 is built and queued before step n is waited for.
+
+    Prefills tokens[:16], then decodes `steps` tokens from tokens[16:]. Returns {"step_ms", "tok_s"}."""
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.array(tokens[:16])[None], cache=cache))
+    prev = model(mx.array([[tokens[16]]]), cache=cache).argmax(-1)
+    mx.async_eval(prev)
+    t0 = time.perf_counter()
+    for tok in tokens[17 : 17 + steps]:
+        nxt = model(mx.array([[tok]]), cache=cache).argmax(-1)
+        mx.async_eval(nxt)
+        prev.item()
+        prev = nxt
+    prev.item()
+    secs = time.perf_counter() - t0
+    return {"step_ms": secs * 1000 / steps, "tok_s": steps / secs}
 
 
 def sampled_tps(model: nn.Module, tokenizer, prompt: list[int], max_tokens: int, seed: int = 0) -> float:

@@ -3,7 +3,7 @@
     moed bench STORE [--reference CKPT] [--plan axes|full] [--budgets 100,50,25,12.5] [--depths 0,1,2,3]
                      [--read-modes direct,buffered] [--policies lfu,lru] [--prompt-len 128] [--steps 64]
                      [--sample-tokens 32] [--read-threads 4] [--repeat 1] [--no-restart]
-                     [--out FILE.json] [--results docs/results.md --note "what this run is for"]
+                     [--out FILE.json] [--results bench/results/notebook.md --note "what this run is for"]
     moed bench STORE --clients 1,2,4,8 [--cache-budget 25%] [--steps 32] [--prompt-len 32] [...]
 
 Every configuration runs in its own process: mlx-lm with the whole checkpoint in RAM (--reference), moed at each

@@ -23,7 +23,7 @@ How it works
 - Eviction policy, per slot in numpy arrays (the victim is one argmin):
   "lru" (least recently used) or "lfu" (frequency with exponential ageing: a use adds 1 to a score that halves
   every `half_life` calls; the lowest score goes). Prefetched experts enter with score 0, so a misprediction is
-  the first to go. Trace simulations on the teacher-forced workload (docs/results.md) chose these: LFU with a
+  the first to go. Trace simulations on the teacher-forced workload (bench/results/notebook.md) chose these: LFU with a
   16-token half-life beats LRU at 12.5-50 % budgets with and without prefetch; entering prefetches at one use
   instead made it lose to LRU once prefetch was on.
 - Memory: slots * expert_bytes, where slots = budget // expert_bytes (at least 1). Nothing else grows.

@@ -14,7 +14,7 @@ through ctypes, on the reader threads:
   * "plain": the record is read straight into the rows (the page-fault path; CPU and Metal always, where memory
     is one).
 New banks are moved to the GPU once (`cuMemPrefetchAsync`), so the copies land in device memory from the start.
-Measured on the lent H200 (docs/results.md): one expert 0.21 ms by the driver's copy against 1.97 ms written
+Measured on the lent H200 (bench/results/notebook.md): one expert 0.21 ms by the driver's copy against 1.97 ms written
 through a numpy view and faulted over; at a 25 % budget from the page cache 21 tok/s against 12. Tried and
 dropped: reading into the rows and then prefetching them to the GPU (no faster than plain: 12.0 tok/s).
 

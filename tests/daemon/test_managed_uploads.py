@@ -5,7 +5,6 @@ The ctypes glue is checked against a fake libcuda: errors name the call and the 
 
 from __future__ import annotations
 
-import ctypes
 import threading
 
 import mlx.core as mx
@@ -15,39 +14,9 @@ from mlx_lm import load as mlx_load
 from moed.daemon.bench.workload import corpus_tokens
 from moed.daemon.engine import managed
 from moed.daemon.engine.model import load_engine
+from moed.daemon.testmodel.driver import StandInDriver
 
 from test_engine_unsynced import assert_same_logits
-
-
-class StandInDriver:
-    """managed.Driver's interface: copies really copy (memmove), prefetches and pins are recorded."""
-
-    def __init__(self):
-        self.copied_bytes, self.copies, self.pinned_copies = 0, 0, 0
-        self.prefetched: list[tuple[int, int]] = []
-        self.pinned: dict[int, int] = {}
-        self.unpinned: list[int] = []
-        self.threads: set[str] = set()
-        self.lock = threading.Lock()
-
-    def copy(self, pieces, pinned=False):
-        for dst, src, n in pieces:
-            ctypes.memmove(dst, src, n)
-        with self.lock:
-            self.pinned_copies += pinned
-            self.copies += 1
-            self.copied_bytes += sum(n for _, _, n in pieces)
-            self.threads.add(threading.current_thread().name)
-
-    def to_device(self, ranges):
-        with self.lock:
-            self.prefetched.extend(ranges)
-
-    def pin(self, ptr, n):
-        self.pinned[ptr] = n
-
-    def unpin(self, ptr):
-        self.unpinned.append(ptr)
 
 
 @pytest.fixture
@@ -152,16 +121,3 @@ def test_copies_from_page_locked_memory_are_queued_holding_the_gil():
 def test_driver_setup_failure_is_a_cuda_error():
     with pytest.raises(managed.CudaError, match="cuDevicePrimaryCtxRetain failed"):
         managed.Driver(FakeLibcuda(failing={"cuDevicePrimaryCtxRetain"}))
-
-
-def test_upload_benchmark_measures_and_checks_every_candidate(model_dir, stand_in):
-    from moed.daemon.bench.upload import run_upload
-
-    r = run_upload({"store": str(model_dir("qwen3_moe", "store-mlx")), "experts": 6})
-    assert set(r["candidates"]) == {"view_copy", "mx_array", "mx_array_batched", "read_copy", "read_into_bank",
-                                    "view_copy_prefetch", "driver_copy", "read_driver_copy"}
-    assert r["correct"] == dict.fromkeys(["read_into_bank", "view_copy_prefetch", "driver_copy",
-                                          "read_driver_copy"], True)
-    assert all(c["gb_per_s"] > 0 for c in r["candidates"].values())
-    assert stand_in.copies == 6 + 1 + 1  # read_driver_copy per expert, driver_copy at once, the prefetch's wait
-    assert len(stand_in.unpinned) == 2 and set(stand_in.unpinned) == set(stand_in.pinned)

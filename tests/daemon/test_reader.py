@@ -23,7 +23,7 @@ from moed.daemon.store.format import (
     read_manifest,
     write_manifest,
 )
-from moed.daemon.store.iobench import measure_device_throughput, store_layer_files
+from moed.daemon.bench.iobench import measure_device_throughput, store_layer_files
 from moed.daemon.store.reader import ExpertReader
 
 LAYOUT = RecordLayout.build([("gate_proj.weight", "uint32", (8, 100)), ("gate_proj.scales", "bfloat16", (8, 7)),

@@ -1,6 +1,6 @@
-"""Upload paths from read buffers into MLX memory, measured on one store (the `upload` kind of moed bench).
+"""Upload paths from read buffers into MLX memory, measured on one store; prints (or writes) JSON.
 
-    python -m moed.daemon.bench.single '{"kind": "upload", "store": STORE, "experts": 64}'
+    python -m bench.upload STORE [--experts 64] [--out upload.json]
 
 Each candidate puts the same `experts` records of layer 0 into a slot bank the compute can use, then a device
 op reads every byte of those slots (on CUDA that is where managed pages migrate, so it is part of the price).
@@ -24,6 +24,8 @@ the GPU (where a used slot's are) and checked byte for byte afterwards:
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -31,8 +33,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from ..engine import managed
-from ..store.format import read_manifest
+from moed.daemon.engine import managed
+from moed.daemon.store.format import read_manifest
 
 BATCH = 8
 
@@ -186,3 +188,25 @@ def _driver_candidates(drv, fd, bank, host, staging, buf, lay, n, record, view_c
         drv.unpin(src0)
         drv.unpin(buf.ctypes.data)
     return correct
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("store")
+    ap.add_argument("--experts", type=int, default=64, help="records of layer 0 each candidate uploads")
+    ap.add_argument("--out", help="write the JSON here as well as printing it")
+    a = ap.parse_args()
+    from moed.daemon.bench.single import backend
+
+    result = {"store": a.store, **run_upload({"store": a.store, "experts": a.experts}), "backend": backend(),
+              "upload": managed.upload_path()}
+    text = json.dumps(result)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Host time of the synchronised path's bookkeeping per MoE layer call, with no I/O and no compute; prints JSON.
 
-    python -m moed.daemon.bench.hostcost [--layers 13] [--experts 128] [--k 8] [--budget 0.25] [--tokens 300]
-                                         [--upload plain|copy]
+    python -m bench.hostcost [--layers 13] [--experts 128] [--k 8] [--budget 0.25] [--tokens 300]
+                             [--upload plain|copy]
 
 On a GPU a layer that can miss costs a host sync plus the host work between that sync and the layer's compute
 being queued; the work is the same on any backend, so it is measured here on the CPU in isolation. An ExpertCache
@@ -12,8 +12,9 @@ call sequence of a decode at a partial budget: per token and layer, the streamin
 the next layer, the slot-id array). Routing is drawn per layer from a seeded Zipf-like popularity (so some experts
 are hot, as in real traces), and the next layer's prediction is its real routing with one of k experts wrong
 (~88 % recall, the bench's measured prefetch accuracy is 92 %). Reports the median µs per layer call over the
-timed tokens, split by part, and the hit rate reached. `--upload copy` gives the cache a driver that does nothing,
-so the CUDA copy path's per-read work on the MLX thread is measured; plain is the path of the CPU and Metal.
+timed tokens, split by part, and the hit rate reached. `--upload copy` gives the cache the host-memory stand-in
+driver (moed.daemon.testmodel.driver; its copies run in the sinks, which this reader never calls), so the CUDA copy
+path's per-read work on the MLX thread is measured; plain is the path of the CPU and Metal.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from concurrent.futures import Future
 import mlx.core as mx
 import numpy as np
 
-from ..engine.cache import ExpertCache
-from ..engine.prefetch import Prefetcher
-from ..store.format import RecordLayout
+from moed.daemon.engine.cache import ExpertCache
+from moed.daemon.engine.prefetch import Prefetcher
+from moed.daemon.store.format import RecordLayout
+from moed.daemon.testmodel.driver import StandInDriver
 
 LAYOUT = RecordLayout.build([(f"{p}.{t}", dtype, shape) for p in ("gate_proj", "up_proj", "down_proj")
                              for t, dtype, shape in (("weight", "uint32", (4, 8)), ("scales", "bfloat16", (4, 2)),
@@ -42,16 +44,6 @@ class InstantReader:
         fut: Future = Future()
         fut.set_result(None)
         return fut
-
-
-class IdleDriver:
-    """managed.Driver's interface, doing nothing: the copy path's host work without copies."""
-
-    def copy(self, pieces, pinned=False) -> None:
-        pass
-
-    def to_device(self, ranges) -> None:
-        pass
 
 
 def routing(rng: np.random.Generator, layers: int, experts: int, k: int, tokens: int) -> np.ndarray:
@@ -71,7 +63,7 @@ def run(layers: int, experts: int, k: int, budget: float, tokens: int, warm: int
     route = routing(rng, layers, experts, k, warm + tokens)
     slots = max(k, int(budget * layers * experts))
     cache = ExpertCache(LAYOUT, InstantReader(), slots * sum(t.nbytes for t in LAYOUT.tensors),
-                        driver=IdleDriver() if upload == "copy" else None)
+                        driver=StandInDriver() if upload == "copy" else None)
     pf = Prefetcher(cache, [None] * layers, depth=1)
     parts = {"unique": [], "lookup": [], "acquire": [], "issue": [], "slot_ids": []}
     epoch = [-1] * layers

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from moed.daemon.bench import paired
+from bench import paired
+
+REPO = Path(__file__).resolve().parents[2]  # `python -m bench.X` runs from the repository root
 
 
 def test_rounds_rotate_the_order_and_ratios_pair_values_of_the_same_round(monkeypatch):
@@ -47,9 +50,9 @@ def test_bookkeeping_off_is_restored_after_its_turn():
 def test_the_command_measures_mlx_lm_and_a_moed_engine_with_no_synced_call(model_dir, tmp_path):
     ckpt, store = model_dir("qwen3_moe", "mlx"), model_dir("qwen3_moe", "store-mlx")
     out = tmp_path / "paired.json"
-    p = subprocess.run([sys.executable, "-m", "moed.daemon.bench.paired", str(ckpt), str(store), "--rounds", "2",
+    p = subprocess.run([sys.executable, "-m", "bench.paired", str(ckpt), str(store), "--rounds", "2",
                         "--tokens", "6", "--uploads", "auto,plain", "--bare", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
     assert p.returncode == 0, p.stderr
     r = json.loads(out.read_text())
     # off CUDA every upload path is the plain one: one engine, not two of the same name

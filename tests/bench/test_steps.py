@@ -1,4 +1,4 @@
-"""The step profile (moed.daemon.bench.steps) runs end to end on a tiny model and reports every part it names:
+"""The step profile (bench/steps.py) runs end to end on a tiny model and reports every part it names:
 the split and pipelined steps and BatchGenerator rates for mlx-lm and moed, and moed's variants."""
 
 from __future__ import annotations
@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]  # `python -m bench.X` runs from the repository root
 
 
 def test_step_profile_reports_every_part(model_dir):
     ck, st = model_dir("qwen3_moe", "mlx"), model_dir("qwen3_moe", "store-mlx")
-    out = subprocess.run([sys.executable, "-m", "moed.daemon.bench.steps", str(ck), str(st), "--steps", "4",
-                          "--batch", "1,2", "--variants"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "bench.steps", str(ck), str(st), "--steps", "4",
+                          "--batch", "1,2", "--variants"], capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     d = json.loads(out.stdout)
     assert d["backend"] == "cpu" and d["upload"] == "plain"

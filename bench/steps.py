@@ -1,6 +1,6 @@
 """Where a decode step's time goes, mlx-lm against moed at a 100 % budget, in one process; prints JSON.
 
-    python -m moed.daemon.bench.steps CKPT STORE [--steps 48] [--batch 1,4] [--variants] > steps.json
+    python -m bench.steps CKPT STORE [--steps 48] [--batch 1,4] [--variants] > steps.json
 
 For each model: the median teacher-forced step split into graph building (Python) and evaluation (device), the
 step of a pipelined loop (the next step's graph is built while the device computes the current one, as mlx-lm's
@@ -20,7 +20,7 @@ import time
 
 import mlx.core as mx
 
-from .workload import corpus_tokens
+from moed.daemon.bench.workload import corpus_tokens, pipelined
 
 
 def _med(values: list[float]) -> float:
@@ -42,25 +42,6 @@ def split(model, tokens: list[int], steps: int) -> dict:
         build.append(t1 - t0)
         run.append(time.perf_counter() - t1)
     return {"build_ms": _med(build), "eval_ms": _med(run), "step_ms": _med(build) + _med(run)}
-
-
-def pipelined(model, tokens: list[int], steps: int) -> dict:
-    """Teacher forcing with mlx-lm's pipelining: step n+1 is built and queued before step n is waited for."""
-    from mlx_lm.models.cache import make_prompt_cache
-
-    cache = make_prompt_cache(model)
-    mx.eval(model(mx.array(tokens[:16])[None], cache=cache))
-    prev = model(mx.array([[tokens[16]]]), cache=cache).argmax(-1)
-    mx.async_eval(prev)
-    t0 = time.perf_counter()
-    for tok in tokens[17 : 17 + steps]:
-        nxt = model(mx.array([[tok]]), cache=cache).argmax(-1)
-        mx.async_eval(nxt)
-        prev.item()
-        prev = nxt
-    prev.item()
-    secs = time.perf_counter() - t0
-    return {"step_ms": secs * 1000 / steps, "tok_s": steps / secs}
 
 
 def batched(model, tokenizer, n: int, steps: int) -> dict:
@@ -124,9 +105,9 @@ def main() -> int:
     batch = [int(x) for x in a.batch.split(",") if x]
     from mlx_lm import load
 
-    from ..engine import managed
-    from ..engine.model import load_engine
-    from .single import backend
+    from moed.daemon.engine import managed
+    from moed.daemon.engine.model import load_engine
+    from moed.daemon.bench.single import backend
 
     model, tok = load(a.ckpt)
     mx.eval(model.parameters())

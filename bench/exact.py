@@ -1,6 +1,6 @@
 """Greedy exactness against mlx-lm on one machine: the tokens moed generates at each budget against mlx-lm's.
 
-    python -m moed.daemon.bench.exact STORE CHECKPOINT [--budgets 100%,25%] [--tokens 64] [--out FILE.json]
+    python -m bench.exact STORE CHECKPOINT [--budgets 100%,25%] [--tokens 64] [--out FILE.json]
 
 Used where the test suite does not run (the lent GPU): the same check as tests/daemon/test_engine_exact.py, on the
 benchmark checkpoint, on whatever backend MLX computes with here. Exit status 1 if any budget differs.
@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from mlx_lm import load
 
-    from ..engine.model import load_engine
-    from .single import backend
+    from moed.daemon.bench.single import backend
+    from moed.daemon.engine.model import load_engine
 
     model, tok = load(args.checkpoint)
     want = greedy(model, tok, args.tokens)

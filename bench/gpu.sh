@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # moed's benchmarks on the lent GPU machine (MLX's CUDA build), in phases that each fit one device call.
-#   daemon/bench/gpu.sh setup   # after MLX CUDA is in /tmp/site (../shared/gpu/README.md): bench model + store,
+#   bench/gpu.sh setup   # after MLX CUDA is in /tmp/site (../shared/gpu/README.md): bench model + store,
 #                               # upload paths, greedy exactness at 100 % and 25 %
-#   daemon/bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
-#   daemon/bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
-#   daemon/bench/gpu.sh model|profile|paired|upload|paths|host|readpath|exact|serve
+#   bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
+#   bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
+#   bench/gpu.sh model|profile|paired|upload|paths|host|readpath|exact|serve
 #                               # a short visit, one phase per step: the model; where a step goes; 100 % against
 #                               # mlx-lm (in one process, alternated); upload candidates; 25 % per
 #                               # upload path and read mode; where a synced layer call goes; the read path alone;
@@ -13,6 +13,7 @@
 # 2.5 to over 4 minutes on the lent machine: leave room for it, and do not pipe a phase through grep (a buffered pipe
 # loses its output when the call times out).
 set -euo pipefail
+cd "$(dirname "$0")/.."  # the repository root: `python3 -m bench.X` imports bench/ from here
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/mp/moed
 for d in daemon clients governor; do ln -sfn "$PWD/$d" "/tmp/mp/moed/$d"; done
 export PYTHONPATH=/tmp/site:/tmp/mp
@@ -33,8 +34,8 @@ setup)
   python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   make_model
-  single "{\"kind\": \"upload\", \"store\": \"$ST\", \"experts\": 128}" > "$OUT/upload.json"
-  python3 -m moed.daemon.bench.exact "$ST" "$CK" --budgets 100%,25% --tokens 64 --out "$OUT/exact.json" | tail -30
+  python3 -m bench.upload "$ST" --experts 128 > "$OUT/upload.json"
+  python3 -m bench.exact "$ST" "$CK" --budgets 100%,25% --tokens 64 --out "$OUT/exact.json" | tail -30
   ;;
 bench)
   moed bench "$ST" --reference "$CK" --budgets 100,50,25,12.5 --depths 0,1,2 --read-modes direct,buffered \
@@ -50,10 +51,10 @@ model)  # the bench model and store only
   make_model
   ;;
 profile)  # where a step goes: build vs device, pipelined, BatchGenerator at 1/4/8, moed's variants (~1.5 min)
-  python3 -m moed.daemon.bench.steps "$CK" "$ST" --steps 64 --batch 1,4,8 --variants > "$OUT/steps.json"
+  python3 -m bench.steps "$CK" "$ST" --steps 64 --batch 1,4,8 --variants > "$OUT/steps.json"
   ;;
 upload)  # the upload candidates of bench/upload.py, the CUDA driver's included (~30 s)
-  single "{\"kind\": \"upload\", \"store\": \"$ST\", \"experts\": 128}" > "$OUT/upload.json"
+  python3 -m bench.upload "$ST" --experts 128 > "$OUT/upload.json"
   ;;
 host)  # 25 % page cache: where a synced call goes (phases), twice; the synced path at 100 % (~2 min)
   f="$OUT/host.jsonl"
@@ -63,7 +64,7 @@ host)  # 25 % page cache: where a synced call goes (phases), twice; the synced p
   run_to "$f" synced-100 100% buffered '"sample_tokens": 0, "unsynced": false'
   ;;
 paired)  # 100 %: mlx-lm and moed (copy, plain, copy with bookkeeping off) in one process, alternated (~2 min)
-  python3 -m moed.daemon.bench.paired "$CK" "$ST" --rounds "${ROUNDS:-7}" --tokens 128 --uploads copy,plain --bare \
+  python3 -m bench.paired "$CK" "$ST" --rounds "${ROUNDS:-7}" --tokens 128 --uploads copy,plain --bare \
     --out "$OUT/paired.json" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({k: r[k] for k in ("median", "ratio", "synced_calls")}))'
   ;;
 readpath)  # the read path alone against the raw device, direct and page cache, twice (~1.5 min)
@@ -82,7 +83,7 @@ paths)  # 25 %: page cache through each upload path (managed.py), direct reads, 
   done
   ;;
 exact)  # greedy tokens against mlx-lm at 100 % and 25 %
-  python3 -m moed.daemon.bench.exact "$ST" "$CK" --budgets 100%,25% --tokens 64 --out "$OUT/exact.json" | tail -8
+  python3 -m bench.exact "$ST" "$CK" --budgets 100%,25% --tokens 64 --out "$OUT/exact.json" | tail -8
   ;;
 serve)  # concurrent sequences through the daemon at 100 % (~2 min)
   moed bench "$ST" --clients 1,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5

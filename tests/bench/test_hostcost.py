@@ -1,9 +1,9 @@
-"""The host-cost benchmark (moed.daemon.bench.hostcost) drives a real ExpertCache and Prefetcher through a decode's
+"""The host-cost benchmark (bench/hostcost.py) drives a real ExpertCache and Prefetcher through a decode's
 call sequence and reports every part it names, at a hit rate that follows the budget."""
 
 from __future__ import annotations
 
-from moed.daemon.bench.hostcost import run
+from bench.hostcost import run
 
 
 def test_host_cost_reports_each_part_and_a_budget_dependent_hit_rate():

@@ -1,14 +1,14 @@
 """mlx-lm against moed at a 100 % budget, paired in one process and alternated; prints (or writes) JSON.
 
-    python -m moed.daemon.bench.paired CKPT STORE [--rounds 5] [--tokens 128] [--uploads auto] [--bare]
-                                      [--out paired.json]
+    python -m bench.paired CKPT STORE [--rounds 5] [--tokens 128] [--uploads auto] [--bare]
+                          [--out paired.json]
 
 Separate processes on the lent GPU machine measured mlx-lm's own decode at 190-290 tok/s in identical runs: a
 ratio of two such runs says little. Here mlx-lm's model and moed's engines (one per upload path named, each filled
 before timing) live in one process, and every round measures each of them in turn, the order rotated each round:
 
   * sampled: mlx-lm's `stream_generate` with seeded temperature-1 sampling (its pipelined loop, detokenising);
-  * pipelined: teacher forcing on the benchmark text in mlx-lm's pipelined loop (steps.pipelined);
+  * pipelined: teacher forcing on the benchmark text in mlx-lm's pipelined loop (workload.pipelined);
   * forced: teacher forcing, each step evaluated before the next is built (the median step).
 
 `--bare` adds a contestant: the first moed engine with its routing bookkeeping switched off (`defer` a no-op),
@@ -33,8 +33,7 @@ MEASURES = ("sampled", "pipelined", "forced")
 
 def measure(model, tokenizer, tokens: int) -> dict[str, float]:
     """One round of the three measures for one model: decode tok/s each."""
-    from .steps import pipelined
-    from .workload import corpus_tokens, sampled_tps, teacher_forced
+    from moed.daemon.bench.workload import corpus_tokens, pipelined, sampled_tps, teacher_forced
 
     text = corpus_tokens(tokenizer, 17 + tokens)
     return {
@@ -93,9 +92,9 @@ def main() -> int:
     a = ap.parse_args()
     from mlx_lm import load
 
-    from ..engine import managed
-    from ..engine.model import load_engine
-    from .single import backend
+    from moed.daemon.bench.single import backend
+    from moed.daemon.engine import managed
+    from moed.daemon.engine.model import load_engine
 
     model, tok = load(a.ckpt)
     mx.eval(model.parameters())
