@@ -35,8 +35,6 @@ MLX = ("mlx", "mlx_lm")
 KNOWN_RULE_VIOLATIONS: set[tuple[str, str]] = {
     ("moed.daemon.commands.demo", "from ...clients.client import Client, MoedError"),
     ("moed.daemon.commands.demo", "from ...clients.client import Chunk, Client, MoedError"),
-    ("moed.daemon.store.iobench", "from moed.daemon.store.format import read_manifest"),
-    ("moed.daemon.store.iobench", "from moed.daemon.store.reader import open_for_read, pread_into"),
     ("moed.daemon.store.reader", "from moed.daemon.store.format import Manifest, StoreError"),
 }
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moed.daemon.store.reader import open_for_read, pread_into
+from ..store.reader import open_for_read, pread_into
 
 ALIGN = 4096  # O_DIRECT needs offset, length and buffer aligned to the logical block size; 4 KiB is safe
 
@@ -152,6 +152,6 @@ def _run_workers(files: list[tuple[int, int]], block_bytes: int, threads: int, t
 
 def store_layer_files(root: str | os.PathLike[str]) -> list[str]:
     """The expert layer files of a store, for measure_device_throughput."""
-    from moed.daemon.store.format import read_manifest
+    from ..store.format import read_manifest
 
     return [str(Path(root) / layer.file) for layer in read_manifest(root).layers]
