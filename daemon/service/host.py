@@ -88,7 +88,12 @@ class Host:
     @property
     def log_dir(self) -> Path | None:
         """launchd's log folder (systemd logs go to the journal)."""
-        return self.home / "Library" / "Logs" / "moed" if self.platform == "launchd" else None
+        return self.log_file.parent if self.platform == "launchd" else None
+
+    @property
+    def log_file(self) -> Path:
+        """launchd: where the daemon's stderr (its log lines) goes."""
+        return self.home / "Library" / "Logs" / "moed" / "moed.log"
 
     @property
     def default_config(self) -> Path:

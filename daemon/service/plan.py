@@ -77,6 +77,13 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _changed(path: Path, digest: str) -> str:
+    try:
+        return "" if _sha256(path.read_text()) == digest else "changed since install"
+    except (OSError, UnicodeDecodeError):
+        return "already gone" if not path.exists() else "unreadable"
+
+
 def install(host: Host, spec: ServiceSpec, *, start: bool = True, force: bool = False) -> list[Step]:
     """Write the service file and the record, then load (and start) the service.
 
@@ -90,9 +97,9 @@ def install(host: Host, spec: ServiceSpec, *, start: bool = True, force: bool = 
         if not force:
             what = f"already installed (record {host.record_file})" if old else f"{host.service_file} exists"
             raise ServiceError(f"{what}: run `moed service uninstall` first, or pass --force to replace it")
-        if old is not None:  # unload and remove the old files; its folders stay in use
-            steps += [s for s in uninstall(host, old)
-                      if isinstance(s, RemoveFile) or (isinstance(s, Command) and s.may_fail)]
+        steps.append(_unload(host, old.name if old else host.name))
+        if old is not None:  # its files go; its folders stay in use and in the new record
+            steps += [RemoveFile(Path(p)) for p in old.files]
             created = [Path(d) for d in old.dirs]
     wanted = [host.service_file.parent, host.state_dir] + ([host.log_dir] if host.log_dir else [])
     for folder in wanted:
@@ -113,26 +120,30 @@ def install(host: Host, spec: ServiceSpec, *, start: bool = True, force: bool = 
     return steps
 
 
-def uninstall(host: Host, record: Record | None = None) -> list[Step]:
-    """Stop and unload the service, then remove what the record lists.
+def uninstall(host: Host) -> list[Step]:
+    """Stop and unload the service, then remove what the record lists (a file edited since is removed too:
+    it is still the service's file, and the output says so).
 
     Raises:
         ServiceError: nothing is installed (no record).
     """
-    record = record or Record.read(host)
+    record = Record.read(host)
     if record is None:
         raise ServiceError(f"nothing to uninstall: no install record at {host.record_file}")
-    if host.platform == "launchd":
-        steps: list[Step] = [Command(("launchctl", "bootout", f"{host.domain}/{record.name}"),
-                                     may_fail="the job was not loaded")]
-    else:
-        steps = [Command(("systemctl", "--user", "disable", "--now", record.name), may_fail="the unit was not loaded")]
-    steps += [RemoveFile(Path(p)) for p in record.files]
+    steps: list[Step] = [_unload(host, record.name)]
+    steps += [RemoveFile(Path(p), note=_changed(Path(p), digest)) for p, digest in record.files.items()]
     steps.append(RemoveFile(host.record_file))
     steps += [RemoveDir(Path(d)) for d in reversed(record.dirs)]
     if host.platform == "systemd":
         steps.append(Command(("systemctl", "--user", "daemon-reload"), may_fail="no user manager is running"))
     return steps
+
+
+def _unload(host: Host, name: str) -> Command:
+    """Stop the service and keep it from starting again (allowed to fail: it may not be loaded)."""
+    if host.platform == "launchd":
+        return Command(("launchctl", "bootout", f"{host.domain}/{name}"), may_fail="the job was not loaded")
+    return Command(("systemctl", "--user", "disable", "--now", name), may_fail="the unit was not loaded")
 
 
 def control(host: Host, action: str, *, lines: int = 100, follow: bool = False) -> list[Step]:
@@ -152,8 +163,8 @@ def control(host: Host, action: str, *, lines: int = 100, follow: bool = False) 
             "stop": [Command(("launchctl", "bootout", job))],
             "restart": [Command(("launchctl", "kickstart", "-k", job))],
             "status": [Command(("launchctl", "print", job), passthrough=True)],
-            "logs": [Command(("tail", "-n", str(lines), *(["-F"] if follow else []),
-                              str(host.log_dir / "moed.log")), passthrough=True)] if host.log_dir else [],
+            "logs": [Command(("tail", "-n", str(lines), *(["-F"] if follow else []), str(host.log_file)),
+                             passthrough=True)],
         }
     else:
         plans = {

@@ -70,13 +70,12 @@ def render(host: Host, spec: ServiceSpec) -> str:
 
 
 def _plist(host: Host, spec: ServiceSpec) -> str:
-    assert host.log_dir is not None
     args = "\n".join(f"\t\t<string>{escape(a)}</string>" for a in spec.program)
     env = "\n".join(f"\t\t<key>{escape(k)}</key>\n\t\t<string>{escape(v)}</string>" for k, v in spec.environment)
     return Template(template_text("launchd")).substitute(
         label=escape(host.name), program_arguments=args, throttle_interval=THROTTLE_INTERVAL_S,
-        stop_timeout=spec.stop_timeout_s, stdout_path=escape(str(host.log_dir / "moed.out.log")),
-        stderr_path=escape(str(host.log_dir / "moed.log")), environment=env)
+        stop_timeout=spec.stop_timeout_s, stdout_path=escape(str(host.log_file.with_name("moed.out.log"))),
+        stderr_path=escape(str(host.log_file)), environment=env)
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_@+=:,./-]+")

@@ -37,6 +37,7 @@ class WriteFile:
 @dataclass(frozen=True)
 class RemoveFile:
     path: Path
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Runner:
             if self.dry_run:
                 print(f"----- {step.path}\n{step.text.rstrip()}\n-----", file=self.out)
         elif isinstance(step, RemoveFile):
-            print(f"{prefix}remove {step.path}", file=self.out)
+            print(f"{prefix}remove {step.path}" + (f" ({step.note})" if step.note else ""), file=self.out)
         elif isinstance(step, RemoveDir):
             print(f"{prefix}remove folder {step.path} (if empty)", file=self.out)
         else:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -125,3 +126,74 @@ def test_moed_serve_notifies_ready_watchdog_and_stopping(model_dir):
             proc.wait(30)
         m.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class FakeDaemon:
+    """A ROUTER socket that answers `health` with a settable state, or not at all (a hung socket loop)."""
+
+    def __init__(self, endpoint: str):
+        import zmq
+
+        from moed.clients import protocol as P
+
+        self.state, self.answering, self._stop = "loading", True, threading.Event()
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.bind(endpoint)
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                if self._sock.poll(20):
+                    client, frame = self._sock.recv_multipart()
+                    req = P.unpack(frame)
+                    if self.answering:
+                        reply = P.ok(req["id"], 0, {"ok": self.state == "ready", "state": self.state})
+                        self._sock.send_multipart([client, P.pack(reply)])
+            self._sock.close(linger=0)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@needs_abstract
+def test_reporter_pings_only_while_the_loop_answers():
+    from moed.daemon.liveness import ServiceReporter
+
+    folder = short_dir()
+    endpoint = f"ipc://{folder}/fake.sock"
+    fake, m = FakeDaemon(endpoint), Manager(f"@moed-test-{uuid.uuid4().hex}")
+    reporter = ServiceReporter(Notifier(m.address, watchdog_usec=200_000), endpoint, probe_every_s=0.02)
+    try:
+        reporter.start()
+        with pytest.raises(TimeoutError):  # loading: neither READY nor watchdog beats
+            m.wait_until(lambda: bool(m.messages), "anything", timeout=0.5)
+        fake.state = "ready"
+        m.wait_for("READY=1", timeout=10)
+        m.wait_until(lambda: m.lines().count("WATCHDOG=1") >= 3, "three beats", timeout=10)
+        fake.answering = False  # a hung loop: the beats stop
+        time.sleep(0.3)
+        beats = m.lines().count("WATCHDOG=1")
+        with pytest.raises(TimeoutError):
+            m.wait_until(lambda: m.lines().count("WATCHDOG=1") > beats, "a beat", timeout=1.0)
+        fake.answering, fake.state = True, "draining"  # draining: STOPPING=1, beats again while it answers
+        m.wait_for("STOPPING=1", timeout=10)
+        m.wait_until(lambda: m.lines().count("WATCHDOG=1") > beats, "a beat while draining", timeout=10)
+        reporter.stop()
+        assert m.lines().count("READY=1") == 1 and m.lines().count("STOPPING=1") == 1
+    finally:
+        reporter.stop()
+        fake.close()
+        m.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_reporter_starts_no_thread_without_a_manager():
+    from moed.daemon.liveness import ServiceReporter
+
+    reporter = ServiceReporter(Notifier(None), "ipc:///nonexistent/x.sock")
+    reporter.start()
+    assert "moed-sdnotify" not in [t.name for t in threading.enumerate()]
+    reporter.stop()

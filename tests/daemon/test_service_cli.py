@@ -241,3 +241,25 @@ def test_commands_are_shell_words(home, store, capsys):
     code, out, _ = moed(capsys, "install", str(store), "--platform", "launchd", "--dry-run", "--no-checksums")
     (line,) = commands_in(out)
     assert shlex.split(line)[-1] == str(home / "Library" / "LaunchAgents" / "org.moed.daemon.plist")
+
+
+def test_uninstall_says_when_a_file_was_edited_since_install(home, store, capsys):
+    assert moed(capsys, "install", str(store), "--platform", "systemd", "--no-checksums")[0] == 0
+    unit = home / ".config" / "systemd" / "user" / "moed.service"
+    code, out, _ = moed(capsys, "uninstall", "--platform", "systemd", "--dry-run")
+    assert code == 0 and f"would remove {unit}\n" in out
+    unit.write_text(unit.read_text() + "# mine\n")
+    code, out, _ = moed(capsys, "uninstall", "--platform", "systemd")
+    assert code == 0 and f"remove {unit} (changed since install)" in out and not unit.exists()
+
+
+def test_a_foreign_service_file_is_replaced_only_with_force(home, store, capsys):
+    unit = home / ".config" / "systemd" / "user" / "moed.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\nExecStart=/bin/true\n")
+    code, _, err = moed(capsys, "install", str(store), "--platform", "systemd", "--no-checksums")
+    assert code == 1 and f"{unit} exists" in err
+    code, out, err = moed(capsys, "install", str(store), "--platform", "systemd", "--no-checksums", "--force")
+    assert code == 0, err
+    assert commands_in(out)[0] == "systemctl --user disable --now moed.service"  # unload whatever ran it
+    assert "moed.daemon.cli serve" in unit.read_text()
