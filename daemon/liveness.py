@@ -36,7 +36,7 @@ class HealthProbe:
     """One DEALER connection that asks `health`; answers of probes that timed out are skipped by id."""
 
     def __init__(self, endpoint: str, timeout_s: float = PROBE_TIMEOUT_S):
-        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(endpoint)
         self._timeout_ms = int(timeout_s * 1000)

@@ -21,6 +21,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..service import Host
+    from ..service.steps import Step
 
 ACTION_HELP = {
     "install": "verify the store, write the service file, load and start it",
@@ -82,7 +87,7 @@ class _UsageError(Exception):
     """A bad flag, config or store: exit code 2."""
 
 
-def _install_plan(host, args: argparse.Namespace) -> list:
+def _install_plan(host: Host, args: argparse.Namespace) -> list[Step]:
     from ..config import ConfigError, DaemonConfig, load_config
     from ..service import ServiceSpec, plan
 

@@ -54,7 +54,7 @@ class ServiceSpec:
         for what, p in (("interpreter", interpreter), ("store", store), ("config", config)):
             if p is not None and not p.is_absolute():
                 raise ServiceError(f"the {what} path {p} must be absolute")
-        program = (str(interpreter), "-m", "moed.daemon.cli", "serve", str(store))
+        program: tuple[str, ...] = (str(interpreter), "-m", "moed.daemon.cli", "serve", str(store))
         if config is not None:
             program += ("--config", str(config))
         env = {"PYTHONUNBUFFERED": "1"}

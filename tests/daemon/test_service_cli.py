@@ -103,7 +103,7 @@ def test_dry_run_install_prints_everything_and_touches_nothing(home, store, caps
         unit = home / ".config" / "systemd" / "user" / "moed.service"
         record = home / ".local" / "state" / "moed" / "service-install.json"
         assert commands_in(out) == ["systemctl --user daemon-reload", "systemctl --user enable --now moed.service"]
-        assert f'Environment="MOED_CACHE_BUDGET=25%%"' in out
+        assert 'Environment="MOED_CACHE_BUDGET=25%%"' in out
     assert f"would write {unit} (mode 0644)" in out and f"would write {record} (mode 0600)" in out
     assert f"----- {record}\n" in out
 

@@ -30,9 +30,9 @@ def _user_manager() -> str | None:
         out = subprocess.run(["systemctl", "--user", "is-system-running"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"systemctl --user failed: {e}"
-    state = out.stdout.strip()
+    state = out.stdout.strip() or out.stderr.strip()
     if state not in ("running", "degraded"):
-        return f"no systemd user manager is running here (`systemctl --user is-system-running`: {state or out.stderr.strip()})"
+        return f"no systemd user manager is running here (`systemctl --user is-system-running`: {state})"
     return None
 
 
@@ -66,7 +66,8 @@ def test_unit_starts_the_daemon_and_stop_drains_it(model_dir):
     host = Host("systemd", Path.home(), os.getuid())
     spec = ServiceSpec.build(host, interpreter=Path(sys.executable).absolute(), store=store, config=None,
                              drain_timeout_s=10.0)
-    props = [s.replace("RuntimeDirectory=moed", f"RuntimeDirectory={name}") for s in service_settings(render(host, spec))]
+    props = [s.replace("RuntimeDirectory=moed", f"RuntimeDirectory={name}")
+             for s in service_settings(render(host, spec))]
     props += [f"Environment=MOED_STATE_DIR={state}", "Environment=MOED_READ_MODE=buffered",
               f"StandardError=file:{log}"]
     endpoint = f"ipc://{runtime}/{name}/d.sock"
