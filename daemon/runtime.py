@@ -1,4 +1,4 @@
-"""Process plumbing of `moed serve`: the endpoint lock, the socket file, signals, and readiness for systemd.
+"""Process plumbing of `moed serve`: the endpoint lock, the socket file and signals.
 
 - EndpointLock: an exclusive flock(2) on a file beside the ipc socket (`moed.sock.lock`), or in the runtime
   folder for tcp (`tcp-127.0.0.1-7878.lock`), taken before binding: a second daemon on the same endpoint fails
@@ -6,7 +6,6 @@
   unlink and replace the first one's socket file). The kernel drops the lock when the process dies, so a crash
   leaves no stale lock; a stale socket file is removed only while holding the lock.
 - Signals: SIGTERM and SIGINT begin a graceful shutdown; a second one ends running requests at once.
-- sd_notify: READY=1 / STOPPING=1 when $NOTIFY_SOCKET is set (systemd Type=notify); a no-op elsewhere.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import fcntl
 import os
 import re
 import signal
-import socket
 from pathlib import Path
 from types import FrameType
 from typing import Callable
@@ -96,17 +94,3 @@ def install_signal_handlers(on_signal: Callable[[str, int], None]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
 
-
-def sd_notify(state: str) -> None:
-    """Tell systemd about a state change (e.g. READY=1) when it started us with Type=notify."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]  # abstract namespace
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(addr)
-            s.sendall(state.encode())
-    except OSError:
-        pass  # readiness is a courtesy to the service manager, never a reason to fail

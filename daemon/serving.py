@@ -24,8 +24,10 @@ from moed.clients.endpoints import check_ipc_endpoint, default_endpoint, ipc_pat
 
 from .config import DaemonConfig
 from .logs import event
-from .runtime import EndpointInUse, EndpointLock, prepare_endpoint_dir, sd_notify
+from .liveness import ServiceReporter  # systemd notifications (sdnotify.py)
+from .runtime import EndpointInUse, EndpointLock, prepare_endpoint_dir
 from .scheduler import Scheduler
+from .sdnotify import Notifier
 from .server import SOCKET_MAX_FRAME, Server
 
 log = logging.getLogger(__name__)
@@ -85,10 +87,12 @@ class Daemon:
                 server.request_shutdown(*pending)
             self._started.set()
             event(log, logging.INFO, "listening", endpoint=self.endpoint, pid=os.getpid())
-            threading.Thread(target=self._notify_ready, args=(server,), daemon=True, name="moed-notify").start()
-            code = server.run()
-            sd_notify("STOPPING=1")
-            return code
+            reporter = ServiceReporter(Notifier.from_env(), self.endpoint)  # READY / WATCHDOG / STOPPING for systemd
+            reporter.start()
+            try:
+                return server.run()
+            finally:
+                reporter.stop()
         finally:
             self._started.set()
             sock.close(linger=0)
@@ -103,14 +107,6 @@ class Daemon:
         sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
         sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * ivl)
-
-    @staticmethod
-    def _notify_ready(server: Server) -> None:
-        """Tell systemd once the model is loaded (a side thread: the loop must not wait for this)."""
-        while server.scheduler.is_alive() and server.scheduler.state == "loading":
-            threading.Event().wait(0.1)
-        if server.scheduler.state == "ready":
-            sd_notify("READY=1")
 
     def shutdown(self, reason: str = "requested", immediate: bool = False) -> None:
         """Begin a graceful shutdown from any thread (or a signal handler)."""
