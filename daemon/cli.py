@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `moed --help` lists them.
-COMMANDS = ("demo", "make_test_model", "convert", "generate", "inspect", "bench", "serve")
+COMMANDS = ("demo", "make_test_model", "convert", "generate", "inspect", "bench", "serve", "gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:
