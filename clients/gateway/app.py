@@ -12,9 +12,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from . import ollama_api, openai_api
 from .config import GatewayConfig
@@ -25,12 +24,10 @@ from .web import CONFIG, METRICS, STARTED, UPSTREAM, json_response
 
 log = logging.getLogger("moed.gateway")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 def build_app(config: GatewayConfig, upstream: Upstream) -> web.Application:
     """The application for one gateway; `upstream` must live on the loop that will serve it."""
-    middlewares = [_errors, *([_auth(config.api_key)] if config.api_key else [])]
+    middlewares: list[Middleware] = [_errors, *([_auth(config.api_key)] if config.api_key else [])]
     if config.cors_origins:
         middlewares.insert(0, _cors(config.cors_origins))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
@@ -109,7 +106,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         m.requests.labels(_api(request), label, str(code)).inc()
 
 
-def _auth(key: str | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _auth(key: str | None) -> Middleware:
     expected = (key or "").encode()
 
     @web.middleware
@@ -123,7 +120,7 @@ def _auth(key: str | None) -> Callable[[web.Request, Handler], Awaitable[web.Str
     return auth
 
 
-def _cors(origins: tuple[str, ...]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _cors(origins: tuple[str, ...]) -> Middleware:
     """Answers preflight requests from allowed origins; _cors_headers marks the other answers to them."""
 
     @web.middleware

@@ -60,12 +60,12 @@ class StatusCollector(Collector):
                                  labels=["model_type", "store", "version"])
         info.add_metric([status.model_type, status.store, status.version], 1)
         yield info
-        for value, name, doc in ((status.active, "moed_active_requests", "requests prefilling or decoding"),
-                                 (status.queued, "moed_queue_length", "requests waiting for a batch slot"),
-                                 (status.max_batch, "moed_max_batch", "the current batch ceiling"),
-                                 (status.queue_limit, "moed_queue_limit", "queued requests beyond which new ones "
-                                                                          "are refused (busy)"),
-                                 (status.uptime_s, "moed_daemon_uptime_seconds", "seconds since the daemon started")):
+        gauges = ((status.active, "moed_active_requests", "requests prefilling or decoding"),
+                  (status.queued, "moed_queue_length", "requests waiting for a batch slot"),
+                  (status.max_batch, "moed_max_batch", "the current batch ceiling"),
+                  (status.queue_limit, "moed_queue_limit", "queued requests beyond which new ones are refused"),
+                  (status.uptime_s, "moed_daemon_uptime_seconds", "seconds since the daemon started"))
+        for value, name, doc in gauges:
             yield GaugeMetricFamily(name, doc, value=value)
         yield from _cache_metrics(status.cache)
         yield from _finished_metrics(status.raw.get("finished"))

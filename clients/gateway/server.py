@@ -13,8 +13,6 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Any
-
 from aiohttp import web
 
 from .app import build_app
@@ -141,7 +139,7 @@ class GatewayHandle:
     def __enter__(self) -> GatewayHandle:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
