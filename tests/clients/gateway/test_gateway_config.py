@@ -71,3 +71,19 @@ def test_read_api_key(tmp_path):
     assert read_api_key(f) == "s3cret"
     with pytest.raises(GatewayConfigError, match="cannot read"):
         read_api_key(tmp_path / "missing")
+
+
+def test_an_address_in_use_fails_to_start(capsys):
+    from moed.daemon.cli import main
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(OSError):
+            start_in_thread(GatewayConfig(endpoint="ipc:///nonexistent/d.sock", port=port))
+        assert main(["gateway", "--endpoint", "ipc:///nonexistent/d.sock", "--http", str(port)]) == 3
+        assert "cannot serve HTTP" in capsys.readouterr().err
+    finally:
+        taken.close()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 from gateway_harness import gateway, http, ndjson, openai_error, sse_events  # also puts tests/clients on the path
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -82,10 +83,23 @@ def test_errors_after_the_headers_go_out_as_events(fake):
         assert lines[0]["message"]["content"] == "Hel" and "checksum" in lines[-1]["error"]
         r = http("POST", gw.url + "/v1/chat/completions", CHAT)
         assert r.status == 500 and openai_error(r)["code"] == "store_error"
+        _sdks_raise_midstream_errors(gw.url)
 
         fake.on("generate", lambda req: (req.chunk("a"), req.ok(gen_result("shutdown", 1))))
         r = http("POST", gw.url + "/v1/completions", {"model": "tiny.moe", "prompt": "x"})
         assert r.status == 503 and openai_error(r)["code"] == "shutdown" and r.headers["Retry-After"]
+
+
+def _sdks_raise_midstream_errors(url: str) -> None:
+    openai = pytest.importorskip("openai")
+    ollama = pytest.importorskip("ollama")
+    c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.APIError, match="checksum"):
+        for _ in c.chat.completions.create(model="tiny.moe", messages=CHAT["messages"], stream=True):
+            pass
+    with pytest.raises(ollama.ResponseError, match="checksum"):
+        for _ in ollama.Client(host=url).chat(model="tiny.moe", messages=CHAT["messages"], stream=True):
+            pass
 
 
 def test_daemon_errors_map_to_status_codes(fake):
