@@ -1,7 +1,8 @@
 """The aiohttp application: routes (OpenAI, Ollama, /metrics, /) and the middlewares around them.
 
 Middlewares, outermost first:
-- cors (only when origins are configured): answers preflight requests and adds Access-Control-* headers;
+- cors (only when origins are configured): answers preflight requests; an on_response_prepare hook puts
+  Access-Control-Allow-Origin on every other answer to an allowed origin, streamed ones included;
 - errors: turns ApiError, aiohttp's HTTP errors (404, 405, 413) and unexpected exceptions into the API's error
   shape (OpenAI's `{"error": {...}}` off /api/, Ollama's `{"error": "..."}` under it) and counts every answer;
 - auth (only with an API key): `Authorization: Bearer <key>`, compared in constant time.
@@ -9,9 +10,11 @@ Middlewares, outermost first:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
+
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
@@ -95,8 +98,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         code = e.status
         return _error_response(request, _from_http(e))
-    except ConnectionResetError:
-        code = 499  # the client went away mid-answer (nginx's code for it); nothing can be sent
+    except (ConnectionResetError, asyncio.CancelledError):
+        code = 499  # the client went away (nginx's code for it): nothing can be sent
         raise
     except Exception as e:  # a bug here must not leave the client without an answer
         log.exception("gateway: %s %s failed", request.method, request.path)
