@@ -88,6 +88,13 @@ class Upstream:
         return await Generation.start(self.client, params, rename)
 
     async def close(self) -> None:
+        """Close the connection, after one round trip: replies come in order, so once it is answered the daemon
+        has every cancel sent for the streams cut at shutdown (closing drops unsent messages: LINGER is 0)."""
+        if self.client.server is not None:
+            try:
+                await self.client.health(timeout=1.0)
+            except MoedError:
+                pass  # the daemon is gone: nothing to flush
         await self.client.close()
 
 

@@ -12,6 +12,8 @@ import pytest
 from gateway_harness import gateway, http, ndjson, openai_error, sse_events  # also puts tests/clients on the path
 from prometheus_client.parser import text_string_to_metric_families
 
+from moed.clients.gateway import GatewayConfig, start_in_thread
+
 from fakedaemon import FakeDaemon, FakeRequest, fake_daemon, gen_result, slow_generate, wait_until  # noqa: F401
 
 CHAT = {"model": "tiny.moe", "messages": [{"role": "user", "content": "hi"}]}
@@ -238,3 +240,20 @@ def test_gateway_runs_without_mlx():
     proc = subprocess.run([sys.executable, "-c", f"HERE = {here!r}\n" + NO_MLX], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "NO-MLX-OK" in proc.stdout, proc.stderr
+
+
+def test_models_root_and_stop_with_a_stream_open(fake):
+    fake.on("generate", slow_generate(n=100_000, interval=0.005))
+    gw = start_in_thread(GatewayConfig(endpoint=fake.endpoint, port=0))
+    try:
+        assert http("GET", gw.url + "/v1/models/tiny.moe").json()["id"] == "tiny.moe"
+        assert http("GET", gw.url + "/v1/models/other").status == 404
+        assert http("GET", gw.url + "/").body == b"moed gateway is running"
+        s = socket.create_connection(("127.0.0.1", gw.port))
+        body = b'{"model": "tiny.moe", "prompt": "x", "stream": true}'
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_until(lambda: bool(fake.active), timeout=10)
+    finally:
+        gw.stop()  # cuts the open stream: its request is cancelled on the daemon
+    s.close()
+    wait_until(lambda: "cancel" in fake.types() and not fake.active, timeout=10)
