@@ -8,7 +8,8 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `moed --help` lists them.
-COMMANDS = ("demo", "make_test_model", "convert", "pull", "list", "generate", "inspect", "bench", "serve", "service")
+COMMANDS = ("demo", "make_test_model", "convert", "pull", "list", "generate", "inspect", "bench", "serve", "gateway",
+            "service")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,79 @@
+"""What the OpenAI and Ollama routes share: the application's keys, JSON bodies, and EventStream, a streaming
+HTTP response of JSON events (server-sent events for OpenAI, NDJSON lines for Ollama) written through aiohttp's
+StreamResponse."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from aiohttp import web
+
+from .config import GatewayConfig
+from .errors import invalid
+from .metrics import Metrics
+from .upstream import Upstream
+
+CONFIG = web.AppKey("config", GatewayConfig)
+UPSTREAM = web.AppKey("upstream", Upstream)
+METRICS = web.AppKey("metrics", Metrics)
+STARTED = web.AppKey("started", float)  # unix time the gateway started: the model's `created`
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body. Raises ApiError 400 when it is not one; aiohttp raises 413 past the size
+    limit (the error middleware answers it in the API's shape)."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise invalid(f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(text=dumps(obj), status=status, content_type="application/json")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def unix_now() -> int:
+    return int(time.time())
+
+
+class EventStream:
+    """A streamed response: each `send(obj)` writes one JSON event and flushes it to the client at once.
+
+    kind `sse`: `data: <json>` blocks (text/event-stream); kind `ndjson`: one JSON object per line. A write to a
+    client that has gone raises ConnectionResetError, which ends the handler (and so its daemon request)."""
+
+    def __init__(self, request: web.Request, kind: Literal["sse", "ndjson"]) -> None:
+        self._request, self._kind = request, kind
+        content_type = "text/event-stream" if kind == "sse" else "application/x-ndjson"
+        self.response = web.StreamResponse(headers={
+            "Content-Type": f"{content_type}; charset=utf-8", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no"})  # a proxy that honours it must not hold events back
+
+    async def open(self) -> None:
+        await self.response.prepare(self._request)
+
+    async def send(self, obj: Any) -> None:
+        await self.send_text(dumps(obj))
+
+    async def send_text(self, text: str) -> None:
+        line = f"data: {text}\n\n" if self._kind == "sse" else f"{text}\n"
+        await self.response.write(line.encode())
+
+    async def close(self) -> web.StreamResponse:
+        await self.response.write_eof()
+        return self.response
