@@ -97,9 +97,9 @@ class CacheLaw:
             if new_cap < base:
                 self.cap, self.changed_at = new_cap, now
         elif level == 0 and self.cap is not None and since >= cfg.cache_grow_interval_s:
-            self.cap = self.cap + max(1, int(self.full * cfg.cache_grow_step))
-            self.changed_at = now
-            if self.cap >= self.full:
+            grow = max(1, int(self.full * cfg.cache_grow_step))
+            self.cap, self.changed_at = self.cap + grow, now
+            if self.full - self.cap < grow / 2:  # the last step absorbs the steps' rounding
                 self.cap = None
         idle_s = S.number(reading, S.IDLE_S)
         idle = self.keep_alive_s >= 0 and idle_s is not None and idle_s >= self.keep_alive_s

@@ -107,7 +107,7 @@ class Policy:
         limits = Limits(**values)
         if limits != self.limits:
             self.limits, self.limits_changed_at = limits, now
-        return Decision(state=state, limits=limits, reasons=reasons, readings={k: v for k, v in reading.items() if v is not None},
-                        profile=self.profile,
+        known = {k: v for k, v in reading.items() if v is not None}
+        return Decision(state=state, limits=limits, reasons=reasons, readings=known, profile=self.profile,
                         overrides=dict(self.overrides), state_changed_at=self.machine.changed_at,
                         limits_changed_at=self.limits_changed_at, at=now)
