@@ -9,4 +9,5 @@ from .base import FunctionSource, Sampler, Source
 from .engine import EngineSource
 from .trace import TraceError, TraceSource, load_trace
 
-__all__ = ["EngineSource", "FunctionSource", "Sampler", "Source", "TraceError", "TraceSource", "load_trace", "platform_sources"]
+__all__ = ["EngineSource", "FunctionSource", "Sampler", "Source", "TraceError", "TraceSource", "load_trace",
+           "platform_sources"]

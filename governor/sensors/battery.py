@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Mapping
 
 from .. import signals as S
 
 
 def _psutil_battery() -> Any:
-    import psutil
-
-    return psutil.sensors_battery()
+    return importlib.import_module("psutil").sensors_battery()
 
 
 class PsutilBatterySource:

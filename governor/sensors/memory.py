@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -138,9 +139,7 @@ class MemorySource:
             out[S.CGROUP_MEM_LIMIT_BYTES] = limit
             out[S.CGROUP_MEM_USAGE_BYTES] = usage
         else:
-            import psutil
-
-            vm = psutil.virtual_memory()
+            vm = importlib.import_module("psutil").virtual_memory()
             out[S.MEM_AVAILABLE_BYTES] = vm.available
             out[S.MEM_TOTAL_BYTES] = vm.total
         return out

@@ -7,6 +7,7 @@ the summed power, the summed energy counter, and the average power between two r
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any, Mapping
 
@@ -38,9 +39,7 @@ class NvmlSource:
 
     def _init(self) -> None:
         if self._nv is None:
-            import pynvml
-
-            self._nv = pynvml
+            self._nv = importlib.import_module("pynvml")  # the optional `gpu` extra; absent → unknown
         self._nv.nvmlInit()
         count = self._nv.nvmlDeviceGetCount()
         self._handles = [self._nv.nvmlDeviceGetHandleByIndex(i) for i in range(count)]

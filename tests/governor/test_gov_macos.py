@@ -19,7 +19,8 @@ def text(name: str) -> str:
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("pmset_batt_discharging.txt", {S.ON_AC: False, S.BATTERY_PERCENT: 85.0, S.BATTERY_TIME_LEFT_S: 4 * 3600 + 32 * 60}),
+    ("pmset_batt_discharging.txt",
+     {S.ON_AC: False, S.BATTERY_PERCENT: 85.0, S.BATTERY_TIME_LEFT_S: 4 * 3600 + 32 * 60}),
     ("pmset_batt_no_estimate.txt", {S.ON_AC: False, S.BATTERY_PERCENT: 96.0}),
     ("pmset_batt_charging.txt", {S.ON_AC: True, S.BATTERY_PERCENT: 67.0}),
     ("pmset_batt_charged.txt", {S.ON_AC: True, S.BATTERY_PERCENT: 100.0}),
