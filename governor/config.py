@@ -72,7 +72,7 @@ class GovernorConfig:
     tick_s: float = _key(1.0, "seconds between governor ticks (GovernorThread), in [0.05, 60]", _num(0.05, 60))
     fast_interval_s: float = _key(1.0, "sample period of fast sources (thermal, PSI, engine, NVML), [0.05, 600]",
                                   _num(0.05, 600))
-    slow_interval_s: float = _key(30.0, "sample period of slow sources (battery, pmset, cgroup), [0.05, 3600]",
+    slow_interval_s: float = _key(30.0, "sample period of slow sources (battery, power_supply, pmset), [0.05, 3600]",
                                   _num(0.05, 3600))
     read_timeout_s: float = _key(0.5, "a sensor read taking longer counts as unknown until it returns, [0.01, 10]",
                                  _num(0.01, 10))

@@ -42,3 +42,15 @@ def test_errors_name_the_key(data: dict[str, Any], key: str) -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         GovernorConfig().dwell_s = 1.0  # type: ignore[misc]
+
+
+def test_docs_list_every_key_and_knob() -> None:
+    from pathlib import Path
+
+    from moed.governor import KNOBS
+
+    doc = (Path(__file__).parents[2] / "docs" / "governor.md").read_text()
+    for key, _, _ in describe():
+        assert f"| `{key}` |" in doc, key
+    for knob in KNOBS:
+        assert f"`{knob}`" in doc, knob
