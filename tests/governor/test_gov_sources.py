@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import types
 from collections import namedtuple
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,36 +70,51 @@ def test_psutil_battery() -> None:
     assert Sampler(PsutilBatterySource(raising), 1.0).sample(0.0)[0] == {}
 
 
-def fake_pynvml(temps: list[int], powers_mw: list[int], energies_mj: list[list[int]]) -> types.ModuleType:
-    """A pynvml stand-in returning recorded readings (an idle and a loaded H100: 33 °C / 71 W, 58 °C / 690 W)."""
+RECORDED = json.loads((Path(__file__).parent / "data" / "nvml_h200_idle.json").read_text())
+
+
+def fake_pynvml(recorded: dict[str, Any] = RECORDED, devices: int = 1) -> types.ModuleType:
+    """A pynvml stand-in replaying readings recorded with the real pynvml (tests/governor/data/nvml_*.json): the
+    n-th read of a device gets the n-th recorded sample (the last one repeats)."""
     nv = types.ModuleType("pynvml")
-    reads = {"n": 0}
-    nv.NVML_TEMPERATURE_GPU = 0  # type: ignore[attr-defined]
-    nv.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN = 1  # type: ignore[attr-defined]
-    nv.nvmlInit = lambda: None  # type: ignore[attr-defined]
-    nv.nvmlDeviceGetCount = lambda: len(temps)  # type: ignore[attr-defined]
-    nv.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
-    nv.nvmlDeviceGetTemperature = lambda h, kind: temps[h]  # type: ignore[attr-defined]
-    nv.nvmlDeviceGetTemperatureThreshold = lambda h, kind: 90  # type: ignore[attr-defined]
-    nv.nvmlDeviceGetPowerUsage = lambda h: powers_mw[h]  # type: ignore[attr-defined]
+    raw = recorded["raw"]
+    count = {h: 0 for h in range(devices)}
+
+    def sample(h: int, key: str) -> Any:
+        return raw[min(count[h], len(raw) - 1)][key]
 
     def energy(h: int) -> int:
-        value = energies_mj[h][min(reads["n"] // len(temps), len(energies_mj[h]) - 1)]
-        reads["n"] += 1
-        return value
+        value = sample(h, "energy_mj")
+        count[h] += 1  # the energy counter is the last call of a read
+        return int(value)
 
-    nv.nvmlDeviceGetTotalEnergyConsumption = energy  # type: ignore[attr-defined]
+    attrs: dict[str, Any] = {
+        "NVML_TEMPERATURE_GPU": recorded["NVML_TEMPERATURE_GPU"],
+        "NVML_TEMPERATURE_THRESHOLD_SLOWDOWN": recorded["SLOWDOWN"],
+        "nvmlInit": lambda: None, "nvmlDeviceGetCount": lambda: devices,
+        "nvmlDeviceGetHandleByIndex": lambda i: i,
+        "nvmlDeviceGetTemperature": lambda h, kind: sample(h, "temp_c"),
+        "nvmlDeviceGetTemperatureThreshold": lambda h, kind: recorded["slowdown_c"],
+        "nvmlDeviceGetPowerUsage": lambda h: sample(h, "power_mw"),
+        "nvmlDeviceGetTotalEnergyConsumption": energy,
+    }
+    for name, value in attrs.items():
+        setattr(nv, name, value)
     return nv
 
 
 def test_nvml_readings_and_average_power() -> None:
-    src = NvmlSource(fake_pynvml([33, 58], [71_000, 690_000], [[1_000_000, 1_071_000], [5_000_000, 6_380_000]]))
-    first = src.read(10.0)
-    assert first[S.GPU_TEMP_C] == 58.0 and first[S.POWER_W] == pytest.approx(761.0)
-    assert first[S.ENERGY_J] == pytest.approx(6000.0) and S.POWER_AVG_W not in first
-    second = src.read(12.0)  # 71 J + 1380 J over 2 s
-    assert second[S.POWER_AVG_W] == pytest.approx(725.5)
-    assert second[S.THERMAL_GPU] == pytest.approx(gpu_score(58.0, 90.0))
+    raw = RECORDED["raw"]
+    src = NvmlSource(fake_pynvml())
+    first = src.read(raw[0]["t"])
+    assert first[S.GPU_TEMP_C] == 37.0 and first[S.POWER_W] == pytest.approx(78.237)
+    assert first[S.ENERGY_J] == pytest.approx(3494.009) and S.POWER_AVG_W not in first
+    assert first[S.THERMAL_GPU] == pytest.approx(gpu_score(37.0, 89.0)) == 0.0
+    second = src.read(raw[1]["t"])
+    # (3533.311 - 3494.009) J over 0.507 s: 77.5 W, next to the 78.3 W instantaneous reading.
+    assert second[S.POWER_AVG_W] == pytest.approx(77.52, abs=0.05)
+    two = NvmlSource(fake_pynvml(devices=2)).read(0.0)  # over GPUs: power sums, the hottest counts
+    assert two[S.POWER_W] == pytest.approx(2 * 78.237) and two[S.GPU_TEMP_C] == 37.0
 
 
 def test_nvml_absent_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,8 +123,8 @@ def test_nvml_absent_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_nvml_imported_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([40], [100_000], [[0]]))
-    assert NvmlSource().read(0.0)[S.GPU_TEMP_C] == 40.0
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
+    assert NvmlSource().read(0.0)[S.GPU_TEMP_C] == 37.0
 
 
 def test_gpu_score() -> None:
