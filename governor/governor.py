@@ -1,7 +1,8 @@
 """`Governor`: sources sampled at their own rates, merged into one reading, and the policy stepped on it.
 
 `tick(now)` is the whole loop body: sample every source that is due (fast ones every `fast_interval_s`, slow
-ones every `slow_interval_s`, each through a Sampler with `read_timeout_s`), merge the latest readings (the first
+ones every `slow_interval_s`; all due reads start together and share one `read_timeout_s` deadline, so a tick
+waits at most that long however many sources hang), merge the latest readings (the first
 source listing a known value wins), step the policy, log state transitions once with readings and reason.
 The profile and override setters are thread-safe, for the daemon's `governor_set` handler.
 """
@@ -48,10 +49,13 @@ class Governor:
     def tick(self, now: float | None = None) -> Decision:
         """Samples due sources, steps the policy and returns its Decision. Never raises for a sensor's sake."""
         now = self.clock() if now is None else now
-        for slot in self._slots:
-            if now >= slot.due:
-                slot.reading, slot.status = slot.sampler.sample(now)
-                slot.sampled_at, slot.due = now, now + slot.interval_s
+        due = [slot for slot in self._slots if now >= slot.due]
+        for slot in due:
+            slot.sampler.begin(now)
+        deadline = time.monotonic() + self.config.read_timeout_s  # real time: a hung read is a real wait
+        for slot in due:
+            slot.reading, slot.status = slot.sampler.finish(deadline)
+            slot.sampled_at, slot.due = now, now + slot.interval_s
         reading = self.reading()
         with self._lock:
             previous = self._last

@@ -1,7 +1,8 @@
 """The source interface and `Sampler`, which reads a source with a deadline and never raises.
 
 A source's `read(now)` may block (a file on a hung filesystem, a subprocess) or raise. `Sampler.sample` starts the
-read on a daemon thread and waits at most `timeout_s`; a read still running after that is abandoned (the thread
+read on a daemon thread and waits at most `timeout_s` (`begin`/`finish` let the Governor start every due source
+and wait on all of them against one deadline); a read still running after that is abandoned (the thread
 keeps it; while it runs, further samples give unknown without starting another), an exception gives unknown, and
 NaN values become unknown through `signals.clean`. Sources that only touch memory (`blocking = False`) are read
 inline, still guarded.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Mapping, Protocol
 
 from ..signals import Value, clean
@@ -53,18 +55,38 @@ class Sampler:
         self.source = source
         self.timeout_s = timeout_s
         self._pending: threading.Thread | None = None
+        self._started: tuple[threading.Thread, list[tuple[dict[str, Value], str]]] | None = None
+        self._ready: tuple[dict[str, Value], str] | None = None
         self._logged: str | None = None
 
     def sample(self, now: float) -> tuple[dict[str, Value], str]:
+        """Reads the source, waiting at most `timeout_s`."""
+        self.begin(now)
+        return self.finish(time.monotonic() + self.timeout_s)
+
+    def begin(self, now: float) -> None:
+        """Starts a read (inline for non-blocking sources); `finish` collects it. Lets a caller start every due
+        source first and then wait on all of them against one deadline."""
         if not self.source.blocking:
-            return self._note(*self._call(now))
-        if self._pending is not None and self._pending.is_alive():
-            return self._note({}, "hung")
-        box: list[tuple[dict[str, Value], str]] = []
-        thread = threading.Thread(target=lambda: box.append(self._call(now)), daemon=True,
-                                  name=f"moed-governor-{self.source.name}")
-        thread.start()
-        thread.join(self.timeout_s)
+            self._ready = self._call(now)
+        elif self._pending is not None and self._pending.is_alive():
+            self._ready = ({}, "hung")
+        else:
+            box: list[tuple[dict[str, Value], str]] = []
+            thread = threading.Thread(target=lambda: box.append(self._call(now)), daemon=True,
+                                      name=f"moed-governor-{self.source.name}")
+            thread.start()
+            self._started = (thread, box)
+
+    def finish(self, deadline: float) -> tuple[dict[str, Value], str]:
+        """The started read's (reading, status), waiting until `deadline` (time.monotonic) at most."""
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            return self._note(*ready)
+        if self._started is None:
+            return self._note({}, "error: not started")
+        (thread, box), self._started = self._started, None
+        thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             self._pending = thread
             return self._note({}, "timeout")
