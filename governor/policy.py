@@ -17,6 +17,11 @@ from .signals import Reading
 from .state import State, StateMachine, apply_profile, levels
 
 
+_PREFETCH_WHY = {State.PERFORMANCE: "PERFORMANCE: the daemon's depth",
+                 State.BALANCED: "BALANCED: min(daemon's depth, prefetch_balanced)",
+                 State.SAVER: "SAVER: off while saving", State.CRITICAL: "CRITICAL: off while saving"}
+
+
 @dataclass(frozen=True)
 class Bounds:
     """What the daemon is configured with: the knobs' values when nothing holds them back.
@@ -100,7 +105,7 @@ class Policy:
                                   "cache_budget_bytes": budget, "pace_steps_per_s": pace}
         reasons = {"state": f"{state.name}: {self.machine.reason}",
                    "batch_ceiling": f"{state.name} target {target}; {batch_why}",
-                   "prefetch_depth": f"{state.name}", "cache_budget_bytes": cache_why, "pace_steps_per_s": pace_why}
+                   "prefetch_depth": _PREFETCH_WHY[state], "cache_budget_bytes": cache_why, "pace_steps_per_s": pace_why}
         for knob, value in self.overrides.items():
             values[knob] = value
             reasons[knob] = "override"

@@ -124,7 +124,7 @@ def test_thread_calls_back_on_change() -> None:
         if len(got) == 1:
             raise RuntimeError("a failing callback must not stop the thread")
 
-    gov = Governor(GovernorConfig(tick_s=0.05), BOUNDS, [FunctionSource("r", lambda now: dict(reading),
+    gov = Governor(GovernorConfig(tick_s=0.05, fast_interval_s=0.05), BOUNDS, [FunctionSource("r", lambda now: dict(reading),
                                                                         blocking=False)])
     thread = GovernorThread(gov, on_change)
     thread.start()
