@@ -1,4 +1,6 @@
-"""macOS parsers on recorded command output (tests/governor/data), and the sources' guards off macOS."""
+"""macOS parsers on command output in the formats of `pmset -g batt`, `pmset -g` and `sysctl` (fixtures in
+tests/governor/data, transcribed in those formats: this Linux host has no Mac to capture from), and the sources'
+guards off macOS."""
 
 from __future__ import annotations
 
