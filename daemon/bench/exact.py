@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from mlx_lm import load
 
+    from ..config import engine_config
     from ..engine.model import load_engine
     from .single import backend
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     del model
     rows = []
     for budget in args.budgets.split(","):
-        eng = load_engine(args.store, budget=budget, read_mode="buffered")
+        eng = load_engine(engine_config(args.store, cache_budget=budget, read_mode="buffered"))
         got = greedy(eng.model, eng.tokenizer, args.tokens)
         eng.cache.flush()
         st = eng.cache.stats()

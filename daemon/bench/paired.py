@@ -94,6 +94,7 @@ def main() -> int:
     from mlx_lm import load
 
     from ..engine import managed
+    from ..config import engine_config
     from ..engine.model import load_engine
     from .single import backend
 
@@ -106,7 +107,7 @@ def main() -> int:
         name = f"moed-{managed.upload_path()}"  # off CUDA every path is "plain": one engine
         if any(name == n for n, _ in engines):
             continue
-        eng = load_engine(a.store, budget="100%", read_mode="buffered")
+        eng = load_engine(engine_config(a.store, read_mode="buffered"))
         eng.cache.wait_loads()
         engines.append((name, eng))
         contestants.append((name, eng.model, eng.tokenizer, _as_is))

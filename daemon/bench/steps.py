@@ -125,6 +125,7 @@ def main() -> int:
     from mlx_lm import load
 
     from ..engine import managed
+    from ..config import engine_config
     from ..engine.model import load_engine
     from .single import backend
 
@@ -134,7 +135,7 @@ def main() -> int:
     del model
     gc.collect()
     mx.clear_cache()
-    eng = load_engine(a.store, budget="100%", read_mode="buffered")
+    eng = load_engine(engine_config(a.store, read_mode="buffered"))
     eng.cache.wait_loads()
     result["moed"] = profile(eng.model, eng.tokenizer, a.steps, batch)
     tokens = corpus_tokens(eng.tokenizer, 16 + a.steps + 2)
@@ -146,7 +147,7 @@ def main() -> int:
         gc.collect()
         mx.clear_cache()
         managed.UPLOAD = "plain"
-        with load_engine(a.store, budget="100%", read_mode="buffered") as eng:
+        with load_engine(engine_config(a.store, read_mode="buffered")) as eng:
             eng.cache.wait_loads()
             split(eng.model, tokens, 8)
             result["moed_variants"]["upload_plain"] = {"split": split(eng.model, tokens, a.steps),

@@ -72,3 +72,14 @@ assert not any(m.split(".")[0] in ("mlx", "mlx_lm") for m in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_generate_refuses_or_clamps_at_once(model_dir, capsys, caplog):
+    from moed.daemon.cli import main
+
+    store = str(model_dir("qwen3_moe", "store-mlx"))
+    assert main(["generate", store, "hi", "--cache-budget", "25"]) == 2
+    assert "did you mean 25%?" in capsys.readouterr().err
+    assert main(["generate", store, "hi", "--max-tokens", "2", "--cache-budget", "200%", "--policy", "lru",
+                 "--json"]) == 0
+    assert any("clamped to 100 %" in r.getMessage() for r in caplog.records)
