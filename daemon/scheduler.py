@@ -40,7 +40,7 @@ from . import budget
 from .budget_policy import BudgetPolicy, IdleKeepAlive
 from .config import DaemonConfig, EngineConfig
 from .handover import Handover
-from .jobs import Job, JobError, Key
+from .jobs import Job, JobError, Key, charge_step
 from .limits import Limits
 from .logs import event
 from .persistence import StateFiles
@@ -328,10 +328,8 @@ class Scheduler:
                 shares[t.uid] += 1
         self.controls.traffic(bool(prompts), len(tokens), r1.bytes_read - r0.bytes_read)
         hits = (c1.hits - c0.hits) + (c1.inflight_hits - c0.inflight_hits)
-        for name, total in (("cache_hits", hits), ("cache_misses", c1.misses - c0.misses),
-                            ("bytes_read", r1.bytes_read - r0.bytes_read)):
-            for uid, part in split_by_share(total, shares).items():
-                setattr(self._active[uid], name, getattr(self._active[uid], name) + part)
+        charge_step(self._active, shares, cache_hits=hits, cache_misses=c1.misses - c0.misses,
+                    bytes_read=r1.bytes_read - r0.bytes_read)
         for t in tokens:
             self._route(t)
         self._publish_counts()
@@ -419,14 +417,3 @@ class Scheduler:
         self.controls.stopped()
         self._on_exit()
 
-
-def split_by_share(total: int, shares: dict[int, int]) -> dict[int, int]:
-    """Split an integer total by integer shares; the parts sum to total exactly (largest remainder)."""
-    weight = sum(shares.values())
-    if weight <= 0 or total == 0:
-        return {k: 0 for k in shares}
-    parts = {k: total * w // weight for k, w in shares.items()}
-    left = total - sum(parts.values())
-    for k in sorted(shares, key=lambda k: (total * shares[k]) % weight, reverse=True)[:left]:
-        parts[k] += 1
-    return parts
