@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from moed.daemon.bench.single import backend
     from moed.daemon.engine.model import load_engine
+    from moed.daemon.config import engine_config
 
     model, tok = load(args.checkpoint)
     want = greedy(model, tok, args.tokens)
     del model
     rows = []
     for budget in args.budgets.split(","):
-        eng = load_engine(args.store, budget=budget, read_mode="buffered")
+        eng = load_engine(engine_config(args.store, cache_budget=budget, read_mode="buffered"))
         got = greedy(eng.model, eng.tokenizer, args.tokens)
         eng.cache.flush()
         st = eng.cache.stats()

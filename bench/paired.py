@@ -95,6 +95,7 @@ def main() -> int:
     from moed.daemon.bench.single import backend
     from moed.daemon.engine import managed
     from moed.daemon.engine.model import load_engine
+    from moed.daemon.config import engine_config
 
     model, tok = load(a.ckpt)
     mx.eval(model.parameters())
@@ -105,7 +106,7 @@ def main() -> int:
         name = f"moed-{managed.upload_path()}"  # off CUDA every path is "plain": one engine
         if any(name == n for n, _ in engines):
             continue
-        eng = load_engine(a.store, budget="100%", read_mode="buffered")
+        eng = load_engine(engine_config(a.store, read_mode="buffered"))
         eng.cache.wait_loads()
         engines.append((name, eng))
         contestants.append((name, eng.model, eng.tokenizer, _as_is))

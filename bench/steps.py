@@ -108,6 +108,7 @@ def main() -> int:
     from moed.daemon.engine import managed
     from moed.daemon.engine.model import load_engine
     from moed.daemon.bench.single import backend
+    from moed.daemon.config import engine_config
 
     model, tok = load(a.ckpt)
     mx.eval(model.parameters())
@@ -115,7 +116,7 @@ def main() -> int:
     del model
     gc.collect()
     mx.clear_cache()
-    eng = load_engine(a.store, budget="100%", read_mode="buffered")
+    eng = load_engine(engine_config(a.store, read_mode="buffered"))
     eng.cache.wait_loads()
     result["moed"] = profile(eng.model, eng.tokenizer, a.steps, batch)
     tokens = corpus_tokens(eng.tokenizer, 16 + a.steps + 2)
@@ -127,7 +128,7 @@ def main() -> int:
         gc.collect()
         mx.clear_cache()
         managed.UPLOAD = "plain"
-        with load_engine(a.store, budget="100%", read_mode="buffered") as eng:
+        with load_engine(engine_config(a.store, read_mode="buffered")) as eng:
             eng.cache.wait_loads()
             split(eng.model, tokens, 8)
             result["moed_variants"]["upload_plain"] = {"split": split(eng.model, tokens, a.steps),

@@ -10,7 +10,11 @@ Key names are unique across sections, so a key may also be written at the top le
 one environment variable, MOED_<KEY> (e.g. MOED_MAX_BATCH=4, MOED_ENDPOINT=tcp://127.0.0.1:7878). Later layers
 override earlier ones: defaults < file < environment < command-line flags. Everything is validated before the
 daemon starts; an unknown key, a wrong type or a value out of range raises ConfigError naming the key and where it
-came from. docs/daemon.md has the table of keys (generated from the `doc` metadata below).
+came from. docs/daemon.md has the table of keys (generated from the `doc` metadata below). Budgets are checked
+against the store by `check_with_store` (reads the manifest, no MLX), which `moed serve` runs before it binds.
+
+`engine_config(store, **keys)` builds a validated EngineConfig from defaults and keys alone (no file, no
+environment), for `moed generate`, benchmarks and tests.
 """
 
 from __future__ import annotations
@@ -45,11 +49,11 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
 
 
 def _budget(v: str) -> str | None:
-    from .engine.model import parse_budget  # here, not at the top: that module brings in MLX
+    from .budget import BudgetError, parse
 
     try:
-        parse_budget(v, 1 << 40)
-    except ValueError as e:
+        parse(v)
+    except BudgetError as e:
         return str(e)
     return None
 
@@ -121,6 +125,49 @@ class DaemonConfig:
     def replace(self, **values: Any) -> DaemonConfig:
         """A copy with keys changed by name (e.g. `replace(max_batch=2)`), validated."""
         return _build(self, {k: (v, "replace()") for k, v in values.items()})
+
+
+def engine_config(store: str | os.PathLike[str], **keys: Any) -> EngineConfig:
+    """A validated EngineConfig: the defaults, `store`, and [engine] keys by name (e.g. `cache_budget="25%"`).
+
+    Raises:
+        ConfigError: an unknown or non-engine key, a wrong type, a bad value.
+    """
+    wrong = [k for k in keys if KEYS.get(k, ("",))[0] != "engine"]
+    if wrong:
+        raise ConfigError(f"not [engine] keys: {', '.join(wrong)}; [engine] has "
+                          f"{', '.join(f.name for f in dataclasses.fields(EngineConfig))}")
+    return DaemonConfig().replace(store=str(store), **keys).engine
+
+
+def check_with_store(config: DaemonConfig) -> list[str]:
+    """Check what needs the store: that it is there and readable, and both cache budgets against its experts.
+    Reads the manifest only (no MLX). Returns warnings (a budget clamped to 100 % or raised to one expert).
+
+    Raises:
+        ConfigError: no store, an unreadable store, or a budget that cannot be used (e.g. "did you mean 25%?").
+    """
+    from .budget import BudgetError, resolve
+    from .store.format import StoreError, read_manifest
+
+    store = config.engine.store
+    if not store:
+        raise ConfigError("no store to serve: give one (`moed serve STORE`, --store, MOED_STORE, or `store` in the "
+                          "config file)")
+    try:
+        manifest = read_manifest(store)
+    except StoreError as e:
+        raise ConfigError(f"store {store}: {e}") from None
+    warnings = []
+    for key, spec in (("cache_budget", config.engine.cache_budget),
+                      ("idle_cache_budget", config.scheduler.idle_cache_budget)):
+        try:
+            b = resolve(spec, manifest.total_expert_bytes, manifest.expert_bytes)
+        except BudgetError as e:
+            raise ConfigError(f"`{KEYS[key][0]}.{key}`: {e}") from None
+        if b.warning:
+            warnings.append(f"`{KEYS[key][0]}.{key}`: {b.warning}")
+    return warnings
 
 
 SECTIONS: dict[str, type] = {"engine": EngineConfig, "scheduler": SchedulerConfig, "server": ServerConfig,
@@ -203,6 +250,11 @@ def _from_text(text: str, f: dataclasses.Field, source: str) -> Any:
         return int(text) if kind is int else float(text) if kind is float else text
     except ValueError:
         raise ConfigError(f"{source}={text!r}: `{f.name}` must be {_type_name(kind)}") from None
+
+
+def key_type(key: str) -> type:
+    """int, float or str: the type of a config key's value."""
+    return _kind(KEYS[key][1])
 
 
 def _kind(f: dataclasses.Field) -> type:

@@ -1,21 +1,34 @@
-"""What the other threads share with the scheduler: requests in, cancels and controls, published state out.
+"""The controls interface: what other threads share with the scheduler: requests in, cancels and limits, state out.
 
 Everything here sits under one lock and never touches MLX. The socket loop (and later the governor) call the
-"any thread" methods; the scheduler thread takes the work at each step boundary with the `take_*` methods and
-publishes what status reports. `wake` is set whenever there is something new, so an idle scheduler reacts at once.
+"any thread" methods (submit, cancel, set_limits and its one-knob forms, begin_drain, snapshot); the scheduler
+thread takes the work at each step boundary with the `take_*` methods and publishes what status reports. `wake`
+is set whenever there is something new, so an idle or pacing scheduler reacts at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import Any, Protocol
 
 from .config import DaemonConfig
 from .jobs import JobError, Key
+from .limits import Limits
 
 Intake = tuple[Key, dict[str, Any], int]  # (key, validated params, arrival time in monotonic ns)
+
+
+class _Stats(Protocol):
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class CacheCounters(Protocol):
+    """What status needs of the ExpertCache: its stats(), which is thread-safe."""
+
+    def stats(self) -> _Stats: ...
 
 
 class Handover:
@@ -27,14 +40,14 @@ class Handover:
         self._cancels: dict[Key, str] = {}
         self._known: set[Key] = set()  # accepted, final not yet emitted
         self._state = "loading"  # loading | ready | draining | stopped
-        self._max_batch = config.scheduler.max_batch
-        self._budget_request: int | None = None
+        self._limits = Limits(max_batch=config.scheduler.max_batch, prefetch_depth=config.engine.prefetch_depth)
+        self._limits_changed = True  # the scheduler applies the first limits after loading
         self._drain_deadline: float | None = None
         self._n_active = self._n_waiting = 0
         self._finished: Counter[str] = Counter()  # done reasons and error codes
         self._traffic = {"decode_tokens": 0, "decode_bytes_read": 0, "prefill_bytes_read": 0}
         self._model_type, self._context_limit = "", 0
-        self._cache: Any = None  # the ExpertCache (its stats() is thread-safe) while the engine is open
+        self._cache: CacheCounters | None = None  # the ExpertCache while the engine is open
         self._final_cache: dict[str, Any] = {}
 
     # == any thread =============================================================================================
@@ -51,9 +64,10 @@ class Handover:
             if self._state != "ready":
                 raise JobError("shutting_down", "the daemon is shutting down and admits no new work")
             outstanding = self._n_active + self._n_waiting + len(self._inbox)
-            if outstanding >= self._max_batch + self._queue_limit:
-                waiting = max(0, outstanding - self._max_batch)
-                raise JobError("busy", f"the queue is full ({waiting} waiting for {self._max_batch} batch slots); "
+            ceiling = self._limits.max_batch
+            if outstanding >= ceiling + self._queue_limit:
+                waiting = max(0, outstanding - ceiling)
+                raise JobError("busy", f"the queue is full ({waiting} waiting for {ceiling} batch slots); "
                                f"retry later", position=waiting)
             self._inbox.append((key, params, received_ns))
             self._known.add(key)
@@ -69,17 +83,52 @@ class Handover:
         self.wake.set()
         return True
 
-    def set_max_batch(self, n: int) -> None:
+    @property
+    def limits(self) -> Limits:
+        """The limits most recently set (the scheduler applies them at its next step boundary)."""
         with self._lock:
-            self._max_batch = max(1, int(n))
+            return self._limits
+
+    def set_limits(self, limits: Limits) -> None:
+        """Replace every limit at once (the governor's way); applied at the next step boundary."""
+        if not isinstance(limits, Limits):
+            raise TypeError(f"set_limits takes a Limits, got {type(limits).__name__}")
+        with self._lock:
+            self._limits, self._limits_changed = limits, True
         self.wake.set()
 
-    def set_cache_budget(self, budget_bytes: int) -> None:
+    def update_limits(self, **changes: Any) -> Limits:
+        """Change some limits by name (e.g. `update_limits(pace=4.0)`), keep the rest; returns the new limits.
+
+        Raises:
+            ValueError: a value out of range (see Limits). TypeError: an unknown name.
+        """
         with self._lock:
-            self._budget_request = int(budget_bytes)
+            self._limits, self._limits_changed = dataclasses.replace(self._limits, **changes), True
+            limits = self._limits
         self.wake.set()
+        return limits
+
+    def set_max_batch(self, n: int) -> None:
+        """Change the batch ceiling (at least 1; running requests are never evicted, a lower ceiling admits
+        fewer)."""
+        self.update_limits(max_batch=max(1, int(n)))
+
+    def set_cache_budget(self, budget_bytes: int | None) -> None:
+        """Resize the expert cache, in bytes (kept within one expert and every expert; while idle-shrunk, on the
+        next request); None = back to the configured budget."""
+        self.update_limits(cache_budget=None if budget_bytes is None else max(1, int(budget_bytes)))
+
+    def set_prefetch_depth(self, depth: int) -> None:
+        """Change how many MoE layers ahead are predicted and prefetched (0 = off)."""
+        self.update_limits(prefetch_depth=int(depth))
+
+    def set_pace(self, steps_per_s: float | None) -> None:
+        """Cap the steps per second (at least limits.MIN_PACE), or None for no cap."""
+        self.update_limits(pace=steps_per_s)
 
     def begin_drain(self, timeout_s: float) -> None:
+        """Stop admitting; queued requests fail with shutting_down, running ones get timeout_s to finish."""
         with self._lock:
             deadline = time.monotonic() + max(0.0, timeout_s)
             self._drain_deadline = min(self._drain_deadline or deadline, deadline)
@@ -93,7 +142,7 @@ class Handover:
             snap = {"state": "draining" if self._state == "stopped" else self._state,
                     "model_type": self._model_type, "store": self._store,
                     "active": self._n_active, "queued": self._n_waiting + len(self._inbox),
-                    "max_batch": self._max_batch, "queue_limit": self._queue_limit,
+                    "max_batch": self._limits.max_batch, "queue_limit": self._queue_limit,
                     "context_limit": self._context_limit, "finished": dict(self._finished)}
             cache, final, traffic = self._cache, dict(self._final_cache), dict(self._traffic)
         snap["cache"] = {**(cache.stats().as_dict() if cache is not None else final), **traffic}
@@ -113,22 +162,20 @@ class Handover:
             cancels, self._cancels = self._cancels, {}
             return cancels
 
-    def take_budget_request(self) -> int | None:
+    def take_limits(self) -> Limits | None:
+        """The limits, if they changed since the last take (the first take always has them)."""
         with self._lock:
-            request, self._budget_request = self._budget_request, None
-            return request
-
-    @property
-    def max_batch(self) -> int:
-        with self._lock:
-            return self._max_batch
+            if not self._limits_changed:
+                return None
+            self._limits_changed = False
+            return self._limits
 
     @property
     def drain_deadline(self) -> float | None:
         with self._lock:
             return self._drain_deadline
 
-    def loaded(self, model_type: str, context_limit: int, cache: Any) -> None:
+    def loaded(self, model_type: str, context_limit: int, cache: CacheCounters) -> None:
         with self._lock:
             self._model_type, self._context_limit, self._cache = model_type, context_limit, cache
             if self._state == "loading":

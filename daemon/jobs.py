@@ -19,7 +19,7 @@ import itertools
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import mlx.core as mx
 from mlx_lm.generate import TextStateMachine
@@ -196,3 +196,22 @@ class Job:
         if not self.stream:
             out["text"] = "".join(self.text)
         return out
+
+
+def charge_step(jobs: Mapping[int, Job], shares: Mapping[int, int], **totals: int) -> None:
+    """Add one step's counters (e.g. cache_hits=12) to the jobs in it, split by the tokens each processed."""
+    for name, total in totals.items():
+        for uid, part in split_by_share(total, shares).items():
+            setattr(jobs[uid], name, getattr(jobs[uid], name) + part)
+
+
+def split_by_share(total: int, shares: Mapping[int, int]) -> dict[int, int]:
+    """Split an integer total by integer shares; the parts sum to total exactly (largest remainder)."""
+    weight = sum(shares.values())
+    if weight <= 0 or total == 0:
+        return {k: 0 for k in shares}
+    parts = {k: total * w // weight for k, w in shares.items()}
+    left = total - sum(parts.values())
+    for k in sorted(shares, key=lambda k: (total * shares[k]) % weight, reverse=True)[:left]:
+        parts[k] += 1
+    return parts

@@ -2,20 +2,22 @@
 
 One loop; each pass is a step boundary:
 
-    controls   batch ceiling, cache budget (governor, keep-alive shrink and restore), drain deadline
     intake     requests handed over by the socket loop are tokenized and checked (context limit) -> waiting
     cancels    explicit cancel, client gone, slow client: the request leaves the queue or the batch
+    controls   the latest Limits (the controls interface, handover.py): batch ceiling, prefetch depth, pace; and
+               the cache budget as the budget policy decides it (budget_policy.py: keep-alive shrink, restore)
     admit      waiting requests join the batch while it is below the ceiling (FIFO)
     step       one mlx-lm BatchGenerator.next(): a decode step of the running batch, then one prefill chunk of
-               the admitted prompts; a prompt's last chunk moves it into the decode batch
+               the admitted prompts; a prompt's last chunk moves it into the decode batch. Under a pace cap the
+               loop waits for the step's turn in short slices, going round the other phases meanwhile
     route      each row's token -> its Job (text, stop strings) -> chunk / final; the step's cache hits, misses
                and bytes read are split among the step's rows by tokens processed (largest remainder)
-    idle       nothing to do: wait for work; after keep_alive_s shrink the cache to idle_cache_budget
+    idle       nothing to do: wait for work, or for the budget policy's next decision
 
-Other threads only call the "any thread" methods, which hand work over through handover.py (one lock, no MLX)
-and wake the loop.
+Other threads talk to the scheduler only through `controls` (a Handover: one lock, no MLX), which wakes the loop.
 Replies leave through `emit(key, kind, body)` (kind: progress, chunk, ok, error); every request this scheduler
 accepted gets exactly one ok or error, whatever happens (cancel, store error, shutdown, a crash of this thread).
+Usage statistics and the last run's summary are saved by persistence.py.
 
 Batching and exactness: rows of mlx-lm's batch are computed independently (per-row caches with padding masked
 out, row-wise matmuls, the streaming expert layer computes each row from its own routing), so a greedy request
@@ -28,49 +30,63 @@ seed, alone or batched, because each draw is keyed by (seed, token index) only (
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
-import os
 import threading
 import time
 from collections import Counter, deque
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .config import DaemonConfig
+from . import budget
+from .budget_policy import BudgetPolicy, IdleKeepAlive
+from .config import DaemonConfig, EngineConfig
 from .handover import Handover
-from .jobs import Job, JobError, Key
+from .jobs import Job, JobError, Key, charge_step
+from .limits import Limits
 from .logs import event
+from .persistence import StateFiles
+
+if TYPE_CHECKING:
+    from mlx_lm.generate import BatchGenerator, GenerationBatch
+
+    from .engine.model import Engine
 
 log = logging.getLogger(__name__)
 Emit = Callable[[Key, str, dict[str, Any]], None]
+Loader = Callable[[EngineConfig], "Engine"]
 DEFAULT_CONTEXT = 4096  # when the model config has no max_position_embeddings
 PREFILL_BATCH = 8  # prompts prefilled together (mlx-lm's default)
+WAIT_SLICE_S = 1.0  # the longest an idle loop sleeps before looking again
+PACE_SLICE_S = 0.05  # a paced loop sleeps in slices this short, so cancels and limits still land in between
 
 
 class Scheduler:
     def __init__(self, config: DaemonConfig, emit: Emit, on_exit: Callable[[], None] = lambda: None,
-                 loader: Callable[..., Any] | None = None):
+                 loader: Loader | None = None, budget_policy: BudgetPolicy | None = None):
+        """`loader` builds the engine from the engine config (default engine.model.load_engine); `budget_policy`
+        decides the cache budget from moment to moment (default: IdleKeepAlive from keep_alive_s and
+        idle_cache_budget)."""
         self.config, self._emit, self._on_exit, self._loader = config, emit, on_exit, loader
-        self.shared = Handover(config)
+        self.controls = Handover(config)
         self.fatal: str | None = None
+        self._files = StateFiles(config)
         # the MLX thread's own
-        self._engine: Any = None
-        self._bg: Any = None
+        self._engine: Engine | None = None
+        self._bg: BatchGenerator | None = None
+        self._policy = budget_policy
+        self._limits = self.controls.limits  # in force (the engine was built with this prefetch depth)
+        self._configured_budget = 0  # cache_budget resolved against the store
         self._waiting: deque[Job] = deque()
         self._active: dict[int, Job] = {}  # BatchGenerator uid -> job
         self._steps = 0  # generation steps run
         self._jobs: dict[Key, Job] = {}
         self._uid_of: dict[Key, int] = {}
         self._context_limit = 0
-        self._budget = 0  # the budget in force when not idle
-        self._shrunk = False
         self._idle_since = time.monotonic()
-        self._last_save = time.monotonic()
+        self._wake_at: float | None = None  # when the budget policy wants to decide again
+        self._next_step_at = 0.0  # the earliest next step under the pace cap
         self._thread = threading.Thread(target=self._run, name="moed-scheduler", daemon=True)
 
-    # == any thread (the work is done at the next step boundary) ===============================================
+    # == any thread ============================================================================================
     def start(self) -> None:
         self._thread.start()
 
@@ -82,33 +98,21 @@ class Scheduler:
 
     @property
     def state(self) -> str:
-        return self.shared.state
-
-    def submit(self, key: Key, params: dict[str, Any], received_ns: int) -> None:
-        """Hand a validated generate request over. Raises JobError: loading, shutting_down or busy."""
-        self.shared.submit(key, params, received_ns)
-
-    def cancel(self, key: Key, reason: str) -> bool:
-        """Ask for a request to end (reason: cancelled, client_gone, slow_client); False if it already ended."""
-        return self.shared.cancel(key, reason)
-
-    def set_max_batch(self, n: int) -> None:
-        """Change the batch ceiling (running requests are never evicted; a lower ceiling admits fewer)."""
-        self.shared.set_max_batch(n)
-
-    def set_cache_budget(self, budget_bytes: int) -> None:
-        """Resize the expert cache (at least one expert is kept; while idle-shrunk, on the next request)."""
-        self.shared.set_cache_budget(budget_bytes)
-
-    def begin_drain(self, timeout_s: float) -> None:
-        """Stop admitting; queued requests fail with shutting_down, running ones get timeout_s to finish."""
-        self.shared.begin_drain(timeout_s)
-
-    def snapshot(self) -> dict[str, Any]:
-        """What status reports, as of now."""
-        return self.shared.snapshot()
+        return self.controls.state
 
     # == the MLX thread ========================================================================================
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the engine is not loaded")
+        return self._engine
+
+    @property
+    def bg(self) -> BatchGenerator:
+        if self._bg is None:
+            raise RuntimeError("the batch generator is not open")
+        return self._bg
+
     def _run(self) -> None:
         try:
             self._load()
@@ -121,98 +125,110 @@ class Scheduler:
             self._close()
 
     def _load(self) -> None:
-        from .engine.model import load_engine, parse_budget
+        from .engine.model import load_engine
 
-        ec = self.config.engine
+        ec, sc = self.config.engine, self.config.scheduler
         t0 = time.monotonic()
-        loader = self._loader or load_engine
-        self._engine = loader(ec.store, budget=ec.cache_budget, read_mode=ec.read_mode,
-                              read_threads=ec.read_threads, policy=ec.cache_policy, prefetch_depth=ec.prefetch_depth)
-        manifest = self._engine.manifest
-        self._budget = parse_budget(ec.cache_budget, manifest.total_expert_bytes)
-        self._engine.warm_start(self._usage_path())  # queues background reads only: readiness is not delayed
-        context = self.config.scheduler.context_limit or manifest.config.get("max_position_embeddings") or 0
+        self._engine = (self._loader or load_engine)(ec)
+        manifest = self.engine.manifest
+        total, one = manifest.total_expert_bytes, manifest.expert_bytes
+        self._configured_budget = budget.resolve(ec.cache_budget, total, one).bytes  # load_engine warned
+        if self._policy is None:
+            idle = budget.resolve(sc.idle_cache_budget, total, one)
+            if idle.warning:
+                log.warning("idle_cache_budget: %s", idle.warning)
+            self._policy = IdleKeepAlive(sc.keep_alive_s, idle.bytes)
+        self.engine.warm_start(self._files.usage_path())  # queues background reads only: readiness is not delayed
+        context = sc.context_limit or manifest.config.get("max_position_embeddings") or 0
         if not context:
             log.warning("the model config has no max_position_embeddings; context limit %d", DEFAULT_CONTEXT)
         self._bg = self._new_batch_generator()
         self._context_limit = int(context or DEFAULT_CONTEXT)
-        self.shared.loaded(manifest.model_type, self._context_limit, self._engine.cache)
+        self.controls.loaded(manifest.model_type, self._context_limit, self.engine.cache)
         event(log, logging.INFO, "ready", store=ec.store, model_type=manifest.model_type,
-              load_s=round(time.monotonic() - t0, 3), cache_budget=self._budget, context_limit=self._context_limit)
+              load_s=round(time.monotonic() - t0, 3), cache_budget=self._configured_budget,
+              context_limit=self._context_limit)
 
-    def _new_batch_generator(self) -> Any:
+    def _new_batch_generator(self) -> BatchGenerator:
         from mlx_lm.generate import BatchGenerator
 
-        eos = [[t] for t in sorted(self._engine.tokenizer.eos_token_ids)]
-        return BatchGenerator(self._engine.model, stop_tokens=eos, completion_batch_size=1 << 30,
+        eos = [[t] for t in sorted(self.engine.tokenizer.eos_token_ids)]
+        return BatchGenerator(self.engine.model, stop_tokens=eos, completion_batch_size=1 << 30,
                               prefill_batch_size=PREFILL_BATCH, prefill_step_size=self.config.scheduler.prefill_step)
 
     def _loop(self) -> None:
         while True:
-            self._save_periodically()
-            self._controls()
+            self._files.save_periodically(self.engine)
             self._intake()
             self._apply_cancels()
-            if self.shared.drain_deadline is not None and self._drain():
+            self._controls()
+            if self.controls.drain_deadline is not None and self._drain():
                 return
             self._admit()
             self._probe()
-            if self._active:
-                self._step()
+            if not self._active:
+                self._wait(self._wake_at, WAIT_SLICE_S)
+            elif time.monotonic() < self._next_step_at:
+                self._wait(self._next_step_at, PACE_SLICE_S)
             else:
-                self._idle_wait()
+                self._step()
 
-    def _save_periodically(self) -> None:
-        """Save the expert usage statistics every save_interval_s, so a crash still leaves a warm restart."""
-        interval = self.config.server.save_interval_s
-        now = time.monotonic()
-        if interval <= 0 or now - self._last_save < interval:
-            return
-        self._last_save = now
-        try:
-            self._engine.save_state(self._usage_path())
-        except OSError:
-            log.exception("could not save the expert usage statistics")
+    def _wait(self, until: float | None, most: float) -> None:
+        """Sleep until `until` (monotonic; None = no time of its own), at most `most` seconds, or until something
+        is handed over."""
+        timeout = most if until is None else min(most, max(0.0, until - time.monotonic()) + 0.001)
+        if self.controls.wake.wait(timeout):
+            self.controls.wake.clear()
 
     # -- controls ------------------------------------------------------------------------------------------
     def _controls(self) -> None:
-        request = self.shared.take_budget_request()
-        if request is not None:
-            self._budget = max(request, self._engine.cache.expert_bytes)
-            if not self._shrunk:
-                self._resize(self._budget, "set")
-        idle = not self._active and not self._waiting
-        keep_alive = self.config.scheduler.keep_alive_s
-        if idle and not self._shrunk and keep_alive >= 0 and time.monotonic() - self._idle_since >= keep_alive:
-            from .engine.model import parse_budget
+        """Apply limits that changed, then let the budget policy set the cache's budget."""
+        limits = self.controls.take_limits()
+        if limits is not None and limits != self._limits:
+            self._apply_limits(limits)
+        self._apply_budget()
 
-            total = self._engine.manifest.total_expert_bytes
-            idle_budget = max(parse_budget(self.config.scheduler.idle_cache_budget, total),
-                              self._engine.cache.expert_bytes)
-            if idle_budget < self._budget:
-                self._resize(idle_budget, "idle")
-                self._shrunk = True
+    def _apply_limits(self, limits: Limits) -> None:
+        """The batch ceiling is read by admission and the budget by _apply_budget; the rest takes effect here."""
+        if limits.prefetch_depth != self._limits.prefetch_depth:
+            self.engine.set_prefetch_depth(limits.prefetch_depth)
+        if limits.pace != self._limits.pace:
+            self._next_step_at = 0.0  # a new pace counts from the next step
+        self._limits = limits
+        event(log, logging.INFO, "limits", max_batch=limits.max_batch, prefetch_depth=limits.prefetch_depth,
+              cache_budget=limits.cache_budget, pace=limits.pace)
 
-    def _resize(self, budget: int, why: str) -> None:
-        if self._engine.cache.stats().budget_bytes == budget:
+    def _apply_budget(self) -> None:
+        assert self._policy is not None, "set in _load"
+        m = self.engine.manifest
+        configured = self._configured_budget if self._limits.cache_budget is None else budget.clamp(
+            self._limits.cache_budget, m.total_expert_bytes, m.expert_bytes)
+        decision = self._policy.decide(time.monotonic(), self._idle_since, len(self._active) + len(self._waiting),
+                                       configured)
+        self._wake_at = decision.wake_at
+        self._resize(budget.clamp(decision.budget, m.total_expert_bytes, m.expert_bytes), decision.reason)
+
+    def _resize(self, target: int, why: str) -> None:
+        cache = self.engine.cache
+        if cache.stats().budget_bytes == target:
             return
         try:
-            self._engine.cache.resize(budget)
-            self._engine.preload()  # back to a budget that holds every expert: refill it all in the background
+            cache.resize(target)
+            self.engine.preload()  # back to a budget that holds every expert: refill it all in the background
         except Exception:  # noqa: BLE001 - a cache that could not be resized still serves at its old size
-            log.exception("cache resize to %d bytes (%s) failed; keeping the current size", budget, why)
+            log.exception("cache resize to %d bytes (%s) failed; keeping the current size", target, why)
             return
-        event(log, logging.INFO, "cache resized", reason=why, budget_bytes=budget, slots=self._engine.cache.capacity)
+        event(log, logging.INFO, "cache resized", reason=why, budget_bytes=target, slots=cache.capacity)
 
     # -- intake, cancels, drain ----------------------------------------------------------------------------
     def _intake(self) -> None:
-        items, draining = self.shared.take_inbox()
+        items, draining = self.controls.take_inbox()
         for key, params, received_ns in items:
             if draining:
                 self._reject(key, "shutting_down", "the daemon is shutting down; the request was not started")
                 continue
             try:
-                job = Job.create(key, params, received_ns, self._engine.tokenizer, self._context_limit)
+                job = Job.create(key, params, received_ns, self.engine.tokenizer, self._context_limit)
             except JobError as e:
                 self._reject(key, e.code, e.message, **e.extra)
                 continue
@@ -221,7 +237,7 @@ class Scheduler:
         self._publish_counts()
 
     def _apply_cancels(self) -> None:
-        for key, reason in self.shared.take_cancels().items():
+        for key, reason in self.controls.take_cancels().items():
             job = self._jobs.get(key)
             if job is None:
                 continue
@@ -238,7 +254,7 @@ class Scheduler:
         for job in list(self._waiting):
             self._remove(job)
             self._end_error(job, "shutting_down", "the daemon is shutting down; the request was not started")
-        if self._active and time.monotonic() >= (self.shared.drain_deadline or 0):
+        if self._active and time.monotonic() >= (self.controls.drain_deadline or 0):
             for job in list(self._active.values()):
                 self._remove(job)
                 self._end_ok(job, "shutdown")
@@ -251,18 +267,14 @@ class Scheduler:
         if uid is None:
             self._waiting.remove(job)
         else:
-            self._bg.remove([uid])
+            self.bg.remove([uid])
             del self._active[uid]
 
     # -- admission and progress ---------------------------------------------------------------------------
     def _admit(self) -> None:
-        ceiling = self.shared.max_batch
-        while self._waiting and len(self._active) < ceiling:
+        while self._waiting and len(self._active) < self._limits.max_batch:
             job = self._waiting.popleft()
-            if self._shrunk:
-                self._resize(self._budget, "restore")
-                self._shrunk = False
-            uid = self._bg.insert([job.prompt], max_tokens=[job.params["max_tokens"]], samplers=[job.sampler])[0]
+            uid = self.bg.insert([job.prompt], max_tokens=[job.params["max_tokens"]], samplers=[job.sampler])[0]
             job.admitted_ns = time.monotonic_ns()
             self._active[uid], self._uid_of[job.key] = job, uid
             self._progress(job, "prefilling")
@@ -287,10 +299,12 @@ class Scheduler:
 
     # -- a step ---------------------------------------------------------------------------------------------
     def _step(self) -> None:
-        eng = self._engine
+        eng = self.engine
+        if self._limits.pace is not None:
+            self._next_step_at = time.monotonic() + 1.0 / self._limits.pace
         c0, r0 = eng.cache.stats(), eng.reader.stats()
         try:
-            prompts, tokens = self._bg.next()
+            prompts, tokens = self.bg.next()
         except Exception as e:  # noqa: BLE001 - a failed step fails its batch, not the daemon
             self._fail_batch(e)
             return
@@ -312,17 +326,15 @@ class Scheduler:
         for t in tokens:
             if t.uid in self._active:
                 shares[t.uid] += 1
-        self.shared.traffic(bool(prompts), len(tokens), r1.bytes_read - r0.bytes_read)
+        self.controls.traffic(bool(prompts), len(tokens), r1.bytes_read - r0.bytes_read)
         hits = (c1.hits - c0.hits) + (c1.inflight_hits - c0.inflight_hits)
-        for name, total in (("cache_hits", hits), ("cache_misses", c1.misses - c0.misses),
-                            ("bytes_read", r1.bytes_read - r0.bytes_read)):
-            for uid, part in split_by_share(total, shares).items():
-                setattr(self._active[uid], name, getattr(self._active[uid], name) + part)
+        charge_step(self._active, shares, cache_hits=hits, cache_misses=c1.misses - c0.misses,
+                    bytes_read=r1.bytes_read - r0.bytes_read)
         for t in tokens:
             self._route(t)
         self._publish_counts()
 
-    def _route(self, r: Any) -> None:
+    def _route(self, r: GenerationBatch.Response) -> None:
         job = self._active.get(r.uid)
         if job is None:
             return
@@ -332,7 +344,7 @@ class Scheduler:
         if done is None:
             return
         if r.finish_reason is None:  # ended here (stop string, text cap): the batch still holds the row
-            self._bg.remove([r.uid])
+            self.bg.remove([r.uid])
         del self._active[r.uid]
         self._uid_of.pop(job.key, None)
         self._end_ok(job, done)
@@ -351,17 +363,9 @@ class Scheduler:
         self._uid_of.clear()
         for job in jobs:
             self._end_error(job, code, msg)
-        self._bg.close()
+        self.bg.close()
         self._bg = self._new_batch_generator()  # its state is unknown after a failure: start clean
         self._publish_counts()
-
-    def _idle_wait(self) -> None:
-        timeout = 1.0
-        keep_alive = self.config.scheduler.keep_alive_s
-        if keep_alive >= 0 and not self._shrunk:
-            timeout = min(timeout, max(0.0, self._idle_since + keep_alive - time.monotonic()) + 0.001)
-        if self.shared.wake.wait(timeout):
-            self.shared.wake.clear()
 
     # -- finals ---------------------------------------------------------------------------------------------
     def _end_ok(self, job: Job, reason: str) -> None:
@@ -381,67 +385,35 @@ class Scheduler:
 
     def _forget(self, key: Key, outcome: str) -> None:
         self._jobs.pop(key, None)
-        self.shared.finished(key, outcome, len(self._active), len(self._waiting))
+        self.controls.finished(key, outcome, len(self._active), len(self._waiting))
         if not self._active and not self._waiting:
             self._idle_since = time.monotonic()
 
     def _publish_counts(self) -> None:
-        self.shared.counts(len(self._active), len(self._waiting))
+        self.controls.counts(len(self._active), len(self._waiting))
 
     def _fail_everything(self, code: str, message: str) -> None:
-        keys = self.shared.failing()
+        keys = self.controls.failing()
         self._active.clear()
         self._waiting.clear()
         for key in keys:
             self._reject(key, code, message)
 
     # -- exit -----------------------------------------------------------------------------------------------
-    def _usage_path(self) -> Path:
-        store = str(Path(self.config.engine.store).resolve())
-        digest = hashlib.sha256(store.encode()).hexdigest()[:12]
-        return self._state_dir() / f"usage-{Path(store).name}-{digest}.json"
-
-    def _state_dir(self) -> Path:
-        from .paths import make_private_dir, state_dir
-
-        return make_private_dir(Path(self.config.server.state_dir or state_dir()).expanduser())
-
     def _close(self) -> None:
         """Save what should survive, then free MLX objects here: they must not be destroyed on another thread."""
         if self._engine is not None:
             try:
-                self._save_state()
+                self._files.save_at_exit(self._engine, self.controls.snapshot())
             except Exception:  # noqa: BLE001 - saving statistics must not turn a clean exit into a crash
                 log.exception("could not save the cache statistics")
             if self._bg is not None:
                 self._bg.close()
             self._engine.close()
-        self.shared.closed()
+        self.controls.closed()
         self._bg = self._engine = None
         self._active.clear()
         gc.collect()
-        self.shared.stopped()
+        self.controls.stopped()
         self._on_exit()
 
-    def _save_state(self) -> None:
-        self._engine.save_state(self._usage_path())
-        snap = self.snapshot()
-        doc = {"store": self.config.engine.store, "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "cache": snap["cache"], "reader": vars(self._engine.reader.stats()), "finished": snap["finished"]}
-        path = self._state_dir() / "last-run.json"
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=1, default=str))
-        os.replace(tmp, path)
-        event(log, logging.INFO, "saved", path=str(path))
-
-
-def split_by_share(total: int, shares: dict[int, int]) -> dict[int, int]:
-    """Split an integer total by integer shares; the parts sum to total exactly (largest remainder)."""
-    weight = sum(shares.values())
-    if weight <= 0 or total == 0:
-        return {k: 0 for k in shares}
-    parts = {k: total * w // weight for k, w in shares.items()}
-    left = total - sum(parts.values())
-    for k in sorted(shares, key=lambda k: (total * shares[k]) % weight, reverse=True)[:left]:
-        parts[k] += 1
-    return parts

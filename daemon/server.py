@@ -55,8 +55,9 @@ class Server:
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
         self.scheduler = scheduler_factory(emit=self._post, on_exit=self._poke)
-        self._outbox = Outbox(sock, on_gone=lambda k: self.scheduler.cancel(k, "client_gone"),
-                              on_slow=lambda k: self.scheduler.cancel(k, "slow_client"),
+        self.controls = self.scheduler.controls
+        self._outbox = Outbox(sock, on_gone=lambda k: self.controls.cancel(k, "client_gone"),
+                              on_slow=lambda k: self.controls.cancel(k, "slow_client"),
                               slow_bytes=slow_bytes, slow_s=slow_s)
         self._drain_timeout_s = drain_timeout_s
         self._stop_reason: str | None = None
@@ -89,7 +90,7 @@ class Server:
             if self._stop_reason is None:
                 self._stop_reason = reason
         if immediate:
-            self.scheduler.begin_drain(0.0)
+            self.controls.begin_drain(0.0)
         self._poke()
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class Server:
         if self._stop_reason is not None and not self._draining:
             self._draining = True
             event(log, logging.INFO, "shutting down", reason=self._stop_reason)
-            self.scheduler.begin_drain(self._drain_timeout_s)
+            self.controls.begin_drain(self._drain_timeout_s)
         if self._draining and self._stopped_at is None and self._scheduler_stopped():
             self._stopped_at = time.monotonic()
 
@@ -191,7 +192,7 @@ class Server:
         except protocol.ProtocolError as e:
             self._error(client, req["id"], e.code, e.message, **e.extra)
             return
-        snap = self.scheduler.snapshot()
+        snap = self.controls.snapshot()
         limits = {**protocol.LIMITS, "context_length": snap["context_limit"]}
         event(log, logging.DEBUG, "hello", client=client.hex(), name=req["params"]["client"])
         self._reply(client, req["id"], {"version": v, "server": f"moed/{self._version}",
@@ -208,7 +209,7 @@ class Server:
             return
         self._outbox.open(key)
         try:
-            self.scheduler.submit(key, req["params"], time.monotonic_ns())
+            self.controls.submit(key, req["params"], time.monotonic_ns())
         except JobError as e:
             self._outbox.close(key)
             self._refuse(key, e.code, e.message, **e.extra)
@@ -221,7 +222,7 @@ class Server:
     def _cancel(self, client: bytes, req: dict[str, Any]) -> None:
         key = (client, req["params"]["target"])
         if self._outbox.streaming(key):
-            self._reply(client, req["id"], {"cancelled": self.scheduler.cancel(key, "cancelled")})
+            self._reply(client, req["id"], {"cancelled": self.controls.cancel(key, "cancelled")})
         elif self._outbox.in_flight(key) or self._outbox.recently_finished(key):
             self._reply(client, req["id"], {"cancelled": False})
         else:
@@ -229,7 +230,7 @@ class Server:
                         f"(ids are per connection)")
 
     def _status(self, client: bytes, req: dict[str, Any]) -> None:
-        snap = self.scheduler.snapshot()
+        snap = self.controls.snapshot()
         if self._draining:
             snap["state"] = "draining"
         snap.update(uptime_s=round(time.monotonic() - self._started, 3), version=self._version)

@@ -16,17 +16,18 @@ import errno
 import logging
 import os
 import threading
-from typing import Any, Callable
 
 import zmq
 
 from moed.clients.endpoints import check_ipc_endpoint, default_endpoint, ipc_path
 
+from .budget_policy import BudgetPolicy
 from .config import DaemonConfig
+from .handover import Handover
 from .logs import event
 from .liveness import ServiceReporter  # systemd notifications (sdnotify.py)
 from .runtime import EndpointInUse, EndpointLock, prepare_endpoint_dir
-from .scheduler import Scheduler
+from .scheduler import Loader, Scheduler
 from .sdnotify import Notifier
 from .server import SOCKET_MAX_FRAME, Server
 
@@ -36,10 +37,12 @@ EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_IN_USE = 0, 1, 2, 3
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, *, loader: Callable[..., Any] | None = None):
+    def __init__(self, config: DaemonConfig, *, loader: Loader | None = None,
+                 budget_policy: BudgetPolicy | None = None):
+        """`loader` and `budget_policy` replace the scheduler's defaults (see Scheduler)."""
         self.config = config
         self.endpoint = config.server.endpoint or default_endpoint()
-        self._loader = loader
+        self._loader, self._budget_policy = loader, budget_policy
         self._server: Server | None = None
         self._started = threading.Event()
         self._lock = threading.RLock()  # re-entrant: a signal handler may run while the main thread holds it
@@ -78,7 +81,8 @@ class Daemon:
             if path is not None:
                 os.chmod(path, 0o600)  # the folder is 0700 already; this is belt and braces
             sc = self.config.scheduler
-            server = Server(sock, lambda emit, on_exit: Scheduler(self.config, emit, on_exit, self._loader),
+            server = Server(sock, lambda emit, on_exit: Scheduler(self.config, emit, on_exit, self._loader,
+                                                                    self._budget_policy),
                             slow_bytes=self.config.server.slow_client_bytes,
                             slow_s=self.config.server.slow_client_s, drain_timeout_s=sc.drain_timeout_s)
             with self._lock:
@@ -124,3 +128,8 @@ class Daemon:
     @property
     def scheduler(self) -> Scheduler | None:
         return self._server.scheduler if self._server is not None else None
+
+    @property
+    def controls(self) -> Handover | None:
+        """The controls interface (limits, drain, status) once serving; None before the socket is bound."""
+        return self._server.controls if self._server is not None else None

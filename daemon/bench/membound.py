@@ -77,7 +77,7 @@ def _remove(cg: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..engine.model import parse_budget
+    from ..budget import parse_size
 
     p = argparse.ArgumentParser(prog="python -m moed.daemon.bench.membound", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cgroup_available():
         print("memory cgroups are not available here (need root and /sys/fs/cgroup/memory)", file=sys.stderr)
         return 2
-    res = run_capped(cmd, parse_budget(args.cap, 1))
+    res = run_capped(cmd, parse_size(args.cap))
     print(json.dumps(res, indent=1))
     return 0
 

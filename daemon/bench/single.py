@@ -31,12 +31,13 @@ def run_mlx_lm(cfg: dict) -> dict:
 
 def run_moed(cfg: dict) -> dict:
     from ..engine.experts import READ_BACK
+    from ..config import engine_config
     from ..engine.model import load_engine
 
     t0 = time.perf_counter()
-    eng = load_engine(cfg["store"], budget=cfg.get("budget"), read_mode=cfg.get("read_mode", "direct"),
-                      read_threads=cfg.get("read_threads", 4), policy=cfg.get("policy", "lfu"),
-                      prefetch_depth=cfg.get("prefetch_depth", 1))
+    eng = load_engine(engine_config(cfg["store"], cache_budget=str(cfg.get("budget") or "100%"),
+                                    read_mode=cfg.get("read_mode", "direct"), read_threads=cfg.get("read_threads", 4),
+                                    cache_policy=cfg.get("policy", "lfu"), prefetch_depth=cfg.get("prefetch_depth", 1)))
     eng.cache.unsynced = cfg.get("unsynced", True)
     eng.cache.wait_loads()  # at 100 % the preload: every expert in memory before timing, as mlx-lm's load
     load_s = time.perf_counter() - t0
@@ -88,19 +89,21 @@ def run_restart(cfg: dict) -> dict:
     against A's steady state (its last `window` tokens)."""
     import tempfile
 
+    from ..config import engine_config
     from ..engine.model import load_engine
     from .workload import corpus_tokens
 
     window = cfg.get("window", 32)
-    kw = dict(budget=cfg.get("budget"), read_mode=cfg.get("read_mode", "direct"),
-              policy=cfg.get("policy", "lfu"), prefetch_depth=cfg.get("prefetch_depth", 1))
+    ec = engine_config(cfg["store"], cache_budget=str(cfg.get("budget") or "100%"),
+                       read_mode=cfg.get("read_mode", "direct"), cache_policy=cfg.get("policy", "lfu"),
+                       prefetch_depth=cfg.get("prefetch_depth", 1))
     with tempfile.TemporaryDirectory() as tmp:
-        a = load_engine(cfg["store"], **kw)
+        a = load_engine(ec)
         tokens = corpus_tokens(a.tokenizer, cfg["steps"] + 1)
         rates_a = _hit_rates(a, tokens)
         a.save_state(f"{tmp}/usage.json")
         a.close()
-        b = load_engine(cfg["store"], **kw)
+        b = load_engine(ec)
         t0 = time.perf_counter()
         started = b.warm_start(f"{tmp}/usage.json")
         ready_s = time.perf_counter() - t0
@@ -134,13 +137,15 @@ def run_resize(cfg: dict) -> dict:
     (the resize call) and the median of the next `steps_after` steps against the median step before."""
     from mlx_lm.models.cache import make_prompt_cache
 
-    from ..engine.model import load_engine, parse_budget
+    from ..budget import resolve
+    from ..config import engine_config
+    from ..engine.model import load_engine
     from .workload import corpus_tokens
 
     budgets = cfg.get("budgets", ["50%", "25%", "12.5%", "25%", "50%", "75%"])
     after = cfg.get("steps_after", 6)
-    eng = load_engine(cfg["store"], budget=budgets[0], read_mode=cfg.get("read_mode", "direct"),
-                      prefetch_depth=cfg.get("prefetch_depth", 1))
+    eng = load_engine(engine_config(cfg["store"], cache_budget=budgets[0], read_mode=cfg.get("read_mode", "direct"),
+                                    prefetch_depth=cfg.get("prefetch_depth", 1)))
     tokens = iter(corpus_tokens(eng.tokenizer, cfg.get("prompt_len", 32) + 16 + after * len(budgets)))
     cache = make_prompt_cache(eng.model)
     mx.eval(eng.model(mx.array([[next(tokens) for _ in range(cfg.get("prompt_len", 32))]]), cache=cache))
@@ -158,7 +163,7 @@ def run_resize(cfg: dict) -> dict:
     for b in budgets[1:]:
         views = eng.cache.views
         t0 = time.perf_counter()
-        eng.cache.resize(parse_budget(b, eng.manifest.total_expert_bytes))
+        eng.cache.resize(resolve(b, eng.manifest.total_expert_bytes, eng.manifest.expert_bytes).bytes)
         pause = (time.perf_counter() - t0) * 1000
         changes.append({"to": b, "pause_ms": pause, "reallocated": eng.cache.views is not views,
                         "next_steps_ms_p50": steps(after)})

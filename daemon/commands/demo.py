@@ -1,12 +1,14 @@
 """`moed demo`: the built-in default job, end to end, on a fresh machine.
 
     moed demo [--dir DIR] [--arch qwen3_moe] [--size small] [--cache-budget 25%] [--max-tokens 64] [--in-process]
+              [--read-mode ...] [--read-threads N] [--cache-policy ...] [--prefetch-depth N]
 
 On first run it makes a deterministic random-weight MoE checkpoint (mlx-lm layout, 4-bit, float32 scales: the
 fast kind on MLX's CPU backend), converts it into a packed expert store, then starts `moed serve` on a private
 endpoint with only part of the experts in memory, streams a generation to a client (moed.clients.Client), prints
 the stats and stops the daemon. Later runs reuse the store. `--in-process` skips the daemon and runs the engine
-directly (`moed generate`). DIR defaults to moed's data folder (see moed.daemon.paths).
+directly (`moed generate`). DIR defaults to moed's data folder (see moed.daemon.paths). The engine flags are the
+config keys of `moed serve` and `moed generate` (options.py) and are handed to either through its own parser.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from .options import ENGINE_FLAGS, add_flags, as_argv, given
+
+DEMO_BUDGET = "25%"  # only part of the experts in memory: the point of the demo
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="make a demo model, serve it, and stream a generation", description=__doc__,
@@ -26,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dir", type=Path, default=None, help="where the demo model and store live")
     p.add_argument("--arch", default="qwen3_moe")
     p.add_argument("--size", default="small")
-    p.add_argument("--cache-budget", default="25%")
+    add_flags(p, ENGINE_FLAGS, defaults={"cache_budget": DEMO_BUDGET})
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--prompt", default="Four score and seven years ago our fathers brought forth")
     p.add_argument("--in-process", action="store_true", help="run the engine in this process, without the daemon")
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="moed-demo-") as tmp:
         endpoint = f"ipc://{tmp}/moed.sock"
         cmd = [sys.executable, "-m", "moed.daemon.cli", "serve", str(store), "--endpoint", endpoint,
-               "--cache-budget", args.cache_budget, "--log-level", "warning"]
+               *as_argv(given(args, ENGINE_FLAGS), ENGINE_FLAGS), "--log-level", "warning"]
         print(f"starting: {' '.join(cmd[2:])}", file=sys.stderr)
         daemon = subprocess.Popen(cmd, env={**os.environ, "MOED_STATE_DIR": f"{tmp}/state"})
         try:
@@ -126,12 +132,10 @@ def _stop(endpoint: str, daemon: subprocess.Popen) -> None:
 
 
 def _in_process(args: argparse.Namespace, store: Path) -> int:
-    from .generate import run as generate
+    from ..cli import build_parser
 
     print(f"streaming in-process from {store} with a {args.cache_budget} expert cache:\n", file=sys.stderr)
-    gen_args = argparse.Namespace(
-        store=str(store), prompt=args.prompt, max_tokens=args.max_tokens, temp=0.8, top_p=0.95, top_k=0,
-        min_p=0.0, seed=0, cache_budget=args.cache_budget, read_mode="direct", read_threads=4, chat=False,
-        json=False, prefetch_depth=1, policy="lfu",
-    )
-    return generate(gen_args)
+    gen = build_parser().parse_args(["generate", "--max-tokens", str(args.max_tokens), "--temp", "0.8",
+                                     "--top-p", "0.95", "--seed", "0",
+                                     *as_argv(given(args, ENGINE_FLAGS), ENGINE_FLAGS), "--", str(store), args.prompt])
+    return int(gen.func(gen) or 0)

@@ -2,10 +2,12 @@
 
     moed generate STORE "prompt" [--max-tokens 128] [--temp 0] [--top-p 0] [--top-k 0] [--seed N]
                   [--cache-budget 25%] [--read-mode direct|buffered] [--read-threads 4]
-                  [--prefetch-depth 1] [--policy lfu|lru] [--chat] [--json]
+                  [--prefetch-depth 1] [--cache-policy lfu|lru] [--chat] [--json]
 
-Tokens are printed as they come; the stats (prompt and generation tok/s, hit rate, bytes read, peak RSS) follow
-on stderr, or as one JSON object on stdout with --json.
+The engine flags are the [engine] config keys of `moed serve` (options.py), with their defaults; no config file or
+environment is read. Tokens are printed as they come; the stats (prompt and generation tok/s, hit rate, bytes read,
+peak RSS) follow on stderr, or as one JSON object on stdout with --json. A cache budget above the store's experts
+is clamped to 100 % with a warning; a bad one is refused before the model loads (exit 2).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from .options import ENGINE_FLAGS, add_flags, given
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,25 +30,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--cache-budget", default="100%", help="e.g. 25%%, 0.25, 2GB, 512MiB (default 100%%)")
-    p.add_argument("--read-mode", choices=("direct", "buffered"), default="direct")
-    p.add_argument("--read-threads", type=int, default=4)
-    p.add_argument("--prefetch-depth", type=int, default=1, help="MoE layers ahead to prefetch (0 = off)")
-    p.add_argument("--policy", choices=("lfu", "lru"), default="lfu", help="cache eviction policy")
+    add_flags(p, ENGINE_FLAGS)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--json", action="store_true", help="print the text and stats as one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import engine_config
     from ..engine.generate import GenerationStats, generate
     from ..engine.model import load_engine
     from ..store.format import StoreError
 
-    try:
-        engine = load_engine(args.store, budget=args.cache_budget, read_mode=args.read_mode,
-                             read_threads=args.read_threads, prefetch_depth=args.prefetch_depth,
-                             policy=args.policy)
+    try:  # ConfigError and BudgetError are ValueErrors
+        engine = load_engine(engine_config(args.store, **given(args, ENGINE_FLAGS)))
     except (StoreError, ValueError) as e:
         print(f"moed generate: {e}", file=sys.stderr)
         return 2

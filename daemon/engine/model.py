@@ -8,6 +8,7 @@ never materialised; then the dense weights are evaluated (resident) and the toke
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.switch_layers import SwitchGLU
 from mlx_lm.utils import load_model, load_tokenizer
 
+from .. import budget
+from ..config import EngineConfig
 from ..store.format import Manifest, StoreError, read_manifest
 from ..store.reader import ExpertReader
 from .cache import WARM, ExpertCache
@@ -25,6 +28,7 @@ from .experts import StreamingSwitchGLU
 from .prefetch import Prefetcher, find_router
 from .warm import load_usage, save_usage, warm_cache
 
+log = logging.getLogger(__name__)
 # LFU ageing: a use's weight halves every DECAY_TOKENS tokens (x MoE layers acquire calls)
 DECAY_TOKENS = 16
 
@@ -60,6 +64,15 @@ class Engine:
         return sum(self.cache.prefetch(pos, range(layer.num_experts), priority=WARM)
                    for pos, layer in enumerate(self.manifest.layers))
 
+    def set_prefetch_depth(self, depth: int) -> None:
+        """Predict and prefetch this many MoE layers ahead from the next layer call on (0 = off); call on the
+        MLX thread, between steps.
+
+        Raises:
+            ValueError: a negative depth.
+        """
+        self.prefetcher.set_depth(depth)
+
     def close(self) -> None:
         self.reader.close()
 
@@ -70,72 +83,31 @@ class Engine:
         self.close()
 
 
-def parse_budget(spec: str | int | float | None, total_expert_bytes: int) -> int:
-    """A cache budget in bytes from '25%', '0.25', '1.5GB', '512MiB', a byte count, or None (= 100 %).
-
-    Raises:
-        ValueError: the spec is not one of those forms, or is not positive.
-    """
-    if spec is None:
-        return total_expert_bytes
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        value = float(spec)
-        budget = value * total_expert_bytes if 0 < value <= 1 and isinstance(spec, float) else value
-    else:
-        s = str(spec).strip().upper().replace(" ", "")
-        units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9, "B": 1}
-        try:
-            if s.endswith("%"):
-                budget = float(s[:-1]) / 100 * total_expert_bytes
-            elif (unit := next((u for u in units if s.endswith(u)), None)) is not None:
-                budget = float(s[: -len(unit)]) * units[unit]
-            elif "." in s:
-                budget = float(s) * total_expert_bytes
-            else:
-                budget = float(s)
-        except ValueError:
-            raise ValueError(f"cache budget {spec!r}: expected e.g. '25%', '0.25', '2GB', '512MiB' or bytes") from None
-    if budget <= 0:
-        raise ValueError(f"cache budget {spec!r} must be positive")
-    return int(budget)
-
-
-def load_engine(
-    store: str | os.PathLike[str],
-    *,
-    budget: str | int | float | None = None,
-    read_mode: str = "direct",
-    read_threads: int = 4,
-    verify: bool = True,
-    policy: str = "lfu",
-    prefetch_depth: int = 1,
-    preload: bool = True,
-) -> Engine:
-    """Load a store for streaming generation.
+def load_engine(config: EngineConfig, *, verify: bool = True, preload: bool = True) -> Engine:
+    """Load a store for streaming generation, as the engine config says.
 
     Args:
-        store: the store folder (made by `moed convert`).
-        budget: expert cache budget (see parse_budget); at least one expert.
-        read_mode: "direct" (O_DIRECT / F_NOCACHE) or "buffered" (page cache).
-        read_threads: reader threads.
+        config: the store, cache budget (see moed.daemon.budget; a budget above the store's experts is clamped to
+            100 % and one below a single expert raised to one expert, with a logged warning), read mode and
+            threads, cache policy and prefetch depth. Build one with config.engine_config(store, **keys).
         verify: check each expert's CRC-32 on its first read.
-        policy: cache eviction policy, "lfu" (frequency with ageing) or "lru".
-        prefetch_depth: how many MoE layers ahead to predict and prefetch (0 = off).
         preload: at a budget that holds every expert, start reading them all in the background (Engine.preload).
 
     Raises:
         StoreError: the store is missing, incomplete or does not match its model.
-        ValueError: a bad budget.
+        BudgetError: a cache budget that cannot be used (a ValueError).
     """
-    root = Path(store)
+    root = Path(config.store)
     manifest = read_manifest(root)
-    budget_bytes = parse_budget(budget, manifest.total_expert_bytes)
+    cache_budget = budget.resolve(config.cache_budget, manifest.total_expert_bytes, manifest.expert_bytes)
+    if cache_budget.warning:
+        log.warning("%s", cache_budget.warning)
     model, _ = load_model(root, lazy=True, strict=False)
-    reader = ExpertReader(root, manifest, mode=read_mode, threads=read_threads, verify=verify)
+    reader = ExpertReader(root, manifest, mode=config.read_mode, threads=config.read_threads, verify=verify)
     try:
-        cache = ExpertCache(manifest.layout, reader, budget_bytes, policy=policy,
+        cache = ExpertCache(manifest.layout, reader, cache_budget.bytes, policy=config.cache_policy,
                             half_life=DECAY_TOKENS * len(manifest.layers))
-        prefetcher = _swap_expert_layers(model, manifest, cache, prefetch_depth)
+        prefetcher = _swap_expert_layers(model, manifest, cache, config.prefetch_depth)
         dense = model.parameters()
         mx.eval(dense)
         dense_bytes = sum(a.nbytes for _, a in tree_flatten(dense))

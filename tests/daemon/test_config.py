@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from moed.daemon.cli import main
-from moed.daemon.config import KEYS, ConfigError, DaemonConfig, as_toml, describe, load_config
+from moed.daemon.config import (KEYS, ConfigError, DaemonConfig, as_toml, check_with_store, describe, engine_config,
+                                load_config)
 
 NO_FILE = Path("/nonexistent/moed.toml")
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +97,51 @@ def test_serve_check_prints_config_and_errors_exit_2(tmp_path, capsys, model_dir
     assert "store" in capsys.readouterr().err
     assert main(["serve", "--check"]) == 2
     assert "no store" in capsys.readouterr().err
+
+
+def test_budgets_are_checked_against_the_store_before_serving(model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("MOED_CONFIG", "")
+    store = str(model_dir("qwen3_moe", "store-mlx"))
+    assert main(["serve", store, "--check", "--cache-budget", "25"]) == 2
+    err = capsys.readouterr().err
+    assert "engine.cache_budget" in err and "did you mean 25%?" in err
+    assert main(["serve", store, "--check", "--idle-cache-budget", "10"]) == 2
+    assert "scheduler.idle_cache_budget" in capsys.readouterr().err
+    assert main(["serve", store, "--check", "--cache-budget", "2GB"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" in captured.err and "clamped to 100 %" in captured.err and 'cache_budget = "2GB"' in captured.out
+    warnings = check_with_store(DaemonConfig().replace(store=store, cache_budget="200%"))
+    assert len(warnings) == 1 and "200%" in warnings[0]
+
+
+def test_serve_checks_the_store_without_mlx(model_dir):
+    store = str(model_dir("qwen3_moe", "store-mlx"))
+    code = f"""
+import sys
+class NoMLX:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("mlx", "mlx_lm"):
+            raise ImportError("mlx is blocked in this test: " + name)
+sys.meta_path.insert(0, NoMLX())
+import argparse
+from moed.daemon.commands import serve
+parser = argparse.ArgumentParser()
+serve.register(parser.add_subparsers())
+args = parser.parse_args(["serve", {store!r}, "--check", "--cache-budget", "25"])
+sys.exit(args.func(args))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "MOED_CONFIG": ""})
+    assert out.returncode == 2 and "did you mean 25%?" in out.stderr, out.stderr
+
+
+def test_engine_config_takes_engine_keys_only(tmp_path):
+    ec = engine_config(tmp_path, cache_budget="25%", read_mode="buffered")
+    assert ec.store == str(tmp_path) and ec.cache_budget == "25%" and ec.read_threads == 4
+    with pytest.raises(ConfigError, match="not \\[engine\\] keys: max_batch"):
+        engine_config(tmp_path, max_batch=2)
+    with pytest.raises(ConfigError, match="read_mode"):
+        engine_config(tmp_path, read_mode="sideways")
 
 
 def test_every_key_is_documented():

@@ -1,4 +1,4 @@
-"""Missing, truncated and corrupt stores fail with errors that name what is wrong; budgets parse strictly."""
+"""Missing, truncated and corrupt stores fail with errors that name what is wrong."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import mlx.core as mx
 import pytest
 
 from moed.daemon.cli import main as moed_main
-from moed.daemon.engine.model import load_engine, parse_budget
+from moed.daemon.config import engine_config
+from moed.daemon.engine.model import load_engine
 from moed.daemon.store.format import MANIFEST, StoreError, read_manifest
 
 
@@ -28,7 +29,7 @@ def test_corrupt_expert_names_layer_and_expert(store_copy):
     expert = 3
     data[expert * m.layout.record_bytes + 10] ^= 0xFF
     path.write_bytes(bytes(data))
-    with load_engine(store_copy, budget="100%", read_mode="buffered") as eng:
+    with load_engine(engine_config(store_copy, cache_budget="100%", read_mode="buffered")) as eng:
         with pytest.raises(StoreError, match=rf"layer {layer.index}\b.*expert {expert}\b"):
             # a long prompt routes to every expert of every layer
             eng.model(mx.array(list(range(200)))[None])
@@ -37,7 +38,7 @@ def test_corrupt_expert_names_layer_and_expert(store_copy):
 def test_missing_manifest_is_named(store_copy):
     (store_copy / MANIFEST).unlink()
     with pytest.raises(StoreError, match="manifest.json is missing"):
-        load_engine(store_copy)
+        load_engine(engine_config(store_copy))
 
 
 def test_truncated_layer_file_is_named(store_copy):
@@ -45,7 +46,7 @@ def test_truncated_layer_file_is_named(store_copy):
     path = store_copy / m.layers[0].file
     path.write_bytes(path.read_bytes()[:-4096])
     with pytest.raises(StoreError, match=r"layer-000\.bin has \d+ bytes, expected"):
-        load_engine(store_copy)
+        load_engine(engine_config(store_copy))
 
 
 def test_manifest_naming_a_module_the_model_lacks(store_copy):
@@ -53,7 +54,7 @@ def test_manifest_naming_a_module_the_model_lacks(store_copy):
     doc["layers"][0]["module"] = "model.layers.0.mlp.nonexistent"
     (store_copy / MANIFEST).write_text(json.dumps(doc))
     with pytest.raises(StoreError, match="nonexistent is not a SwitchGLU"):
-        load_engine(store_copy)
+        load_engine(engine_config(store_copy))
 
 
 def test_generate_cli_reports_a_bad_store(tmp_path, capsys):
@@ -70,18 +71,6 @@ def test_generate_cli_streams_and_prints_stats(model_dir, capsys):
     assert s["generation_tokens"] == 8 and s["cache_misses"] > 0 and s["bytes_read"] > 0 and s["peak_rss_bytes"] > 0
 
 
-@pytest.mark.parametrize("spec,want", [("25%", 250), ("0.5", 500), (0.5, 500), ("1kB", 1000), ("2KiB", 2048),
-                                       (300, 300), ("700", 700), (None, 1000)])
-def test_parse_budget(spec, want):
-    assert parse_budget(spec, 1000) == want
-
-
-@pytest.mark.parametrize("spec", ["lots", "-5%", "0", "1.5XB"])
-def test_parse_budget_rejects(spec):
-    with pytest.raises(ValueError, match="cache budget"):
-        parse_budget(spec, 1000)
-
-
 @pytest.mark.parametrize("depth", [0, 1, 3])
 def test_a_corrupt_expert_is_never_served_even_when_prefetched(store_copy, depth):
     m = read_manifest(store_copy)
@@ -91,6 +80,6 @@ def test_a_corrupt_expert_is_never_served_even_when_prefetched(store_copy, depth
         data[e * m.layout.record_bytes + 7] ^= 0x5A
     path.write_bytes(bytes(data))
     for _ in range(6):  # prefetch timing varies from run to run
-        with load_engine(store_copy, budget="100%", read_mode="buffered", prefetch_depth=depth) as eng:
+        with load_engine(engine_config(store_copy, read_mode="buffered", prefetch_depth=depth)) as eng:
             with pytest.raises(StoreError, match=rf"layer {m.layers[1].index}\b.*checksum mismatch"):
                 mx.eval(eng.model(mx.array([[5, 6, 7, 8]])))

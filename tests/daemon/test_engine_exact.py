@@ -16,6 +16,7 @@ from mlx_lm import load as mlx_load
 from mlx_lm.generate import stream_generate
 from mlx_lm.models.cache import make_prompt_cache
 
+from moed.daemon.config import engine_config
 from moed.daemon.engine.model import load_engine
 from moed.daemon.store.format import read_manifest
 
@@ -55,7 +56,7 @@ def test_greedy_tokens_match_mlx_lm_at_every_budget(model_dir, reference, arch, 
     assert len(ref_tokens) == 64
     store = model_dir(arch, f"store-{source}")
     for name, budget in budgets(store).items():
-        with load_engine(store, budget=budget, read_mode="buffered") as eng:
+        with load_engine(engine_config(store, cache_budget=str(budget), read_mode="buffered")) as eng:
             got = greedy_tokens(eng.model, eng.tokenizer)
             assert got == ref_tokens, f"{arch}/{source} at budget {name}: tokens differ"
             ids = mx.array(eng.tokenizer.encode(PROMPT))[None]
@@ -70,7 +71,8 @@ def test_teacher_forced_logits_match_under_eviction(model_dir, reference, arch):
     ref_model, tok, _ = reference(arch, "mlx")
     store = model_dir(arch, "store-mlx")
     m = read_manifest(store)
-    with load_engine(store, budget=3 * m.expert_bytes, read_mode="direct") as eng:  # fewer slots than one token needs
+    # fewer slots than one token needs
+    with load_engine(engine_config(store, cache_budget=str(3 * m.expert_bytes), read_mode="direct")) as eng:
         tokens = corpus_tokens(tok, 48)
         c_ref, c_moe = make_prompt_cache(ref_model), make_prompt_cache(eng.model)
         a = ref_model(mx.array(tokens[:16])[None], cache=c_ref)
@@ -86,7 +88,7 @@ def test_teacher_forced_logits_match_under_eviction(model_dir, reference, arch):
 
 def test_expert_weights_are_never_materialised(model_dir):
     store = model_dir("qwen3_moe", "store-mlx")
-    with load_engine(store, budget="25%", read_mode="buffered") as eng:
+    with load_engine(engine_config(store, cache_budget="25%", read_mode="buffered")) as eng:
         names = [k for k, _ in tree_flatten(eng.model.parameters())]
         assert names and not any("switch_mlp" in k or ".experts." in k for k in names)
         dense = sum(v.nbytes for _, v in tree_flatten(eng.model.parameters()))
@@ -97,7 +99,7 @@ def test_prefill_reads_each_expert_at_most_once_per_chunk(model_dir):
     from collections import Counter
 
     store = model_dir("qwen3_moe", "store-mlx")
-    eng = load_engine(store, budget="100%", read_mode="buffered", preload=False)  # demand reads only
+    eng = load_engine(engine_config(store, read_mode="buffered"), preload=False)  # demand reads only
     reads: Counter = Counter()
     inner = eng.reader.read
 

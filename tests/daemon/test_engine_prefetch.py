@@ -10,6 +10,7 @@ from mlx_lm import load as mlx_load
 from mlx_lm.models.cache import make_prompt_cache
 
 from moed.daemon.bench.workload import corpus_tokens
+from moed.daemon.config import engine_config
 from moed.daemon.engine.model import load_engine
 
 
@@ -32,7 +33,8 @@ def test_prefetch_keeps_logits_exact(small, depth, policy):
     ckpt, store = small
     ref, tok = mlx_load(str(ckpt))
     tokens = corpus_tokens(tok, 40)
-    with load_engine(store, budget="25%", read_mode="direct", prefetch_depth=depth, policy=policy) as eng:
+    ec = engine_config(store, cache_budget="25%", read_mode="direct", prefetch_depth=depth, cache_policy=policy)
+    with load_engine(ec) as eng:
         for a, b in zip(forced(ref, tokens), forced(eng.model, tokens)):
             assert mx.array_equal(a, b).item()
         st, ps = eng.cache.stats(), eng.prefetcher.stats()
@@ -44,7 +46,7 @@ def test_prefetch_keeps_logits_exact(small, depth, policy):
 
 def test_depth_can_change_at_run_time(small):
     _, store = small
-    with load_engine(store, budget="25%", prefetch_depth=0) as eng:
+    with load_engine(engine_config(store, cache_budget="25%", prefetch_depth=0)) as eng:
         eng.prefetcher.set_depth(2)
         forced(eng.model, list(range(20)))
         assert eng.cache.stats().prefetches > 0
@@ -74,7 +76,7 @@ def test_warm_restart_refills_the_cache_in_order_of_use(small_store, tmp_path):
     _, tok = mlx_load(str(ckpt))
     tokens = corpus_tokens(tok, 96)
     usage = tmp_path / "usage.json"
-    a = load_engine(store, budget="25%", prefetch_depth=0)
+    a = load_engine(engine_config(store, cache_budget="25%", prefetch_depth=0))
     forced(a.model, tokens)
     a.save_state(usage)
     counts = sorted(a.cache.usage().values(), reverse=True)
@@ -84,10 +86,10 @@ def test_warm_restart_refills_the_cache_in_order_of_use(small_store, tmp_path):
     doc = json.loads(usage.read_text())
     assert doc["format"] == "moed-expert-usage" and len(doc["usage"]) > 0
 
-    cold = load_engine(store, budget="25%", prefetch_depth=0)
+    cold = load_engine(engine_config(store, cache_budget="25%", prefetch_depth=0))
     cold_rate = first_tokens_hit_rate(cold, tokens[:16])
     cold.close()
-    with load_engine(store, budget="25%", prefetch_depth=0) as warm:
+    with load_engine(engine_config(store, cache_budget="25%", prefetch_depth=0)) as warm:
         started = warm.warm_start(usage)
         assert started == min(warm.cache.capacity, len(doc["usage"]))
         assert top and all(warm.cache.contains(layer, e) for layer, e in top)
@@ -97,7 +99,7 @@ def test_warm_restart_refills_the_cache_in_order_of_use(small_store, tmp_path):
 
 def test_bad_usage_files_start_cold(small, tmp_path):
     _, store = small
-    with load_engine(store, budget="25%") as eng:
+    with load_engine(engine_config(store, cache_budget="25%")) as eng:
         bad = tmp_path / "bad.json"
         bad.write_text("{not json")
         assert eng.warm_start(bad) == 0

@@ -11,6 +11,7 @@ from mlx_lm import load as mlx_load
 from mlx_lm.models.cache import make_prompt_cache
 
 from moed.daemon.bench.workload import corpus_tokens
+from moed.daemon.config import engine_config
 from moed.daemon.engine.model import load_engine
 from moed.daemon.store.format import read_manifest
 
@@ -34,7 +35,8 @@ def setup(model_dir):
 def test_full_budget_needs_no_sync_and_counts_every_call(setup):
     store, ref, tokens = setup
     m = read_manifest(store)
-    with load_engine(store, budget="100%", read_mode="buffered") as eng:  # preloads every expert in the background
+    # preloads every expert in the background
+    with load_engine(engine_config(store, cache_budget="100%", read_mode="buffered")) as eng:
         eng.cache.wait_loads()
         assert [eng.cache.lookup(i, layer.num_experts) for i, layer in enumerate(m.layers)] == \
             [i * layer.num_experts for i, layer in enumerate(m.layers)]  # preloaded in order: bank rows, no table
@@ -58,7 +60,7 @@ def test_layers_look_up_again_when_the_cache_changes(setup):
     cache's epoch: switching the no-sync path off, or evicting, sends the layer back to the synchronised path."""
     store, ref, tokens = setup
     m = read_manifest(store)
-    with load_engine(store, budget="100%", read_mode="buffered") as eng:
+    with load_engine(engine_config(store, cache_budget="100%", read_mode="buffered")) as eng:
         eng.cache.wait_loads()
         lookups = []
         real = eng.cache.lookup
@@ -85,7 +87,7 @@ def test_routing_is_read_back_in_gathered_blocks_and_counted_once(setup):
     steps = 2 * GATHER_STEPS + 3
     usages = []
     for per_step in (True, False):
-        with load_engine(store, budget="100%", read_mode="buffered") as eng:
+        with load_engine(engine_config(store, cache_budget="100%", read_mode="buffered")) as eng:
             eng.cache.wait_loads()
             eng.cache.reset_stats()
             seen = []
@@ -110,7 +112,7 @@ def test_eviction_from_a_resident_layer_stays_exact(setup):
     store, ref, tokens = setup
     m = read_manifest(store)
     e0 = m.layers[0].num_experts
-    with load_engine(store, budget=(e0 + 4) * m.expert_bytes, read_mode="buffered") as eng:
+    with load_engine(engine_config(store, cache_budget=str((e0 + 4) * m.expert_bytes), read_mode="buffered")) as eng:
         eng.cache.prefetch(0, np.arange(e0)[::-1])  # layer 0 wholly resident: it starts unsynced
         eng.cache.wait_loads()
         assert isinstance(eng.cache.lookup(0, e0), mx.array)  # out of order in the bank: through the slot table
@@ -123,7 +125,7 @@ def test_eviction_from_a_resident_layer_stays_exact(setup):
 def test_steps_built_ahead_of_evaluation_stay_exact(setup):
     """Two steps' graphs are built before either is evaluated (mlx-lm's async pipelining)."""
     store, ref, tokens = setup
-    with load_engine(store, budget="100%", read_mode="buffered") as eng:
+    with load_engine(engine_config(store, cache_budget="100%", read_mode="buffered")) as eng:
         eng.cache.wait_loads()
         c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
         for a, b in zip(tokens[:16:2], tokens[1:17:2]):
@@ -140,8 +142,10 @@ def test_refilling_a_slot_waits_for_the_unsynced_call_reading_it(setup):
     store, ref, tokens = setup
     m = read_manifest(store)
     last, e_last = len(m.layers) - 1, m.layers[-1].num_experts
-    with load_engine(store, budget=(e_last + 6 * last) * m.expert_bytes, read_mode="buffered", prefetch_depth=0,
-                      policy="lru") as eng:  # room for three steps of the other layers beside the whole last layer
+    # room for three steps of the other layers beside the whole last layer
+    ec = engine_config(store, cache_budget=str((e_last + 6 * last) * m.expert_bytes), read_mode="buffered",
+                       prefetch_depth=0, cache_policy="lru")
+    with load_engine(ec) as eng:
         eng.cache.prefetch(last, np.arange(e_last))
         eng.cache.wait_loads()
         c_ref, c_moe = make_prompt_cache(ref), make_prompt_cache(eng.model)
@@ -163,7 +167,7 @@ def test_live_resize_between_steps_stays_exact(setup):
     store, ref, tokens = setup
     m = read_manifest(store)
     total = m.total_expert_bytes
-    with load_engine(store, budget="100%", read_mode="buffered") as eng:
+    with load_engine(engine_config(store, cache_budget="100%", read_mode="buffered")) as eng:
         eng.cache.wait_loads()
         views = eng.cache.views
         plan = {4: total // 4, 10: total // 8, 16: total // 2, 22: total, 28: total // 4}
@@ -198,7 +202,7 @@ def test_direct_reads_land_straight_in_page_aligned_slots(tmp_path):
         make_test_model(root / "ckpt", size="tiny", hidden=512, expert_inter=256)  # 64 KiB / 4 KiB tensors
         convert(root / "ckpt", root / "store", bits=4, group_size=64)
         ref, tok = mlx_load(str(root / "ckpt"))
-        with load_engine(root / "store", budget="25%", read_mode="direct", preload=False) as eng:
+        with load_engine(engine_config(root / "store", cache_budget="25%", read_mode="direct"), preload=False) as eng:
             tokens = corpus_tokens(tok, 12)
             assert_same_logits(ref, eng, tokens)
             st = eng.reader.stats()
@@ -218,7 +222,7 @@ def test_direct_reads_land_straight_in_page_aligned_slots(tmp_path):
             return real(fd, bufs, offset)
 
         reader_mod._PREADV = no_dma_into_targets
-        eng = load_engine(root / "store", budget="25%", read_mode="direct", preload=False)
+        eng = load_engine(engine_config(root / "store", cache_budget="25%", read_mode="direct"), preload=False)
         try:
             assert_same_logits(ref, eng, tokens)
             st = eng.reader.stats()

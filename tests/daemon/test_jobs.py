@@ -9,7 +9,7 @@ from mlx_lm.utils import load_tokenizer
 
 from moed.clients import protocol as P
 from moed.daemon.jobs import Job, JobError, derive_seed, make_job_sampler
-from moed.daemon.scheduler import split_by_share
+from moed.daemon.jobs import split_by_share
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from mlx_lm import load as mlx_load
 
 from moed.daemon.bench.workload import corpus_tokens
 from moed.daemon.engine import managed
+from moed.daemon.config import engine_config
 from moed.daemon.engine.model import load_engine
 from moed.daemon.testmodel.driver import StandInDriver
 
@@ -44,7 +45,7 @@ def test_copy_path_lands_every_expert_through_the_driver_and_stays_exact(setup, 
     monkeypatch.setattr(managed, "UPLOAD", "auto")
     assert managed.upload_path() == "copy"
     store, ref, tokens = setup
-    eng = load_engine(store, budget="25%", read_mode="buffered")
+    eng = load_engine(engine_config(store, cache_budget="25%", read_mode="buffered"))
     with eng:
         addr, nbytes = eng.reader.buffer_region()
         assert stand_in.pinned == {addr: nbytes}  # the reader's buffers, page-locked once

@@ -116,3 +116,41 @@ def test_sigterm_drains_saves_and_exits_0(store):
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("args,exit_code,words", [
+    (["--cache-budget", "25"], 2, ["did you mean 25%?"]),
+    (["--idle-cache-budget", "7"], 2, ["idle_cache_budget", "did you mean 7%?"]),
+    (["--cache-budget", "lots"], 2, ["cache_budget", "expected e.g."]),
+])
+def test_a_bad_budget_is_refused_before_anything_is_bound(store, args, exit_code, words):
+    folder = short_dir()
+    try:
+        proc = spawn_daemon(store, folder, *args)
+        assert proc.wait(60) == exit_code
+        err = log_text(folder)
+        assert all(w in err for w in words) and "Traceback" not in err and len(err) < 400, err
+        assert not Path(folder, "d.sock").exists() and not Path(folder, "d.sock.lock").exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_budget_above_the_store_is_clamped_with_a_warning(store):
+    folder = short_dir()
+    proc = spawn_daemon(store, folder, "--cache-budget", "2GB")
+    endpoint = f"ipc://{folder}/d.sock"
+    try:
+        wait_ready(endpoint)
+        c = Conn(endpoint)
+        try:
+            cache = c.result("status")["cache"]
+        finally:
+            c.close()
+        from moed.daemon.store.format import read_manifest
+
+        assert cache["budget_bytes"] == read_manifest(store).total_expert_bytes  # 100 %, not 2 GB
+        assert "clamped to 100 %" in log_text(folder)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)

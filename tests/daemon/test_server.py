@@ -41,10 +41,11 @@ def store(model_dir):
 def engine_tokens(store):
     """Greedy tokens of moed's in-process generate (the engine's reference), computed before any daemon runs."""
     from moed.daemon.engine.generate import generate
+    from moed.daemon.config import engine_config
     from moed.daemon.engine.model import load_engine
 
     prompt, n = prompts(1, seed=7)[0]
-    eng = load_engine(store, read_mode="buffered")
+    eng = load_engine(engine_config(store, read_mode="buffered"))
     try:
         toks = [t for _, t in generate(eng, prompt, max_tokens=n)]
     finally:
@@ -278,8 +279,8 @@ def test_batch_ceiling_and_cache_budget_change_at_run_time(store):
         c = Conn(d.endpoint)
         try:
             full = c.result("status")["cache"]["budget_bytes"]
-            d.daemon.scheduler.set_max_batch(3)
-            d.daemon.scheduler.set_cache_budget(full // 2)
+            d.daemon.controls.set_max_batch(3)
+            d.daemon.controls.set_cache_budget(full // 2)
             deadline = time.monotonic() + 5
             while (s := c.result("status"))["cache"]["budget_bytes"] != full // 2 or s["max_batch"] != 3:
                 assert time.monotonic() < deadline, s
