@@ -20,7 +20,8 @@ dropped: reading into the rows and then prefetching them to the GPU (no faster t
 
 Managed memory stays coherent whatever these calls do; they change only where the bytes are and how they get
 there. `driver()` returns None off CUDA, or if the driver cannot be used (then a warning is logged once): moed
-then runs the plain path. `UPLOAD` picks the path ("auto" = "copy" on CUDA) for the benchmarks that compare them.
+then runs the plain path. `upload_path(requested)` resolves the path a cache asks for (ExpertCache(upload=...),
+load_engine(upload=...): "auto" = "copy" on CUDA; benchmarks ask for "plain" to compare).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import mlx.core as mx
 log = logging.getLogger(__name__)
 
 UPLOADS = ("auto", "plain", "copy")
-UPLOAD = "auto"  # an experiment's switch (bench/single.py sets it from its config), not a user setting
 
 _CU_STREAM_NON_BLOCKING = 1
 _CU_MEM_LOCATION_TYPE_DEVICE = 1
@@ -135,13 +135,14 @@ def driver() -> Driver | None:
         return _driver
 
 
-def upload_path() -> str:
-    """The upload path in effect: "plain" without a driver, else UPLOAD ("auto" = "copy")."""
-    if UPLOAD not in UPLOADS:
-        raise ValueError(f"upload path {UPLOAD!r}: expected one of {UPLOADS}")
+def upload_path(requested: str = "auto") -> str:
+    """The upload path a cache asking for `requested` gets: "plain" without a driver, else `requested` ("auto" =
+    "copy"). Raises ValueError for a path not in UPLOADS."""
+    if requested not in UPLOADS:
+        raise ValueError(f"upload path {requested!r}: expected one of {UPLOADS}")
     if driver() is None:
         return "plain"
-    return "copy" if UPLOAD == "auto" else UPLOAD
+    return "copy" if requested == "auto" else requested
 
 
 def _on_cuda() -> bool:

@@ -23,6 +23,7 @@ from ..store.reader import ExpertReader
 from .cache import WARM, ExpertCache
 from .experts import StreamingSwitchGLU
 from .prefetch import Prefetcher, find_router
+from .probe import Probe
 from .warm import load_usage, save_usage, warm_cache
 
 # LFU ageing: a use's weight halves every DECAY_TOKENS tokens (x MoE layers acquire calls)
@@ -110,6 +111,9 @@ def load_engine(
     policy: str = "lfu",
     prefetch_depth: int = 1,
     preload: bool = True,
+    upload: str = "auto",
+    unsynced: bool = True,
+    probe: Probe | None = None,
 ) -> Engine:
     """Load a store for streaming generation.
 
@@ -122,10 +126,12 @@ def load_engine(
         policy: cache eviction policy, "lfu" (frequency with ageing) or "lru".
         prefetch_depth: how many MoE layers ahead to predict and prefetch (0 = off).
         preload: at a budget that holds every expert, start reading them all in the background (Engine.preload).
+        upload, unsynced, probe: passed to ExpertCache (the upload path, serving wholly resident layers without a
+            host sync, instrumentation); benchmarks set them, the daemon keeps the defaults.
 
     Raises:
         StoreError: the store is missing, incomplete or does not match its model.
-        ValueError: a bad budget.
+        ValueError: a bad budget or upload path.
     """
     root = Path(store)
     manifest = read_manifest(root)
@@ -134,7 +140,8 @@ def load_engine(
     reader = ExpertReader(root, manifest, mode=read_mode, threads=read_threads, verify=verify)
     try:
         cache = ExpertCache(manifest.layout, reader, budget_bytes, policy=policy,
-                            half_life=DECAY_TOKENS * len(manifest.layers))
+                            half_life=DECAY_TOKENS * len(manifest.layers), upload=upload, unsynced=unsynced,
+                            probe=probe)
         prefetcher = _swap_expert_layers(model, manifest, cache, prefetch_depth)
         dense = model.parameters()
         mx.eval(dense)
