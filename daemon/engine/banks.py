@@ -105,8 +105,8 @@ class SlotBanks:
         return copies[key]
 
     def release(self, start: int, end: int) -> None:
-        """Hand the memory of rows [start, end) back (release_rows) on a thread: it takes ~50 ms per GB, off the
-        step path. `wait_released` before any of those rows is written again."""
+        """Hand the memory of rows [start, end) back (release_rows) on a thread, off the step path (it takes time
+        in proportion to the bytes). `wait_released` before any of those rows is written again."""
         self.wait_released()
         self._releasing = threading.Thread(target=release_rows, args=(self.host, start, end),
                                            name="moed-release", daemon=True)

@@ -319,3 +319,24 @@ def test_a_demand_read_may_evict_an_unused_prefetch():
     assert cache.prefetch(1, [5]) == 1
     cache.acquire(0, np.array([2]))
     assert not cache.contains(1, 5) and cache.contains(0, 0) and cache.contains(0, 1) and cache.contains(0, 2)
+
+
+def test_the_probe_sees_the_phases_of_acquire_and_is_a_no_op_by_default():
+    from moed.daemon.engine.probe import Phase, PhaseTimer, Probe
+
+    cache, _ = make(4)
+    assert type(cache.probe) is Probe and cache.probe.lap(Phase.WAIT, cache.probe.now()) == 0.0
+    timer = PhaseTimer()
+    cache = ExpertCache(LAYOUT, FakeReader(), 4 * sum(t.nbytes for t in LAYOUT.tensors), probe=timer)
+    cache.acquire(0, np.array([1, 2]))
+    cache.acquire(0, np.array([2, 3]))
+    assert set(timer.seconds) == {Phase.QUEUED, Phase.PREFETCH, Phase.WAIT, Phase.COUNTED}
+    assert timer.snapshot() == {p.value: s for p, s in timer.seconds.items()}
+    assert all(s >= 0 for s in timer.seconds.values())
+
+
+def test_an_unknown_upload_path_is_refused():
+    with pytest.raises(ValueError, match="fastest"):
+        ExpertCache(LAYOUT, FakeReader(), 4 * sum(t.nbytes for t in LAYOUT.tensors), upload="fastest")
+    cache = ExpertCache(LAYOUT, FakeReader(), 4 * sum(t.nbytes for t in LAYOUT.tensors), upload="copy")
+    assert cache.upload == "plain"  # no CUDA driver here: the host writes the rows, whatever was asked
