@@ -146,12 +146,10 @@ class ExpertCache:
     def resize(self, budget_bytes: int) -> None:
         """Change the budget live; call on the MLX thread, between steps.
 
-        Within the rows the banks were allocated with (the start budget, or the largest since), nothing is
-        reallocated or copied: shrinking retires the bank rows beyond the new budget (their experts are evicted;
-        those that rank among the best `slots` are read back into the rows that remain, at prefetch priority, in
-        place of the worst there: no wait) and hands their memory back to the OS where it can
-        (banks.release_rows); growing turns retired rows into free slots. Only growing past the allocation
-        reallocates, which copies the kept experts and pauses generation for as long."""
+        Within the rows the banks were allocated with, nothing is reallocated or copied: a shrink retires the rows
+        beyond the new budget (SlotPool.shrink; the evicted experts that rank among the best are read back at
+        prefetch priority, no wait) and hands their memory back; a grow revives retired rows. Only growing past
+        the allocation reallocates, which copies the kept experts and pauses generation for as long."""
         slots, pool = self._slots_for(budget_bytes), self._pool
         self._settle_graphs()
         self.flush()
@@ -273,14 +271,9 @@ class ExpertCache:
     # -- the no-sync path (see unsynced.py) -------------------------------------------------------------------
     def lookup(self, layer: int, num_experts: int) -> int | mx.array | None:
         """If every expert of `layer` is resident: the first slot of the run of slots that holds them in expert
-        order (a preload lays layers out so), or else the expert->slot table ([num_experts] uint32); None if not.
-
-        A layer whose experts are all resident cannot miss, so its call needs no host synchronisation: the
-        streaming layer computes over the run's bank rows (`rows`) with the routing indices as they are, exactly
-        mlx-lm's graph, or maps them to slots on the device through the table; either way it hands the lazy
-        indices and output to `defer`. The answer holds while `epoch` does: evicting one of the layer's experts
-        changes it, and an eviction first evaluates every deferred (and guarded) output, so no unfinished call
-        can read a reused slot."""
+        order (a preload lays layers out so; compute over `rows`), or else the expert->slot table ([num_experts]
+        uint32); None if not. The answer holds while `epoch` does: an eviction of one of the layer's experts
+        changes it, and first evaluates every deferred and guarded output, so no call reads a reused slot."""
         pool = self._pool
         if pool.futures:
             pool.reap()
