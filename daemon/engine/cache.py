@@ -79,10 +79,11 @@ class ExpertCache:
         self._pending: list[mx.array] = []  # lazy outputs that read the banks (see guard)
         self._usage = UsageCounts()
         self._calls = DeferredCalls(self._count_unsynced, bookkeeping)
+        slot_policy = SlotPolicy(policy, half_life, 0)  # checks the policy before anything is pinned
         path = "copy" if driver is not None else managed.upload_path(upload)
         uploads = Uploads(path, driver if driver is not None else managed.driver())
         uploads.pin_reader_buffers(reader)
-        self._pool = SlotPool(layout, reader, uploads, SlotPolicy(policy, half_life, 0), self._counters,
+        self._pool = SlotPool(layout, reader, uploads, slot_policy, self._counters,
                               settle_graphs=self._settle_graphs, invalidate=self._invalidate)
         self._pool.allocate(self._slots_for(budget_bytes), [])
 
@@ -111,7 +112,8 @@ class ExpertCache:
 
     @property
     def bookkeeping(self) -> bool:
-        """Count the unsynced calls (False: `defer` records nothing; a benchmark switch, see unsynced.py)."""
+        """Count the unsynced calls (False: `defer` records nothing; a benchmark switch for a budget that holds
+        every expert, see unsynced.py)."""
         return self._calls.bookkeeping
 
     @bookkeeping.setter

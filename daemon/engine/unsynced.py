@@ -11,8 +11,9 @@ enqueues nothing of its own, and flush reads back one array per block. (Concaten
 enqueues an op behind the step in flight and waits for it: a pipeline bubble.)
 
 Exactness is the owner's part: before any slot is refilled it evaluates every deferred output (`outputs`).
-With `bookkeeping` off, `defer` records nothing (a benchmark switch: what the bookkeeping costs; the statistics
-then miss those calls). Runs on the thread that owns MLX.
+With `bookkeeping` off, `defer` records nothing (a benchmark switch: what the bookkeeping costs). The statistics
+then miss those calls and their outputs are not held for the owner, so it is for a budget that holds every
+expert (nothing is ever refilled). Runs on the thread that owns MLX.
 """
 
 from __future__ import annotations
