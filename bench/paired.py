@@ -50,12 +50,11 @@ def _as_is() -> Iterator[None]:
 
 @contextmanager
 def _no_bookkeeping(cache) -> Iterator[None]:
-    saved = cache.defer
-    cache.defer = lambda layer, indices, out: out
+    cache.bookkeeping = False
     try:
         yield
     finally:
-        cache.defer = saved
+        cache.bookkeeping = True
 
 
 def run(contestants: list[tuple[str, object, object, Callable]], rounds: int, tokens: int,
@@ -102,11 +101,10 @@ def main() -> int:
     contestants = [("mlx-lm", model, tok, _as_is)]
     engines = []
     for upload in [u for u in a.uploads.split(",") if u]:
-        managed.UPLOAD = upload  # read when the engine's cache is made
-        name = f"moed-{managed.upload_path()}"  # off CUDA every path is "plain": one engine
+        name = f"moed-{managed.upload_path(upload)}"  # off CUDA every path is "plain": one engine
         if any(name == n for n, _ in engines):
             continue
-        eng = load_engine(engine_config(a.store, read_mode="buffered"))
+        eng = load_engine(engine_config(a.store, read_mode="buffered"), upload=upload)
         eng.cache.wait_loads()
         engines.append((name, eng))
         contestants.append((name, eng.model, eng.tokenizer, _as_is))

@@ -5,10 +5,11 @@
 For each model: the median teacher-forced step split into graph building (Python) and evaluation (device), the
 step of a pipelined loop (the next step's graph is built while the device computes the current one, as mlx-lm's
 generate loop does), and mlx-lm's BatchGenerator decoding N sequences in this process (aggregate tok/s). With
-`--variants`, moed is also measured with its routing bookkeeping switched off (`defer` a no-op: what the
-bookkeeping costs), with its bank rows copied to fresh device arrays (what computing over slot-bank views
-costs), the per-layer-sync path, and on CUDA with the banks filled through page faults (managed.py's plain
-path). Built for the GPU, where compute is fast and these costs show.
+`--variants`, moed is also measured with its routing bookkeeping switched off (ExpertCache.bookkeeping: what
+the bookkeeping costs), with its bank rows copied to fresh device arrays (ExpertCache.copied_rows: what computing
+over slot-bank views costs), the per-layer-sync path (ExpertCache.unsynced off), and on CUDA with the banks
+filled through page faults (load_engine(upload="plain"), managed.py's plain path). Built for the GPU, where
+compute is fast and these costs show.
 """
 
 from __future__ import annotations
@@ -74,20 +75,17 @@ def profile(model, tokenizer, steps: int, batch: list[int]) -> dict:
 
 def moed_variants(eng, tokens: list[int], steps: int) -> dict:
     cache, out = eng.cache, {}
-    defer = cache.defer
-    cache.defer = lambda layer, indices, out: out  # no routing bookkeeping at all
+    cache.bookkeeping = False  # no routing bookkeeping at all
     out["no_bookkeeping"] = {"split": split(eng.model, tokens, steps), "pipelined": pipelined(eng.model, tokens, steps)}
-    cache.defer = defer
+    cache.bookkeeping = True
     cache.flush()
     split(eng.model, tokens, 15)  # leaves the routing of up to 16 computed steps deferred
-    steps_deferred, t0 = len(cache._deferred), time.perf_counter()
+    steps_deferred, t0 = cache.deferred_steps, time.perf_counter()
     cache.flush()
     out["flush_ms_per_step"] = (time.perf_counter() - t0) * 1000 / max(steps_deferred, 1)
-    fresh = {key: {k: v * 1 for k, v in rows.items()} for key, rows in cache._slices.items()}
-    mx.eval([list(r.values()) for r in fresh.values()])
-    saved, cache._slices = cache._slices, fresh  # same numbers, in arrays the device computed itself
+    cache.copied_rows = True  # same numbers, in arrays the device computed itself
     out["fresh_rows"] = {"split": split(eng.model, tokens, steps), "pipelined": pipelined(eng.model, tokens, steps)}
-    cache._slices = saved
+    cache.copied_rows = False
     cache.unsynced = False
     out["synced"] = {"split": split(eng.model, tokens, steps)}
     cache.unsynced = True
@@ -127,13 +125,11 @@ def main() -> int:
         del eng
         gc.collect()
         mx.clear_cache()
-        managed.UPLOAD = "plain"
-        with load_engine(engine_config(a.store, read_mode="buffered")) as eng:
+        with load_engine(engine_config(a.store, read_mode="buffered"), upload="plain") as eng:
             eng.cache.wait_loads()
             split(eng.model, tokens, 8)
             result["moed_variants"]["upload_plain"] = {"split": split(eng.model, tokens, a.steps),
                                                        "pipelined": pipelined(eng.model, tokens, a.steps)}
-        managed.UPLOAD = "auto"
     print(json.dumps(result))
     return 0
 

@@ -5,8 +5,9 @@
     python -m moed.daemon.bench.single '{"kind": "readpath", "store": STORE, "read_mode": "direct", ...}'
 
 Common keys: prompt_len (prefill chunk), steps (teacher-forced decode steps), sample_tokens (seeded sampling run).
-moed runs also take read_threads, prefetch_depth, policy, unsynced, and the benchmark switch upload ("auto",
-"copy", "plain": engine/managed.py); their records split the synced layer calls' time into phases (ExpertCache.lap).
+moed runs also take read_threads, prefetch_depth, policy, unsynced, and upload ("auto", "copy", "plain":
+engine/managed.py), passed to load_engine; their records split the synced layer calls' time into phases
+(engine/probe.py: a PhaseTimer passed as the engine's probe).
 pipelined (true) adds teacher-forced decode in mlx-lm's pipelined loop (workload.pipelined) to either kind.
 """
 
@@ -30,15 +31,16 @@ def run_mlx_lm(cfg: dict) -> dict:
 
 
 def run_moed(cfg: dict) -> dict:
-    from ..engine.experts import READ_BACK
     from ..config import engine_config
     from ..engine.model import load_engine
+    from ..engine.probe import Phase, PhaseTimer
 
     t0 = time.perf_counter()
+    timer = PhaseTimer()
     eng = load_engine(engine_config(cfg["store"], cache_budget=str(cfg.get("budget") or "100%"),
                                     read_mode=cfg.get("read_mode", "direct"), read_threads=cfg.get("read_threads", 4),
-                                    cache_policy=cfg.get("policy", "lfu"), prefetch_depth=cfg.get("prefetch_depth", 1)))
-    eng.cache.unsynced = cfg.get("unsynced", True)
+                                    cache_policy=cfg.get("policy", "lfu"), prefetch_depth=cfg.get("prefetch_depth", 1)),
+                      upload=cfg.get("upload", "auto"), unsynced=cfg.get("unsynced", True), probe=timer)
     eng.cache.wait_loads()  # at 100 % the preload: every expert in memory before timing, as mlx-lm's load
     load_s = time.perf_counter() - t0
     marks: dict = {}
@@ -46,7 +48,7 @@ def run_moed(cfg: dict) -> dict:
     def snapshot():
         eng.cache.flush()  # count the unsynced layer calls so far
         marks["cache"], marks["reader"], marks["pf"] = eng.cache.stats(), eng.reader.stats(), eng.prefetcher.stats()
-        marks["phases"] = dict(eng.cache.phases)
+        marks["phases"] = timer.snapshot()
 
     out = _forced(eng.model, eng.tokenizer, cfg, snapshot)
     eng.cache.flush()
@@ -55,10 +57,10 @@ def run_moed(cfg: dict) -> dict:
     hits = c.hits + c.inflight_hits - c0.hits - c0.inflight_hits
     misses = c.misses - c0.misses
     needed, correct = pf.needed - pf0.needed, pf.correct - pf0.correct
-    phases = {k: (v - marks["phases"].get(k, 0.0)) * 1000 / steps for k, v in eng.cache.phases.items()}
+    phases = {k: (v - marks["phases"].get(k, 0.0)) * 1000 / steps for k, v in timer.snapshot().items()}
     out.update({
         "decode_wait_ms_per_token": (c.wait_seconds - c0.wait_seconds) * 1000 / steps,
-        "decode_sync_ms_per_token": phases.get(READ_BACK, 0.0),
+        "decode_sync_ms_per_token": phases.get(Phase.READ_BACK.value, 0.0),
         "decode_synced_call_ms_per_token": sum(phases.values()),
         "phases_ms_per_token": phases,
         "syncs_per_token": (c.acquires - c0.acquires) / steps,
@@ -97,13 +99,14 @@ def run_restart(cfg: dict) -> dict:
     ec = engine_config(cfg["store"], cache_budget=str(cfg.get("budget") or "100%"),
                        read_mode=cfg.get("read_mode", "direct"), cache_policy=cfg.get("policy", "lfu"),
                        prefetch_depth=cfg.get("prefetch_depth", 1))
+    upload = cfg.get("upload", "auto")
     with tempfile.TemporaryDirectory() as tmp:
-        a = load_engine(ec)
+        a = load_engine(ec, upload=upload)
         tokens = corpus_tokens(a.tokenizer, cfg["steps"] + 1)
         rates_a = _hit_rates(a, tokens)
         a.save_state(f"{tmp}/usage.json")
         a.close()
-        b = load_engine(ec)
+        b = load_engine(ec, upload=upload)
         t0 = time.perf_counter()
         started = b.warm_start(f"{tmp}/usage.json")
         ready_s = time.perf_counter() - t0
@@ -145,7 +148,7 @@ def run_resize(cfg: dict) -> dict:
     budgets = cfg.get("budgets", ["50%", "25%", "12.5%", "25%", "50%", "75%"])
     after = cfg.get("steps_after", 6)
     eng = load_engine(engine_config(cfg["store"], cache_budget=budgets[0], read_mode=cfg.get("read_mode", "direct"),
-                                    prefetch_depth=cfg.get("prefetch_depth", 1)))
+                                    prefetch_depth=cfg.get("prefetch_depth", 1)), upload=cfg.get("upload", "auto"))
     tokens = iter(corpus_tokens(eng.tokenizer, cfg.get("prompt_len", 32) + 16 + after * len(budgets)))
     cache = make_prompt_cache(eng.model)
     mx.eval(eng.model(mx.array([[next(tokens) for _ in range(cfg.get("prompt_len", 32))]]), cache=cache))
@@ -187,7 +190,8 @@ def run_readpath(cfg: dict) -> dict:
     layers = min(cfg.get("layers", 4), len(m.layers))
     n = sum(m.layers[i].num_experts for i in range(layers))
     with ExpertReader(root, m, mode=mode, threads=threads) as reader:
-        cache = ExpertCache(m.layout, reader, m.layers[0].num_experts * m.expert_bytes)
+        cache = ExpertCache(m.layout, reader, m.layers[0].num_experts * m.expert_bytes,
+                            upload=cfg.get("upload", "auto"))
         t0 = time.perf_counter()
         for pos in range(layers):
             cache.acquire(pos, np.arange(m.layers[pos].num_experts))
@@ -241,8 +245,6 @@ def main() -> int:
     cfg = json.loads(sys.argv[1])
     from ..engine import managed
 
-    managed.UPLOAD = cfg.get("upload", "auto")  # which upload path the cache uses (CUDA; see managed.py)
-
     runner = {"mlx-lm": run_mlx_lm, "moed": run_moed, "readpath": run_readpath, "restart": run_restart,
               "resize": run_resize}[cfg["kind"]]
     out = {"config": cfg, **runner(cfg)}
@@ -250,7 +252,7 @@ def main() -> int:
 
     out["peak_rss_bytes"] = peak_rss_bytes()
     out["backend"] = backend()
-    out["upload"] = managed.upload_path()
+    out["upload"] = managed.upload_path(cfg.get("upload", "auto"))  # the path the engines' caches used
     print(json.dumps(out))
     return 0
 

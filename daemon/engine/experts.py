@@ -8,7 +8,7 @@ mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, sh
    lays them out so: then the graph is exactly mlx-lm's) or through a device-side expert->slot table; the
    routing is read back later, once computed anyway, for the statistics (unsynced.py: lookup, defer, flush).
    The lookup's answer is kept until the cache's epoch changes (an eviction or reallocation), so a resident
-   layer costs about what mlx-lm's SwitchGLU costs in Python (17 vs 12 µs per call on the CPU host).
+   layer costs about what mlx-lm's SwitchGLU costs in Python (bench/results/notebook.md).
    Otherwise:
 1. Evaluate the routing indices, together with the prefetcher's predictions for the next layers, and read them
    on the host as one array: one synchronisation per MoE layer.
@@ -27,8 +27,6 @@ touches every expert of a layer.
 
 from __future__ import annotations
 
-import time
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -36,9 +34,9 @@ from mlx_lm.models.switch_layers import SwitchGLU, _gather_sort, _scatter_unsort
 
 from .cache import ExpertCache
 from .prefetch import Prefetcher
+from .probe import Phase
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
-READ_BACK = "routing read back (with the prediction)"  # the phase of a synced call that is its host sync
 
 
 class StreamingSwitchGLU(nn.Module):
@@ -86,13 +84,15 @@ class StreamingSwitchGLU(nn.Module):
             res.args, res.table = self._bank_args(), found
 
     def _bank_args(self) -> tuple:
-        return _projection_args(self._cache.views)  # the whole banks, for slot ids (a few µs: not kept)
+        return _projection_args(self._cache.views)  # the whole banks, for slot ids (cheap: not kept)
 
     def _synced(self, x: mx.array, indices: mx.array) -> mx.array:
-        pf, cache, t = self._prefetcher, self._cache, time.perf_counter()
+        pf, cache = self._prefetcher, self._cache
+        probe = cache.probe
+        t = probe.now()
         preds = pf.predict(self._layer, x) if pf is not None and pf.depth else []
         idx, predicted = _read_back(indices, preds)  # the one host sync of this layer
-        t = cache.lap(READ_BACK, t)
+        t = probe.lap(Phase.READ_BACK, t)
         experts, inverse = np.unique(idx, return_inverse=True)
         cap = cache.capacity
         if len(experts) > cap:
@@ -102,12 +102,12 @@ class StreamingSwitchGLU(nn.Module):
             if pf is not None:
                 pf.issue(self._layer, experts, predicted)
 
-        t = cache.lap("distinct experts", t)
+        probe.lap(Phase.DISTINCT, t)
         slots = cache.acquire(self._layer, experts, before_wait=start_prefetch)
-        t = time.perf_counter()
+        t = probe.now()
         out = self._compute(x, mx.array(slots[inverse].reshape(idx.shape).astype(np.uint32)), self._bank_args())
         cache.guard(out)  # evaluated before any slot it reads can be refilled
-        cache.lap("expert graph built", t)
+        probe.lap(Phase.GRAPH, t)
         return out
 
     def _compute_in_waves(self, x: mx.array, idx: np.ndarray, experts: np.ndarray, cap: int) -> mx.array:
@@ -160,7 +160,7 @@ class StreamingSwitchGLU(nn.Module):
 
 def _read_back(indices: mx.array, preds: list[tuple[int, mx.array]]) -> tuple[np.ndarray, list]:
     """Evaluate the routing and the predictions and read them to the host as one array: on a GPU each read-back
-    of an array costs a fixed ~0.3 ms (measured on CUDA), more than the values."""
+    of an array has a fixed cost, larger than that of the values (bench/results/notebook.md)."""
     if not preds:
         return np.array(indices).astype(np.int64), []
     parts = [indices.reshape(-1).astype(mx.uint32)] + [p.reshape(-1).astype(mx.uint32) for _, p in preds]

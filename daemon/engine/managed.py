@@ -3,8 +3,8 @@
 On MLX's CUDA backend every array the host can see lives in managed memory (`cudaMallocManaged`; an array the
 host touches is moved there from device memory). The cache's slot banks are such arrays, and the host fills
 their rows. Left to the driver's page faults, that costs twice: the host's write migrates the slot's pages from
-the GPU to the host a few KiB at a time, and the GPU's first read of the new expert faults them back (measured
-~0.32 ms per 2.65 MB expert, 5.3 GB/s end to end against 27 GB/s for the reads themselves). MLX exposes no copy
+the GPU to the host a few KiB at a time, and the GPU's first read of the new expert faults them back (several
+times slower end to end than the reads themselves: bench/results/notebook.md). MLX exposes no copy
 into an existing array, so this module calls the CUDA driver (libcuda, which MLX's CUDA backend itself loads)
 through ctypes, on the reader threads:
 
@@ -14,13 +14,13 @@ through ctypes, on the reader threads:
   * "plain": the record is read straight into the rows (the page-fault path; CPU and Metal always, where memory
     is one).
 New banks are moved to the GPU once (`cuMemPrefetchAsync`), so the copies land in device memory from the start.
-Measured on the lent H200 (bench/results/notebook.md): one expert 0.21 ms by the driver's copy against 1.97 ms written
-through a numpy view and faulted over; at a 25 % budget from the page cache 21 tok/s against 12. Tried and
-dropped: reading into the rows and then prefetching them to the GPU (no faster than plain: 12.0 tok/s).
+The copy path against the plain one, per expert and in decode tok/s, and the variant tried and dropped (reading
+into the rows, then prefetching them to the GPU: no faster than plain) are recorded in bench/results/notebook.md.
 
 Managed memory stays coherent whatever these calls do; they change only where the bytes are and how they get
 there. `driver()` returns None off CUDA, or if the driver cannot be used (then a warning is logged once): moed
-then runs the plain path. `UPLOAD` picks the path ("auto" = "copy" on CUDA) for the benchmarks that compare them.
+then runs the plain path. `upload_path(requested)` resolves the path a cache asks for (ExpertCache(upload=...),
+load_engine(upload=...): "auto" = "copy" on CUDA; benchmarks ask for "plain" to compare).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import mlx.core as mx
 log = logging.getLogger(__name__)
 
 UPLOADS = ("auto", "plain", "copy")
-UPLOAD = "auto"  # an experiment's switch (bench/single.py sets it from its config), not a user setting
 
 _CU_STREAM_NON_BLOCKING = 1
 _CU_MEM_LOCATION_TYPE_DEVICE = 1
@@ -135,13 +134,14 @@ def driver() -> Driver | None:
         return _driver
 
 
-def upload_path() -> str:
-    """The upload path in effect: "plain" without a driver, else UPLOAD ("auto" = "copy")."""
-    if UPLOAD not in UPLOADS:
-        raise ValueError(f"upload path {UPLOAD!r}: expected one of {UPLOADS}")
+def upload_path(requested: str = "auto") -> str:
+    """The upload path a cache asking for `requested` gets: "plain" without a driver, else `requested` ("auto" =
+    "copy"). Raises ValueError for a path not in UPLOADS."""
+    if requested not in UPLOADS:
+        raise ValueError(f"upload path {requested!r}: expected one of {UPLOADS}")
     if driver() is None:
         return "plain"
-    return "copy" if UPLOAD == "auto" else UPLOAD
+    return "copy" if requested == "auto" else requested
 
 
 def _on_cuda() -> bool:

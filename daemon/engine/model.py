@@ -26,6 +26,7 @@ from ..store.reader import ExpertReader
 from .cache import WARM, ExpertCache
 from .experts import StreamingSwitchGLU
 from .prefetch import Prefetcher, find_router
+from .probe import Probe
 from .warm import load_usage, save_usage, warm_cache
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class Engine:
         self.close()
 
 
-def load_engine(config: EngineConfig, *, verify: bool = True, preload: bool = True) -> Engine:
+def load_engine(config: EngineConfig, *, verify: bool = True, preload: bool = True, upload: str = "auto",
+                unsynced: bool = True, probe: Probe | None = None) -> Engine:
     """Load a store for streaming generation, as the engine config says.
 
     Args:
@@ -92,10 +94,13 @@ def load_engine(config: EngineConfig, *, verify: bool = True, preload: bool = Tr
             threads, cache policy and prefetch depth. Build one with config.engine_config(store, **keys).
         verify: check each expert's CRC-32 on its first read.
         preload: at a budget that holds every expert, start reading them all in the background (Engine.preload).
+        upload, unsynced, probe: passed to ExpertCache (the upload path, serving wholly resident layers without a
+            host sync, instrumentation); benchmarks set them, the daemon keeps the defaults.
 
     Raises:
         StoreError: the store is missing, incomplete or does not match its model.
         BudgetError: a cache budget that cannot be used (a ValueError).
+        ValueError: an unknown upload path.
     """
     root = Path(config.store)
     manifest = read_manifest(root)
@@ -106,7 +111,8 @@ def load_engine(config: EngineConfig, *, verify: bool = True, preload: bool = Tr
     reader = ExpertReader(root, manifest, mode=config.read_mode, threads=config.read_threads, verify=verify)
     try:
         cache = ExpertCache(manifest.layout, reader, cache_budget.bytes, policy=config.cache_policy,
-                            half_life=DECAY_TOKENS * len(manifest.layers))
+                            half_life=DECAY_TOKENS * len(manifest.layers), upload=upload, unsynced=unsynced,
+                            probe=probe)
         prefetcher = _swap_expert_layers(model, manifest, cache, config.prefetch_depth)
         dense = model.parameters()
         mx.eval(dense)

@@ -1,4 +1,7 @@
-"""Warm cache across restarts: expert usage statistics saved atomically, and a background refill at start.
+"""Warm cache across restarts: expert usage counts kept while running, saved atomically, and a background
+refill at start.
+
+`UsageCounts` is what the cache counts into: every use of an expert (synced or not) adds one to its count.
 
 The file (JSON) holds, for one store, the use counts per (layer position, expert), a fingerprint of the store (so
 counts from another store are ignored, with a warning), and the format version:
@@ -17,13 +20,49 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..store.format import Manifest
-from .cache import WARM, ExpertCache
+from .sink import WARM
+
+if TYPE_CHECKING:
+    from .cache import ExpertCache
 
 FORMAT = "moed-expert-usage"
 VERSION = 1
 log = logging.getLogger(__name__)
+
+
+class UsageCounts:
+    """Use counts per (layer, expert) since start (plus any seeded from a previous run); numpy per layer."""
+
+    def __init__(self) -> None:
+        self._counts: dict[int, np.ndarray] = {}  # layer -> count per expert id
+
+    def add(self, layer: int, experts: np.ndarray, amount: np.ndarray | float = 1.0) -> None:
+        """Add `amount` to the counts of `experts` (distinct ids) of `layer`."""
+        experts = np.asarray(experts, dtype=np.int64)
+        if not experts.size:
+            return
+        counts = self._counts.get(layer)
+        if counts is None or len(counts) <= experts.max():
+            grown = np.zeros(int(experts.max()) + 1)
+            if counts is not None:
+                grown[: len(counts)] = counts
+            counts = self._counts[layer] = grown
+        counts[experts] += amount
+
+    def seed(self, usage: dict[tuple[int, int], float]) -> None:
+        """Start from a previous run's counts (see warm_cache)."""
+        for (layer, expert), count in usage.items():
+            self.add(layer, np.array([expert]), count)
+
+    def as_dict(self) -> dict[tuple[int, int], float]:
+        """The non-zero counts by (layer, expert)."""
+        return {(layer, e): float(counts[e]) for layer, counts in self._counts.items()
+                for e in np.flatnonzero(counts).tolist()}
 
 
 def fingerprint(manifest: Manifest) -> str:

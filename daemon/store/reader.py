@@ -272,7 +272,7 @@ class ExpertReader:
     def _serve(self, layer: int, expert: int, sink: Sink, fut: Future[None], bi: int) -> None:
         try:
             buf = self._bufs[bi]  # type: ignore[index]  # set until close()
-            targets = getattr(sink, "targets", None)
+            targets = getattr(sink, "targets", None)  # rows to read straight into (the cache's SlotSink), or None
             check = self._scatter(layer, expert, buf, targets) if targets is not None else False
             if check is False:
                 payload, check = self._fetch(layer, expert, buf)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from moed.daemon.bench.single import run_mlx_lm, run_moed
+from moed.daemon.engine.probe import Phase
 
 PHASES = {"routing read back (with the prediction)", "distinct experts", "acquire: bookkeeping, demand reads queued",
           "acquire: prefetch issued", "acquire: waiting for reads", "acquire: use counted", "expert graph built"}
@@ -20,6 +21,7 @@ def test_a_synced_run_splits_each_layer_call_into_phases(small):
     r = run_moed({"kind": "moed", "store": str(store), "budget": "25%", "read_mode": "buffered", "prompt_len": 8,
                   "steps": 12})
     phases = r["phases_ms_per_token"]
+    assert PHASES == {p.value for p in Phase}  # the record's names are the probe's phases
     assert set(phases) == PHASES and all(v > 0 for v in phases.values())
     synced, sync = r["decode_synced_call_ms_per_token"], r["decode_sync_ms_per_token"]
     assert r["syncs_per_token"] > 0 and 0 < sync < synced

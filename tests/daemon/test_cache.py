@@ -130,7 +130,7 @@ def test_resize_shrinks_keeping_most_recent_and_grows():
     assert cache.views is not views and cache.capacity == 6 and len(cache.resident()) == 4
     cache.acquire(0, np.array([4, 5]))
     assert len(cache.resident()) == 6
-    assert all(slot_bytes(cache, cache._where[k]) == expected_bytes(*k) for k in cache.resident())
+    assert all(slot_bytes(cache, cache.slot_of(*k)) == expected_bytes(*k) for k in cache.resident())
 
 
 def test_shrinking_never_reads_back_what_ranks_below_the_kept_set():
@@ -168,7 +168,7 @@ def test_shrinking_returns_memory_to_the_os_without_reallocating():
     for e in range(64, 120):
         cache.acquire(0, np.array([e]))
     assert cache.views is views and len(cache.resident()) == 64
-    row = np.array(cache.views["w.weight"][cache._where[(0, 100)]]).view(np.uint8).reshape(-1)
+    row = np.array(cache.views["w.weight"][cache.slot_of(0, 100)]).view(np.uint8).reshape(-1)
     assert np.array_equal(row, FakeReaderFor.payload(big, 0, 100))
 
 
@@ -277,7 +277,7 @@ def test_usage_counts_every_request():
 @pytest.mark.parametrize("demand", [False, True])
 @pytest.mark.parametrize("policy", ["lfu", "lru"])
 def test_batched_victims_are_the_ones_picked_one_by_one(policy, demand):
-    """_victims ranks once for several new reads; it must choose exactly what successive _victim calls (each slot
+    """SlotPool.victims ranks once for several new reads; it must choose exactly what successive victim calls (each slot
     loaded before the next call) would, including when the free slots run out partway and when it runs dry, for
     prefetches (unused prefetches spared) and demand reads (they may go)."""
     rng = np.random.default_rng(7)
@@ -291,24 +291,24 @@ def test_batched_victims_are_the_ones_picked_one_by_one(policy, demand):
                     cache.prefetch(layer, experts)
                 else:
                     cache.acquire(layer, np.sort(experts))
-        pinned = a._busy.copy()
+        pinned = a._pool.busy.copy()
         n = int(rng.integers(1, 14))
-        batched = a._victims(n, pinned, spare_prefetches=not demand)
+        batched = a._pool.victims(n, pinned, spare_prefetches=not demand)
         one_by_one = []
         # demand picks beyond what is evictable would finish a read in flight instead: compare the ready ones
         for i in range(len(batched) if demand else n):
             try:
-                slot = b._victim(np.concatenate([pinned, np.array(one_by_one, dtype=np.int64)]), wait=demand)
+                slot = b._pool.victim(np.concatenate([pinned, np.array(one_by_one, dtype=np.int64)]), wait=demand)
             except RuntimeError:
                 break
-            b._load((9, 100 + i), slot, 1)  # a key no call uses
+            b._pool.load((9, 100 + i), slot, 1)  # a key no call uses
             one_by_one.append(slot)
         assert batched == one_by_one, (trial, calls, n)
         if len(batched) < n:  # it ran dry: nothing evictable is left
             rest = np.concatenate([pinned, np.array(batched, dtype=np.int64)])
             for i, slot in enumerate(batched):
-                a._load((9, 100 + i), slot, 1)
-            assert a._victims(1, rest, spare_prefetches=not demand) == []
+                a._pool.load((9, 100 + i), slot, 1)
+            assert a._pool.victims(1, rest, spare_prefetches=not demand) == []
 
 
 def test_a_demand_read_may_evict_an_unused_prefetch():
@@ -319,3 +319,24 @@ def test_a_demand_read_may_evict_an_unused_prefetch():
     assert cache.prefetch(1, [5]) == 1
     cache.acquire(0, np.array([2]))
     assert not cache.contains(1, 5) and cache.contains(0, 0) and cache.contains(0, 1) and cache.contains(0, 2)
+
+
+def test_the_probe_sees_the_phases_of_acquire_and_is_a_no_op_by_default():
+    from moed.daemon.engine.probe import Phase, PhaseTimer, Probe
+
+    cache, _ = make(4)
+    assert type(cache.probe) is Probe and cache.probe.lap(Phase.WAIT, cache.probe.now()) == 0.0
+    timer = PhaseTimer()
+    cache = ExpertCache(LAYOUT, FakeReader(), 4 * sum(t.nbytes for t in LAYOUT.tensors), probe=timer)
+    cache.acquire(0, np.array([1, 2]))
+    cache.acquire(0, np.array([2, 3]))
+    assert set(timer.seconds) == {Phase.QUEUED, Phase.PREFETCH, Phase.WAIT, Phase.COUNTED}
+    assert timer.snapshot() == {p.value: s for p, s in timer.seconds.items()}
+    assert all(s >= 0 for s in timer.seconds.values())
+
+
+def test_an_unknown_upload_path_is_refused():
+    with pytest.raises(ValueError, match="fastest"):
+        ExpertCache(LAYOUT, FakeReader(), 4 * sum(t.nbytes for t in LAYOUT.tensors), upload="fastest")
+    cache = ExpertCache(LAYOUT, FakeReader(), 4 * sum(t.nbytes for t in LAYOUT.tensors), upload="copy")
+    assert cache.upload == "plain"  # no CUDA driver here: the host writes the rows, whatever was asked

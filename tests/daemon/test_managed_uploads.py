@@ -34,7 +34,7 @@ def setup(model_dir):
 
 
 def _bank_ranges(cache) -> list[tuple[int, int]]:
-    return [(h.ctypes.data, h.ctypes.data + h.nbytes) for h in cache._host.values()]
+    return [(h.ctypes.data, h.ctypes.data + h.nbytes) for h in cache._pool.banks.host.values()]
 
 
 def _inside(ranges, addr: int, n: int) -> bool:
@@ -42,8 +42,7 @@ def _inside(ranges, addr: int, n: int) -> bool:
 
 
 def test_copy_path_lands_every_expert_through_the_driver_and_stays_exact(setup, stand_in, monkeypatch):
-    monkeypatch.setattr(managed, "UPLOAD", "auto")
-    assert managed.upload_path() == "copy"
+    assert managed.upload_path() == managed.upload_path("auto") == "copy"
     store, ref, tokens = setup
     eng = load_engine(engine_config(store, cache_budget="25%", read_mode="buffered"))
     with eng:
@@ -60,13 +59,21 @@ def test_copy_path_lands_every_expert_through_the_driver_and_stays_exact(setup, 
     assert stand_in.unpinned == [addr]  # released when the reader closed
 
 
+def test_plain_path_on_request_with_a_driver(setup, stand_in):
+    """load_engine(upload="plain"): the rows are written by the host even where the driver could copy."""
+    store, ref, tokens = setup
+    with load_engine(store, budget="25%", read_mode="buffered", upload="plain") as eng:
+        assert eng.cache.upload == "plain"
+        assert_same_logits(ref, eng, tokens[:12])
+        assert eng.reader.stats().reads > 0
+    assert stand_in.copies == 0 and stand_in.pinned == {} and stand_in.prefetched == []
+
+
 def test_plain_path_without_a_driver(setup, monkeypatch):
     monkeypatch.setattr(managed, "driver", lambda: None)
-    monkeypatch.setattr(managed, "UPLOAD", "copy")
-    assert managed.upload_path() == "plain"  # no driver (CPU, Metal): the page-fault path, whatever was asked
-    monkeypatch.setattr(managed, "UPLOAD", "fastest")
+    assert managed.upload_path("copy") == "plain"  # no driver (CPU, Metal): the page-fault path, whatever was asked
     with pytest.raises(ValueError, match="fastest"):
-        managed.upload_path()
+        managed.upload_path("fastest")
 
 
 class FakeLibcuda:
