@@ -62,7 +62,7 @@ def test_copy_path_lands_every_expert_through_the_driver_and_stays_exact(setup, 
 def test_plain_path_on_request_with_a_driver(setup, stand_in):
     """load_engine(upload="plain"): the rows are written by the host even where the driver could copy."""
     store, ref, tokens = setup
-    with load_engine(store, budget="25%", read_mode="buffered", upload="plain") as eng:
+    with load_engine(engine_config(store, cache_budget="25%", read_mode="buffered"), upload="plain") as eng:
         assert eng.cache.upload == "plain"
         assert_same_logits(ref, eng, tokens[:12])
         assert eng.reader.stats().reads > 0
