@@ -18,6 +18,7 @@ from typing import Any
 
 from . import exitcodes
 from .chat_repl import run_repl
+from .cli_governor import GovernorUsage, add_arguments as governor_arguments, cmd_governor
 from .cli_output import ProgressLine, print_json, stats_line, status_rows, table
 from .errors import Busy, DaemonUnavailable, MoedError, RequestError, Timeout
 from .events import Chunk, Progress, Result
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
             _generate_options(sp, chat=name == "chat")
         elif name == "cancel":
             sp.add_argument("id", help="the request id to cancel")
+        elif name == "governor":
+            governor_arguments(sp)
     return p
 
 
@@ -245,14 +248,14 @@ def _generate_options(p: argparse.ArgumentParser, chat: bool) -> None:
 
 COMMANDS: dict[str, Command] = {
     "status": cmd_status, "health": cmd_health, "generate": cmd_generate, "chat": cmd_chat,
-    "cancel": cmd_cancel, "shutdown": cmd_shutdown,
+    "cancel": cmd_cancel, "shutdown": cmd_shutdown, "governor": cmd_governor,
 }
 
 
 def exit_code(e: BaseException) -> int:
     """The exit code for an exception from a command."""
     for cls, code in ((Busy, EXIT_BUSY), (DaemonUnavailable, EXIT_UNAVAILABLE), (Timeout, EXIT_TIMEOUT),
-                      (KeyboardInterrupt, EXIT_INTERRUPTED), (UsageError, EXIT_USAGE)):
+                      (KeyboardInterrupt, EXIT_INTERRUPTED), (UsageError, EXIT_USAGE), (GovernorUsage, EXIT_USAGE)):
         if isinstance(e, cls):
             return code
     return EXIT_REQUEST
@@ -269,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wait_ready(client, args.wait)
             rc: int = args.run(client, args)
             return rc
-    except (MoedError, KeyboardInterrupt, UsageError) as e:
+    except (MoedError, KeyboardInterrupt, UsageError, GovernorUsage) as e:
         print(f"moectl: {_describe(e)}", file=sys.stderr)
         return exit_code(e)
     except BrokenPipeError:  # `moectl status | head`: the reader left; end quietly, as Unix tools do

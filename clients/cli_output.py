@@ -33,10 +33,25 @@ def status_rows(st: Status) -> list[tuple[str, str]]:
             ("requests", f"{st.active} running of {st.max_batch} batch slots, {st.queued} queued of {st.queue_limit}")]
     if c:
         rows += cache_rows(c)
+    gov = st.raw.get("governor")
+    if isinstance(gov, Mapping):
+        rows.append(("governor", governor_line(gov)))
     finished = st.raw.get("finished")
     if isinstance(finished, Mapping) and finished:
         rows.append(("finished", ", ".join(f"{n} {k}" for k, n in sorted(finished.items()))))
     return rows
+
+
+def governor_line(gov: Mapping[str, Any]) -> str:
+    """One line: the governor's state, profile and limits (`moectl governor` shows the reasons)."""
+    if gov.get("state") is None:
+        return f"starting (profile {gov.get('profile')})"
+    lim = gov.get("limits") or {}
+    pace = lim.get("pace_steps_per_s")
+    budget = lim.get("cache_budget_bytes")
+    return (f"{gov['state']} (profile {gov.get('profile')}): batch <= {lim.get('batch_ceiling')}, prefetch depth "
+            f"{lim.get('prefetch_depth')}, cache {nbytes(budget) if isinstance(budget, (int, float)) else budget}, "
+            f"pace {'no cap' if pace is None else f'{pace:.3g} steps/s'}")
 
 
 def cache_rows(c: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -5,6 +5,8 @@
                  idle_cache_budget, drain_timeout_s
     [server]     endpoint, state_dir, send_hwm, heartbeat_s, slow_client_bytes, slow_client_s
     [log]        log_level, log_file, log_max_bytes, log_backups
+    [governor]   governor, governor_profile, sensor_trace; and the governor's own thresholds and laws (file only:
+                 every key of moed.governor.GovernorConfig but `profile`, validated there; docs/governor.md)
 
 Key names are unique across sections, so a key may also be written at the top level of the file, and each has
 one environment variable, MOED_<KEY> (e.g. MOED_MAX_BATCH=4, MOED_ENDPOINT=tcp://127.0.0.1:7878). Later layers
@@ -116,11 +118,31 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class GovernorSettings:
+    governor: str = _key("on", "the governor (battery, heat, memory pressure -> batch ceiling, prefetch depth, cache "
+                         "budget, pace; docs/governor.md): `on` or `off` (then only idle keep-alive changes the "
+                         "cache)", _one_of("on", "off"))
+    governor_profile: str = _key("auto", "the governor's profile: `auto` (from the readings), `performance`, "
+                                 "`balanced` or `saver`", _one_of("auto", "performance", "balanced", "saver"))
+    sensor_trace: str = _key("", "replay sensor readings from this JSONL file instead of reading the machine's "
+                             "sensors (docs/governor.md, trace format); empty = the machine's sensors")
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    governor: GovernorSettings = field(default_factory=GovernorSettings)
+    # the [governor] section's other keys (GovernorConfig's thresholds and laws), as the file gave them
+    governor_policy: Mapping[str, Any] = field(default_factory=dict)
+
+    def governor_config(self) -> Any:
+        """The governor's validated GovernorConfig: the file's policy keys and the profile key."""
+        from moed.governor import GovernorConfig
+
+        return GovernorConfig.from_dict({**self.governor_policy, "profile": self.governor.governor_profile})
 
     def replace(self, **values: Any) -> DaemonConfig:
         """A copy with keys changed by name (e.g. `replace(max_batch=2)`), validated."""
@@ -167,11 +189,23 @@ def check_with_store(config: DaemonConfig) -> list[str]:
             raise ConfigError(f"`{KEYS[key][0]}.{key}`: {e}") from None
         if b.warning:
             warnings.append(f"`{KEYS[key][0]}.{key}`: {b.warning}")
+    _check_trace(config.governor.sensor_trace)
     return warnings
 
 
+def _check_trace(path: str) -> None:
+    if not path:
+        return
+    from moed.governor.sensors.trace import load_trace
+
+    try:
+        load_trace(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"`governor.sensor_trace` {path}: {e}") from None
+
+
 SECTIONS: dict[str, type] = {"engine": EngineConfig, "scheduler": SchedulerConfig, "server": ServerConfig,
-                             "log": LogConfig}
+                             "log": LogConfig, "governor": GovernorSettings}
 # key -> (section, dataclass field); key names are unique across sections (asserted below)
 KEYS: dict[str, tuple[str, dataclasses.Field]] = {
     f.name: (sec, f) for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
@@ -190,12 +224,22 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
     """
     env = os.environ if env is None else env
     values: dict[str, tuple[Any, str]] = {}
+    policy: dict[str, Any] = {}
     file = _config_file(path, env, default_path)
     if file is not None:
-        values.update(_read_file(file))
+        values.update(_read_file(file, policy))
     values.update(_read_env(env))
     values.update({k: (v, "flag --" + k.replace("_", "-")) for k, v in (flags or {}).items() if v is not None})
-    return _build(DaemonConfig(), values)
+    config = dataclasses.replace(_build(DaemonConfig(), values), governor_policy=policy)
+    _check_governor(config, file)
+    return config
+
+
+def _check_governor(config: DaemonConfig, file: Path | None) -> None:
+    try:
+        config.governor_config()
+    except ValueError as e:  # GovernorConfigError names `governor.<key>`
+        raise ConfigError(f"{file or 'config'}: {e}") from None
 
 
 def _config_file(path: str | os.PathLike[str] | None, env: Mapping[str, str],
@@ -213,7 +257,8 @@ def _config_file(path: str | os.PathLike[str] | None, env: Mapping[str, str],
     return default_path if default_path.is_file() else None
 
 
-def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
+def _read_file(path: Path, policy: dict[str, Any] | None = None) -> dict[str, tuple[Any, str]]:
+    """The file's keys with their source; [governor] keys that are the governor's own go to `policy`."""
     try:
         doc = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
@@ -224,6 +269,12 @@ def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
             if name not in SECTIONS:
                 raise ConfigError(f"{path}: unknown section [{name}]; sections are {', '.join(SECTIONS)}")
             for key, v in value.items():
+                if name == "governor" and key not in KEYS and policy is not None:
+                    if key == "profile":
+                        raise ConfigError(f"{path}: `governor.profile`: write `governor_profile` (one name for the "
+                                          f"file, MOED_GOVERNOR_PROFILE and --governor-profile)")
+                    policy[key] = v
+                    continue
                 if key not in KEYS or KEYS[key][0] != name:
                     raise ConfigError(f"{path}: unknown key `{name}.{key}`; [{name}] has "
                                       f"{', '.join(f.name for f in dataclasses.fields(SECTIONS[name]))}")
@@ -272,7 +323,8 @@ def _build(base: DaemonConfig, values: Mapping[str, tuple[Any, str]]) -> DaemonC
             raise ConfigError(f"{source}: unknown key `{key}`")
         sec, f = KEYS[key]
         changes[sec][key] = _checked(value, f, f"`{sec}.{key}` (from {source})")
-    config = DaemonConfig(**{sec: dataclasses.replace(getattr(base, sec), **ch) for sec, ch in changes.items()})
+    config = DaemonConfig(**{sec: dataclasses.replace(getattr(base, sec), **ch) for sec, ch in changes.items()},
+                          governor_policy=base.governor_policy)
     _check_endpoint(config.server.endpoint)
     return config
 
@@ -340,6 +392,8 @@ def as_toml(config: DaemonConfig) -> str:
         for f in dataclasses.fields(SECTIONS[sec]):
             v = getattr(getattr(config, sec), f.name)
             lines.append(f"{f.name} = {_toml_value(v)}")
+        if sec == "governor":
+            lines += [f"{k} = {_toml_value(v)}" for k, v in config.governor_policy.items()]
         lines.append("")
     return "\n".join(lines)
 

@@ -53,6 +53,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Emit = Callable[[Key, str, dict[str, Any]], None]
 Loader = Callable[[EngineConfig], "Engine"]
+# observe(active=, queue_len=, decode_tok_s=, steps_per_s=, hit_rate=, bytes_read=): the engine's figures for a
+# governor (governing.py), called between steps at most every OBSERVE_S and whenever the load changes
+Observer = Callable[..., None]
+OBSERVE_S = 0.25
+RATE_WINDOW_S = 3.0  # decode tok/s, steps/s and hit rate are measured over about this long
 DEFAULT_CONTEXT = 4096  # when the model config has no max_position_embeddings
 PREFILL_BATCH = 8  # prompts prefilled together (mlx-lm's default)
 WAIT_SLICE_S = 1.0  # the longest an idle loop sleeps before looking again
@@ -61,11 +66,16 @@ PACE_SLICE_S = 0.05  # a paced loop sleeps in slices this short, so cancels and 
 
 class Scheduler:
     def __init__(self, config: DaemonConfig, emit: Emit, on_exit: Callable[[], None] = lambda: None,
-                 loader: Loader | None = None, budget_policy: BudgetPolicy | None = None):
+                 loader: Loader | None = None, budget_policy: BudgetPolicy | None = None,
+                 observer: Observer | None = None):
         """`loader` builds the engine from the engine config (default engine.model.load_engine); `budget_policy`
         decides the cache budget from moment to moment (default: IdleKeepAlive from keep_alive_s and
-        idle_cache_budget)."""
+        idle_cache_budget); `observer` receives the engine's figures (see Observer)."""
         self.config, self._emit, self._on_exit, self._loader = config, emit, on_exit, loader
+        self._observer = observer
+        self._samples: deque[tuple[float, int, int, int, int]] = deque()  # (t, steps, tokens, hits, lookups)
+        self._decoded = 0  # decode tokens generated
+        self._observed: tuple[float, int, int] = (0.0, -1, -1)  # (when, active, queued) last reported
         self.controls = Handover(config)
         self.fatal: str | None = None
         self._files = StateFiles(config)
@@ -166,12 +176,37 @@ class Scheduler:
                 return
             self._admit()
             self._probe()
+            self._observe()
             if not self._active:
                 self._wait(self._wake_at, WAIT_SLICE_S)
             elif time.monotonic() < self._next_step_at:
                 self._wait(self._next_step_at, PACE_SLICE_S)
             else:
                 self._step()
+
+    def _observe(self) -> None:
+        """Hand the observer the load and the rates over the last RATE_WINDOW_S (cheap; skipped when nothing is
+        due)."""
+        if self._observer is None or self._engine is None:
+            return
+        now, active, queued = time.monotonic(), len(self._active), len(self._waiting)
+        last_t, last_active, last_queued = self._observed
+        if now - last_t < OBSERVE_S and (active > 0) == (last_active > 0) and (queued > 0) == (last_queued > 0):
+            return
+        self._observed = (now, active, queued)
+        c = self.engine.cache.stats()
+        self._samples.append((now, self._steps, self._decoded, c.hits + c.inflight_hits,
+                              c.hits + c.inflight_hits + c.misses))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
+            self._samples.popleft()
+        t0, s0, d0, h0, l0 = self._samples[0]
+        span = now - t0
+        rates: dict[str, float | None] = {"decode_tok_s": None, "steps_per_s": None, "hit_rate": None}
+        if span > 0 and self._steps > s0:
+            rates.update(decode_tok_s=(self._decoded - d0) / span, steps_per_s=(self._steps - s0) / span)
+        if c.hits + c.inflight_hits + c.misses > l0:
+            rates["hit_rate"] = (c.hits + c.inflight_hits - h0) / (c.hits + c.inflight_hits + c.misses - l0)
+        self._observer(active=active, queue_len=queued, bytes_read=self.engine.reader.stats().bytes_read, **rates)
 
     def _wait(self, until: float | None, most: float) -> None:
         """Sleep until `until` (monotonic; None = no time of its own), at most `most` seconds, or until something
@@ -327,6 +362,7 @@ class Scheduler:
             if t.uid in self._active:
                 shares[t.uid] += 1
         self.controls.traffic(bool(prompts), len(tokens), r1.bytes_read - r0.bytes_read)
+        self._decoded += len(tokens)
         hits = (c1.hits - c0.hits) + (c1.inflight_hits - c0.inflight_hits)
         charge_step(self._active, shares, cache_hits=hits, cache_misses=c1.misses - c0.misses,
                     bytes_read=r1.bytes_read - r0.bytes_read)

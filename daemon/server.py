@@ -17,7 +17,7 @@ import queue
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
 
@@ -27,6 +27,9 @@ from .delivery import Outbox
 from .jobs import JobError, Key
 from .logs import event
 from .scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from .governing import Governing
 
 log = logging.getLogger(__name__)
 # ZeroMQ drops the connection of a peer whose frame exceeds MAXMSGSIZE; the daemon takes frames up to this size so
@@ -48,8 +51,9 @@ def version() -> str:
 
 class Server:
     def __init__(self, sock: zmq.Socket, scheduler_factory: Callable[..., Scheduler], *, slow_bytes: int,
-                 slow_s: float, drain_timeout_s: float):
+                 slow_s: float, drain_timeout_s: float, governor: Governing | None = None):
         self._sock = sock
+        self._governor = governor
         self._replies: queue.SimpleQueue[tuple[Key, str, dict[str, Any]]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
@@ -68,8 +72,8 @@ class Server:
         self._version = version()
         self._handlers: dict[str, Callable[[bytes, dict[str, Any]], None]] = {
             "hello": self._hello, "generate": self._generate, "cancel": self._cancel, "status": self._status,
-            "health": self._health, "shutdown": self._shutdown, "governor_get": self._no_governor,
-            "governor_set": self._no_governor,
+            "health": self._health, "shutdown": self._shutdown, "governor_get": self._governor_get,
+            "governor_set": self._governor_set,
         }
 
     # -- other threads ----------------------------------------------------------------------------------------
@@ -234,6 +238,8 @@ class Server:
         if self._draining:
             snap["state"] = "draining"
         snap.update(uptime_s=round(time.monotonic() - self._started, 3), version=self._version)
+        if self._governor is not None:
+            snap["governor"] = self._governor.status()
         self._reply(client, req["id"], snap)
 
     def _health(self, client: bytes, req: dict[str, Any]) -> None:
@@ -245,6 +251,24 @@ class Server:
         self._reply(client, req["id"], {})
         self.request_shutdown(f"shutdown request from {client.hex()}")
 
+    def _governor_get(self, client: bytes, req: dict[str, Any]) -> None:
+        if self._governor is None:
+            self._no_governor(client, req)
+            return
+        self._reply(client, req["id"], self._governor.status())
+
+    def _governor_set(self, client: bytes, req: dict[str, Any]) -> None:
+        if self._governor is None:
+            self._no_governor(client, req)
+            return
+        try:
+            result = self._governor.apply(req["params"])
+        except ValueError as e:
+            self._error(client, req["id"], "invalid_params", str(e))
+            return
+        event(log, logging.INFO, "governor set", client=client.hex(), settings=req["params"])
+        self._reply(client, req["id"], result)
+
     def _no_governor(self, client: bytes, req: dict[str, Any]) -> None:
-        self._error(client, req["id"], "not_available", "this daemon has no governor yet; set the batch ceiling "
-                    "and cache budget in its config (max_batch, cache_budget)")
+        self._error(client, req["id"], "not_available", "this daemon runs without its governor (governor = \"off\"); "
+                    "start it with the governor on, or set max_batch and cache_budget in its config")

@@ -23,6 +23,7 @@ from moed.clients.endpoints import check_ipc_endpoint, default_endpoint, ipc_pat
 
 from .budget_policy import BudgetPolicy
 from .config import DaemonConfig
+from .governing import GovernedBudget, Governing
 from .handover import Handover
 from .logs import event
 from .liveness import ServiceReporter  # systemd notifications (sdnotify.py)
@@ -49,7 +50,13 @@ class Daemon:
         self._pending_stop: tuple[str, bool] | None = None
 
     def serve(self) -> int:
-        """Run until shut down. Returns 0 (clean), 1 (fatal error), 2 (bad runtime folder), 3 (endpoint in use)."""
+        """Run until shut down. Returns 0 (clean), 1 (fatal error), 2 (bad runtime folder or governor settings),
+        3 (endpoint in use)."""
+        try:
+            governing = self._governing()
+        except (OSError, ValueError) as e:  # a missing or malformed sensor trace, an unreadable store
+            log.error("governor: %s", e)
+            return EXIT_CONFIG
         lock = EndpointLock(self.endpoint)
         try:
             check_ipc_endpoint(self.endpoint)  # the default path too: $XDG_RUNTIME_DIR may be long
@@ -62,12 +69,22 @@ class Daemon:
             log.error("cannot use %s: %s", self.endpoint, e)
             return EXIT_CONFIG
         try:
-            return self._serve_locked()
+            return self._serve_locked(governing)
         finally:
+            if governing is not None:
+                governing.stop()
             lock.release()
             event(log, logging.INFO, "stopped", endpoint=self.endpoint)
 
-    def _serve_locked(self) -> int:
+    def _governing(self) -> Governing | None:
+        """The governor, unless it is off (or a test replaced the budget policy)."""
+        if self._budget_policy is not None or self.config.governor.governor == "off":
+            return None
+        from .store.format import read_manifest
+
+        return Governing.create(self.config, read_manifest(self.config.engine.store))
+
+    def _serve_locked(self, governing: Governing | None) -> int:
         ctx: zmq.Context = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         try:
@@ -81,10 +98,15 @@ class Daemon:
             if path is not None:
                 os.chmod(path, 0o600)  # the folder is 0700 already; this is belt and braces
             sc = self.config.scheduler
-            server = Server(sock, lambda emit, on_exit: Scheduler(self.config, emit, on_exit, self._loader,
-                                                                    self._budget_policy),
+            policy = GovernedBudget() if governing is not None else self._budget_policy
+            observer = governing.observe if governing is not None else None
+            server = Server(sock, lambda emit, on_exit: Scheduler(self.config, emit, on_exit, self._loader, policy,
+                                                                    observer),
                             slow_bytes=self.config.server.slow_client_bytes,
-                            slow_s=self.config.server.slow_client_s, drain_timeout_s=sc.drain_timeout_s)
+                            slow_s=self.config.server.slow_client_s, drain_timeout_s=sc.drain_timeout_s,
+                            governor=governing)
+            if governing is not None:
+                governing.start(server.controls)
             with self._lock:
                 self._server, pending = server, self._pending_stop
             if pending is not None:

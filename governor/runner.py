@@ -26,6 +26,7 @@ class GovernorThread:
         self.on_change = on_change
         self.tick_s = governor.config.tick_s if tick_s is None else tick_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._delivered: Limits | None = None
 
@@ -38,8 +39,14 @@ class GovernorThread:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stops the thread; waits up to timeout_s for the tick in progress."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+    def wake(self) -> None:
+        """Tick now instead of at the next period (a profile or override was set, or work arrived while idle);
+        thread-safe."""
+        self._wake.set()
 
     def tick_once(self) -> Decision:
         """One tick and, if the limits changed, the callback (the thread's body; also for tests)."""
@@ -58,4 +65,5 @@ class GovernorThread:
                 self.tick_once()
             except Exception:  # noqa: BLE001 - keep governing; the policy is pure, so this is a bug to log
                 log.exception("governor: tick failed")
-            self._stop.wait(self.tick_s)
+            self._wake.wait(self.tick_s)
+            self._wake.clear()

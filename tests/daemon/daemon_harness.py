@@ -28,8 +28,10 @@ def short_dir() -> str:
 
 
 def make_config(store: Path | str, folder: str, **overrides: Any):
+    # the governor is off unless a test turns it on (with a sensor trace): the machine's own sensors would make
+    # the cache budget depend on whatever else this machine is doing
     flags = {"store": str(store), "endpoint": f"ipc://{folder}/d.sock", "read_mode": "buffered",
-             "state_dir": folder, **overrides}
+             "state_dir": folder, "governor": "off", **overrides}
     return load_config(env={}, default_path=NO_FILE).replace(**flags)
 
 
@@ -117,11 +119,15 @@ def wait_ready(endpoint: str, timeout: float = 60.0) -> None:
 class InProcess:
     """A Daemon serving on a thread: `with InProcess(store, max_batch=2) as d: Conn(d.endpoint)`."""
 
-    def __init__(self, store: Path | str, loader: Any = None, wait: bool = True, **overrides: Any):
+    def __init__(self, store: Path | str, loader: Any = None, wait: bool = True,
+                 governor_policy: dict[str, Any] | None = None, **overrides: Any):
+        import dataclasses
+
         from moed.daemon.serving import Daemon
 
         self.dir = short_dir()
-        self.config = make_config(store, self.dir, **overrides)
+        self.config = dataclasses.replace(make_config(store, self.dir, **overrides),
+                                          governor_policy=governor_policy or {})
         self.endpoint = self.config.server.endpoint
         self.daemon = Daemon(self.config, loader=loader)
         self.exit_code: int | None = None
