@@ -56,6 +56,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _api(request: web.Request) -> str:
     path = request.path
+    if path.startswith("/api/moed/"):  # the gateway's own JSON (the status page's)
+        return "gateway"
     return "ollama" if path.startswith("/api/") else "openai" if path.startswith("/v1/") else "gateway"
 
 
