@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("daemon", "clients", "governor")
 NOT_INSTALLED = ("bench", "tests", "docs", "launchd")
 DATA = ("daemon/testmodel/corpus/*.txt", "daemon/**.plist", "daemon/**.service", "daemon/service/templates/*.in",
-        "governor/traces/*.jsonl")  # fnmatch: `*` spans folders
+        "governor/traces/*.jsonl", "clients/gateway/static/*.html", "clients/gateway/static/*.js",
+        "clients/gateway/static/*.css")  # fnmatch: `*` spans folders
 PROBES = {
     "governor/zz_probe_pkg/__init__.py": '"""A new governor subpackage (a packaging probe)."""\n',
     "governor/zz_probe_pkg/mod.py": '"""A module in it."""\n',

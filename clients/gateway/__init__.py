@@ -8,6 +8,7 @@ endpoints, the parameter mapping, the errors and the access rules.
     config.py      GatewayConfig (validated: off loopback needs an API key), parse_bind, read_api_key
     server.py      Gateway, run (blocking), start_in_thread / GatewayHandle
     app.py         the aiohttp application: routes, error / auth / CORS middlewares, /metrics
+    status_page.py the status page at / (static/: HTML, JS, CSS) and /api/moed/status, the JSON it polls
     openai_api.py  /v1/models, /v1/chat/completions, /v1/completions (SSE streaming)
     ollama_api.py  /api/version, /api/tags, /api/show, /api/generate, /api/chat (NDJSON streaming)
     upstream.py    the shared AsyncClient, status snapshots, the model name, Generation

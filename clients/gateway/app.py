@@ -1,11 +1,12 @@
-"""The aiohttp application: routes (OpenAI, Ollama, /metrics, /) and the middlewares around them.
+"""The aiohttp application: routes (OpenAI, Ollama, /metrics, the status page) and the middlewares around them.
 
 Middlewares, outermost first:
 - cors (only when origins are configured): answers preflight requests; an on_response_prepare hook puts
   Access-Control-Allow-Origin on every other answer to an allowed origin, streamed ones included;
 - errors: turns ApiError, aiohttp's HTTP errors (404, 405, 413) and unexpected exceptions into the API's error
   shape (OpenAI's `{"error": {...}}` off /api/, Ollama's `{"error": "..."}` under it) and counts every answer;
-- auth (only with an API key): `Authorization: Bearer <key>`, compared in constant time.
+- auth (only with an API key): `Authorization: Bearer <key>`, compared in constant time; the status page's HTML,
+  script and style files carry no data and are served without it (its JSON route needs it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -22,6 +24,7 @@ from . import ollama_api, openai_api
 from .config import GatewayConfig
 from .errors import AUTH, SERVER, ApiError
 from .metrics import CONTENT_TYPE, Metrics
+from .status_page import StatusPage
 from .upstream import Upstream
 from .web import CONFIG, METRICS, STARTED, UPSTREAM, json_response
 
@@ -30,7 +33,8 @@ log = logging.getLogger("moed.gateway")
 
 def build_app(config: GatewayConfig, upstream: Upstream) -> web.Application:
     """The application for one gateway; `upstream` must live on the loop that will serve it."""
-    middlewares: list[Middleware] = [_errors, *([_auth(config.api_key)] if config.api_key else [])]
+    page = StatusPage()
+    middlewares: list[Middleware] = [_errors, *([_auth(config.api_key, page.is_public)] if config.api_key else [])]
     if config.cors_origins:
         middlewares.insert(0, _cors(config.cors_origins))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
@@ -38,12 +42,8 @@ def build_app(config: GatewayConfig, upstream: Upstream) -> web.Application:
         app.on_response_prepare.append(_cors_headers)
     app[CONFIG], app[UPSTREAM], app[STARTED] = config, upstream, time.time()
     app[METRICS] = Metrics(lambda: upstream.snapshot)
-    app.add_routes([web.get("/", root), web.get("/metrics", metrics), *openai_api.routes(), *ollama_api.routes()])
+    app.add_routes([*page.routes(), web.get("/metrics", metrics), *openai_api.routes(), *ollama_api.routes()])
     return app
-
-
-async def root(request: web.Request) -> web.Response:
-    return web.Response(text="moed gateway is running")  # Ollama answers / so; some tools probe it
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -56,6 +56,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _api(request: web.Request) -> str:
     path = request.path
+    if path.startswith("/api/moed/"):  # the gateway's own JSON (the status page's)
+        return "gateway"
     return "ollama" if path.startswith("/api/") else "openai" if path.startswith("/v1/") else "gateway"
 
 
@@ -109,11 +111,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         m.requests.labels(_api(request), label, str(code)).inc()
 
 
-def _auth(key: str | None) -> Middleware:
+def _auth(key: str | None, public: Callable[[web.Request], bool]) -> Middleware:
     expected = (key or "").encode()
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if public(request):
+            return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if not (scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)):
             raise ApiError(401, "a valid API key is required: send `Authorization: Bearer <key>`", AUTH,

@@ -138,6 +138,10 @@ class Metrics:
         if result.decode_ns and result.generated_tokens > 1:
             self.decode_tps.observe(result.decode_tps)
 
+    def http_in_flight(self) -> int:
+        """HTTP requests being answered now."""
+        return int(next(iter(self.in_flight.collect()[0].samples)).value)
+
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
