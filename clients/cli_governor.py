@@ -4,9 +4,11 @@
     moectl governor profile saver        switch profile: auto, performance, balanced, saver
     moectl governor set batch_ceiling=2 pace_steps_per_s=4     pin knobs above every law (overrides)
     moectl governor set pace_steps_per_s=none                  pin a knob to "no cap"
-    moectl governor auto                 profile auto, no overrides
+    moectl governor cap 150              hold average power under 150 W (pacing steps; needs a power reading)
+    moectl governor cap off              drop that cap
+    moectl governor auto                 profile auto, no overrides, no power cap
 
-Requests: governor_get {} and governor_set {profile | set | auto} (docs/protocol.md). Knobs: batch_ceiling,
+Requests: governor_get {} and governor_set {profile | set | power_cap_w | auto} (docs/protocol.md). Knobs: batch_ceiling,
 prefetch_depth, cache_budget_bytes (a byte count, or with a unit: 2GB, 512MiB), pace_steps_per_s (a number >= 1.25,
 or none). The change reaches the daemon's next step boundary.
 """
@@ -19,7 +21,7 @@ from typing import Any
 from .cli_output import duration, nbytes, print_json, table
 from .sync import Client
 
-ACTIONS = ("show", "profile", "set", "auto")
+ACTIONS = ("show", "profile", "set", "cap", "auto")
 _UNITS = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
 
 
@@ -34,10 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_governor(client: Client, args: argparse.Namespace) -> int:
-    """See and steer the governor: show (default), profile NAME, set KNOB=VALUE ..., auto.
+    """See and steer the governor: show (default), profile NAME, set KNOB=VALUE ..., cap WATTS|off, auto.
 
-    Requests: governor_get {} / governor_set {profile | set | auto}.  Reply: the governor's status.
-    Usage: moectl governor [show | profile NAME | set KNOB=VALUE ... | auto] [--json]
+    Requests: governor_get {} / governor_set {profile | set | power_cap_w | auto}.  Reply: the governor's status.
+    Usage: moectl governor [show | profile NAME | set KNOB=VALUE ... | cap WATTS|off | auto] [--json]
     """
     settings = settings_from(args.action, args.args)
     status = client.governor_get() if settings is None else client.governor_set(**settings)
@@ -58,6 +60,15 @@ def settings_from(action: str, argv: list[str]) -> dict[str, Any] | None:
         if argv:
             raise GovernorUsage("`governor auto` takes no arguments")
         return {"auto": True}
+    if action == "cap":
+        if len(argv) != 1:
+            raise GovernorUsage("`governor cap WATTS` (or `cap off`)")
+        if argv[0].lower() in ("off", "none"):
+            return {"power_cap_w": None}
+        try:
+            return {"power_cap_w": float(argv[0].lower().removesuffix("w"))}
+        except ValueError:
+            raise GovernorUsage(f"`governor cap {argv[0]}`: a number of watts, or off") from None
     if action == "profile":
         if len(argv) != 1:
             raise GovernorUsage("`governor profile NAME`: NAME is auto, performance, balanced or saver")
@@ -103,6 +114,8 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(st.get("at"), (int, float)) and isinstance(st.get("state_changed_at"), (int, float)):
         since = f", for {duration(st['at'] - st['state_changed_at'])}"
     rows = [("state", f"{st['state']}{since} ({reasons.get('state', '')})"), ("profile", str(st.get("profile")))]
+    if st.get("power_cap_w") is not None:
+        rows.append(("power cap", f"{st['power_cap_w']:g} W"))
     for knob, value in limits.items():
         shown = nbytes(value) if knob == "cache_budget_bytes" and isinstance(value, (int, float)) else (
             "no cap" if value is None else str(value))

@@ -19,7 +19,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from moed.governor import KNOBS, Bounds, EngineSource, Governor, GovernorThread, Limits, TraceSource, platform_sources
+from moed.governor import (KNOBS, PROFILES, Bounds, EngineSource, Governor, GovernorThread, Limits, TraceSource,
+                           platform_sources)
 
 from . import budget
 from .budget_policy import BudgetDecision
@@ -103,11 +104,18 @@ class Governing:
 
     def apply(self, params: dict[str, Any]) -> dict[str, Any]:
         """governor_set: `profile` (a name), `set` (knob -> value, overrides), `clear_overrides` (true), `auto`
-        (true: profile auto and no overrides). Raises ValueError naming what is wrong; nothing changes then."""
-        unknown = set(params) - {"profile", "set", "clear_overrides", "auto"}
+        (true: profile auto, no overrides, no power cap), `power_cap_w` (watts, or None to drop it). Raises
+        ValueError naming what is wrong; nothing changes then."""
+        unknown = set(params) - {"profile", "set", "clear_overrides", "auto", "power_cap_w"}
         if unknown:
             raise ValueError(f"unknown governor_set settings: {', '.join(sorted(unknown))} (settings: profile, set, "
-                             f"clear_overrides, auto)")
+                             f"clear_overrides, auto, power_cap_w)")
+        if "profile" in params and params["profile"] not in PROFILES:
+            raise ValueError(f"unknown profile {params['profile']!r} (profiles: {', '.join(PROFILES)})")
+        cap = params.get("power_cap_w")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0
+                                or cap == float("inf")):
+            raise ValueError(f"power_cap_w must be a positive number of watts or null, got {cap!r}")
         overrides = params.get("set") or {}
         if not isinstance(overrides, dict):
             raise ValueError("`set` must be a map of knob -> value (knobs: " + ", ".join(KNOBS) + ")")
@@ -117,6 +125,9 @@ class Governing:
         if params.get("auto"):
             self.governor.clear_overrides()
             self.governor.set_profile("auto")
+            self.governor.set_power_cap(None)
+        if "power_cap_w" in params:
+            self.governor.set_power_cap(cap)
         if params.get("clear_overrides"):
             self.governor.clear_overrides()
         if "profile" in params:

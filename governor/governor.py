@@ -96,15 +96,24 @@ class Governor:
             self.policy.clear_overrides()
         log.info("governor: overrides cleared")
 
+    def set_power_cap(self, watts: float | None) -> None:
+        """An average-power cap (W) in every state, or None; raises ValueError. Applies at the next tick."""
+        with self._lock:
+            self.policy.set_power_cap(watts)
+        log.info("governor: power cap %s", "off" if watts is None else f"{watts:g} W")
+
     def to_status(self) -> dict[str, Any]:
         """The status dict for the daemon's `status` / `governor_get` (msgpack-friendly; docs/governor.md)."""
         with self._lock:
             last, profile, overrides = self._last, self.policy.profile, dict(self.policy.overrides)
+            power_cap_w = self.policy.power_cap_w
         sources = {slot.sampler.source.name: {"status": slot.status, "sampled_at": slot.sampled_at,
                                               "interval_s": slot.interval_s} for slot in self._slots}
         if last is None:
-            return {"state": None, "profile": profile, "overrides": overrides, "sources": sources}
-        return {**last.to_dict(), "profile": profile, "overrides": overrides, "sources": sources}
+            return {"state": None, "profile": profile, "overrides": overrides, "power_cap_w": power_cap_w,
+                    "sources": sources}
+        return {**last.to_dict(), "profile": profile, "overrides": overrides, "power_cap_w": power_cap_w,
+                "sources": sources}
 
     def _log(self, previous: Decision | None, decision: Decision) -> None:
         if previous is None or previous.state != decision.state:

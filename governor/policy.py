@@ -67,6 +67,7 @@ class Policy:
         self.bounds = bounds
         self.profile = config.profile
         self.overrides: dict[str, Any] = {}
+        self.power_cap_w: float | None = None  # a cap set at run time (governor_set), in every state
         self.machine = StateMachine(config.dwell_s)
         self.batch = BatchLaw(bounds.max_batch)
         self.cache = CacheLaw(bounds.cache_budget_bytes, bounds.idle_cache_budget_bytes, bounds.keep_alive_s)
@@ -88,6 +89,14 @@ class Policy:
     def clear_overrides(self) -> None:
         self.overrides.clear()
 
+    def set_power_cap(self, watts: float | None) -> None:
+        """An average-power cap in W for every state (None: only the states' own `power_cap_w`); the pace
+        controller holds the tightest one. Raises ValueError for a value that is not a positive finite number."""
+        if watts is not None and (isinstance(watts, bool) or not isinstance(watts, (int, float))
+                                  or not math.isfinite(watts) or watts <= 0):
+            raise ValueError(f"power_cap_w must be a positive number of watts or None, got {watts!r}")
+        self.power_cap_w = None if watts is None else float(watts)
+
     def step(self, reading: Reading, now: float) -> Decision:
         cfg, b = self.config, self.bounds
         enter = apply_profile(levels(reading, cfg, hold=False), self.profile)
@@ -100,7 +109,8 @@ class Policy:
             min(b.prefetch_depth, cfg.prefetch_balanced) if state == State.BALANCED else 0
         budget, cache_why = self.cache.step(reading, cfg, now, self._budget)
         self._budget = budget
-        pace, pace_why = self.pace.step(reading, cfg, cfg.pace_steps_per_s[state], cfg.power_cap_w[state], now)
+        caps = [c for c in (cfg.power_cap_w[state], self.power_cap_w) if c]
+        pace, pace_why = self.pace.step(reading, cfg, cfg.pace_steps_per_s[state], min(caps) if caps else 0.0, now)
         values: dict[str, Any] = {"batch_ceiling": self.batch.ceiling, "prefetch_depth": prefetch,
                                   "cache_budget_bytes": budget, "pace_steps_per_s": pace}
         reasons = {"state": f"{state.name}: {self.machine.reason}",

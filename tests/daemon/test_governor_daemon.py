@@ -107,8 +107,9 @@ def test_a_sensor_trace_drives_every_knob_and_tokens_stay_exact(store, tmp_path:
 
 def test_moectl_governor_profile_set_and_auto(store, tmp_path: Path, capsys):
     trace = tmp_path / "calm.jsonl"
-    trace.write_text(json.dumps({"t": 0, "on_ac": True, "thermal": 0.0}) + "\n")
-    with InProcess(store, max_batch=4, governor="on", sensor_trace=str(trace), governor_policy={"tick_s": 0.2, "dwell_s": 0.5, "batch_interval_s": 0.2}) as d:
+    trace.write_text(json.dumps({"t": 0, "on_ac": True, "thermal": 0.0, "power_w": 150.0}) + "\n")
+    policy = {"tick_s": 0.2, "dwell_s": 0.5, "batch_interval_s": 0.2, "pace_interval_s": 0.2}
+    with InProcess(store, max_batch=4, governor="on", sensor_trace=str(trace), governor_policy=policy) as d:
         ep = ["--endpoint", d.endpoint]
         assert moectl([*ep, "governor", "profile", "saver", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["profile"] == "saver"
@@ -125,12 +126,22 @@ def test_moectl_governor_profile_set_and_auto(store, tmp_path: Path, capsys):
         capsys.readouterr()
         assert moectl([*ep, "governor", "auto", "--json"]) == 0
         st = json.loads(capsys.readouterr().out)
-        assert st["profile"] == "auto" and st["overrides"] == {}
+        assert st["profile"] == "auto" and st["overrides"] == {} and st["power_cap_w"] is None
         while conn.result("status")["max_batch"] != 4:
             assert time.monotonic() < deadline + 10
             time.sleep(0.05)
         assert moectl([*ep, "status"]) == 0
         assert "governor" in capsys.readouterr().out
+        assert moectl([*ep, "governor", "cap", "100", "--json"]) == 0  # 150 W measured: the controller paces
+        assert json.loads(capsys.readouterr().out)["power_cap_w"] == 100.0
+        while conn.result("governor_get")["limits"]["pace_steps_per_s"] is None:
+            assert time.monotonic() < deadline + 20
+            time.sleep(0.05)
+        assert "power cap 100 W" in conn.result("governor_get")["reasons"]["pace_steps_per_s"]
+        assert moectl([*ep, "governor", "cap", "lots"]) == 2
+        capsys.readouterr()
+        assert moectl([*ep, "governor", "auto", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["power_cap_w"] is None
         conn.close()
 
 

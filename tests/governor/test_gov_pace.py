@@ -75,3 +75,24 @@ def test_policy_power_cap_uses_the_measured_power() -> None:
     d = policy.step({S.ON_AC: False, S.BATTERY_PERCENT: 90.0, S.POWER_W: 200.0, S.STEPS_PER_S: 40.0}, 0.0)
     assert d.state == State.BALANCED and d.limits.pace_steps_per_s is not None
     assert d.limits.pace_steps_per_s < 50.0 and "power cap 100 W" in d.reasons["pace_steps_per_s"]
+
+
+def test_a_power_cap_set_at_run_time_holds_in_every_state_and_the_tighter_cap_wins() -> None:
+    cfg = GovernorConfig(power_cap_w=(0.0, 0.0, 120.0, 120.0), pace_interval_s=0.1)
+    policy = Policy(cfg, Bounds(8, 1, 1 << 30, 1 << 28))
+    hot = {S.ON_AC: True, S.POWER_W: 200.0, S.STEPS_PER_S: 40.0}
+    assert policy.step(hot, 0.0).limits.pace_steps_per_s is None  # PERFORMANCE has no cap of its own
+    policy.set_power_cap(150.0)
+    d = policy.step(hot, 1.0)
+    assert d.state == State.PERFORMANCE and "power cap 150 W" in d.reasons["pace_steps_per_s"]
+    assert d.limits.pace_steps_per_s is not None
+    policy.set_power_cap(None)
+    cool = {S.ON_AC: True, S.POWER_W: 50.0, S.STEPS_PER_S: 40.0}
+    paces = [policy.step(cool, 2.0 + i).limits.pace_steps_per_s for i in range(40)]
+    assert paces[-1] is None  # released once nothing caps it
+    policy.set_power_cap(500.0)
+    d = policy.step({S.ON_AC: False, S.BATTERY_PERCENT: 10.0, S.POWER_W: 200.0, S.STEPS_PER_S: 40.0}, 50.0)
+    assert "power cap 120 W" in d.reasons["pace_steps_per_s"]  # SAVER's own 120 W is tighter than 500 W
+    for bad in (0, -5.0, float("nan"), float("inf"), True, "100"):
+        with pytest.raises(ValueError, match="power_cap_w"):
+            policy.set_power_cap(bad)  # type: ignore[arg-type]
