@@ -23,6 +23,7 @@ SERVE_FLAGS = {
     "--max-batch": "max_batch", "--queue-limit": "queue_limit", "--context-limit": "context_limit",
     "--keep-alive": "keep_alive_s", "--idle-cache-budget": "idle_cache_budget",
     "--log-level": "log_level", "--log-file": "log_file",
+    "--http": "http", "--http-api-key-file": "http_api_key_file",
 }
 ALIASES = {"--cache-policy": ("--policy",)}  # older spellings still accepted
 
