@@ -1,9 +1,12 @@
 """The controls interface: what other threads share with the scheduler: requests in, cancels and limits, state out.
 
 Everything here sits under one lock and never touches MLX. The socket loop (and later the governor) call the
-"any thread" methods (submit, cancel, set_limits and its one-knob forms, begin_drain, snapshot); the scheduler
-thread takes the work at each step boundary with the `take_*` methods and publishes what status reports. `wake`
-is set whenever there is something new, so an idle or pacing scheduler reacts at once.
+"any thread" methods (submit, cancel, set_limits and its one-knob forms, begin_drain, snapshot; for ps and status
+`requests` / `experts`: requests, key_of, want_experts); the scheduler thread takes the work at each step boundary
+with the `take_*` methods and publishes what status reports (counts, publish_requests, and the expert map with
+publish_experts when experts_due). `wake` is set whenever there is something new, so an idle or pacing scheduler
+reacts at once. Each accepted request gets a daemon-wide id here (a counter, never reused), which `ps` shows and
+`cancel` by `job` takes.
 """
 
 from __future__ import annotations
