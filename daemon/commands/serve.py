@@ -16,7 +16,8 @@ result and exits. Every setting, the cache budgets against the store's manifest 
 anything is bound or loaded. docs/daemon.md lists every key. Clients talk to it with `moectl` or moed.clients.
 
 Exit codes: 0 clean shutdown (SIGTERM, SIGINT or a shutdown request), 1 fatal error at run time, 2 config or usage
-error, 3 the endpoint is in use by another daemon.
+error (HTTP off loopback without a key included), 3 the endpoint is in use by another daemon, or the HTTP address
+cannot be bound.
 """
 
 from __future__ import annotations
