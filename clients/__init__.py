@@ -56,7 +56,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["AsyncClient"], "aio"),
     **dict.fromkeys(["Client", "SyncStream"], "sync"),
     **dict.fromkeys(["Stream"], "stream"),
-    **dict.fromkeys(["Event", "Progress", "Chunk", "Result", "Status", "Health", "Hello"], "events"),
+    **dict.fromkeys(["Event", "Progress", "Chunk", "Result", "Status", "Health", "Hello", "RequestInfo"], "events"),
     **dict.fromkeys(["MoedError", "DaemonUnavailable", "Timeout", "ProtocolViolation", "RequestError", "Busy",
                      "InvalidParams", "ContextOverflow", "NotFound", "NotAvailable", "Loading", "ShuttingDown",
                      "UnsupportedVersion"], "errors"),
@@ -65,7 +65,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "AsyncClient", "Client", "Stream", "SyncStream",
-    "Event", "Progress", "Chunk", "Result", "Status", "Health", "Hello",
+    "Event", "Progress", "Chunk", "Result", "Status", "Health", "Hello", "RequestInfo",
     "MoedError", "DaemonUnavailable", "Timeout", "ProtocolViolation", "RequestError", "Busy", "InvalidParams",
     "ContextOverflow", "NotFound", "NotAvailable", "Loading", "ShuttingDown", "UnsupportedVersion",
     "default_endpoint", "runtime_dir",

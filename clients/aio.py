@@ -37,7 +37,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import errors, protocol
 from .endpoints import default_endpoint, ipc_path
 from .errors import DaemonUnavailable, MoedError, ProtocolViolation, Timeout
-from .events import Health, Hello, Result, Status
+from .events import Health, Hello, RequestInfo, Result, Status
 from .stream import Stream
 
 log = logging.getLogger("moed.client")
@@ -119,9 +119,40 @@ class AsyncClient:
         self.server = Hello.from_wire(await self._roundtrip("hello", self._hello_params(), deadline))
         return self.server
 
-    async def status(self, *, timeout: float | None = None) -> Status:
-        """The daemon's state, model, load and cache counters."""
-        return Status.from_wire(await self._unary("status", {}, timeout))
+    async def status(self, *, detail: Sequence[str] = (), timeout: float | None = None) -> Status:
+        """The daemon's state, model, load and cache counters; `detail=["experts"]` adds the expert map
+        (`raw["experts"]`; protocol version 2)."""
+        params: dict[str, Any] = {"detail": list(detail)} if detail else {}
+        if detail:
+            await self._require("status detail", protocol.SINCE[("status", "detail")], timeout)
+        return Status.from_wire(await self._unary("status", params, timeout))
+
+    async def ps(self, *, timeout: float | None = None) -> list[RequestInfo]:
+        """Every generate request the daemon holds, from any connection, oldest first (protocol version 2)."""
+        await self._require("ps", protocol.SINCE["ps"], timeout)
+        result = await self._unary("ps", {}, timeout)
+        rows = result.get("requests")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ProtocolViolation(f"ps result: `requests` must be a list of maps, got {rows!r}")
+        return [RequestInfo.from_wire(r) for r in rows]
+
+    async def cancel_job(self, job_id: str, *, timeout: float | None = None) -> bool:
+        """Cancel a request of any connection by its daemon-wide id (from ps); True if it was still running (its
+        own stream then ends with done_reason cancelled). Raises NotFound if no such request is in flight."""
+        await self._require("cancel by daemon-wide id", protocol.SINCE[("cancel", "job")], timeout)
+        result = await self._unary("cancel", {"job": job_id}, timeout)
+        if not isinstance(result.get("cancelled"), bool):
+            raise ProtocolViolation(f"cancel result: `cancelled` must be a bool, got {result!r}")
+        cancelled: bool = result["cancelled"]
+        return cancelled
+
+    async def _require(self, what: str, version: int, timeout: float | None) -> None:
+        """Connect, then raise NotAvailable unless the daemon speaks `version`."""
+        await self._connect(self._deadline(timeout))
+        assert self.server is not None  # set by _connect
+        if self.server.version < version:
+            raise errors.NotAvailable("not_available", f"{what} needs protocol version {version}; the daemon "
+                                      f"({self.server.server}) speaks {self.server.version}: upgrade it")
 
     async def health(self, *, timeout: float | None = None) -> Health:
         """Whether the daemon admits work now (ok) and its state (loading|ready|draining)."""
@@ -203,8 +234,10 @@ class AsyncClient:
 
     def _frame(self, rid: str, type_: str, params: dict[str, Any]) -> bytes:
         """The packed request, checked as the daemon will check it. Raises InvalidParams / RequestError."""
+        # hello goes out as version 1, which every daemon reads; the rest in the version hello settled on
+        v = protocol.HELLO_VERSION if type_ == "hello" or self.server is None else self.server.version
         try:
-            frame = protocol.pack(protocol.request(rid, type_, params))
+            frame = protocol.pack(protocol.request(rid, type_, params, v=v))
         except (TypeError, ValueError, OverflowError) as e:  # msgpack cannot encode a value
             raise errors.InvalidParams("invalid_params", f"cannot encode the parameters: {e}", rid) from None
         try:

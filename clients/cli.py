@@ -1,4 +1,4 @@
-"""moectl: talk to a running moed daemon from the shell (status, health, generate, chat, cancel, shutdown).
+"""moectl: talk to a running moed daemon from the shell (status, health, ps, generate, chat, cancel, shutdown).
 
     moectl [--endpoint E] [--timeout S] [--wait S] COMMAND [options]   (these may also follow COMMAND)
 
@@ -19,7 +19,7 @@ from typing import Any
 from . import exitcodes
 from .chat_repl import run_repl
 from .cli_governor import GovernorUsage, add_arguments as governor_arguments, cmd_governor
-from .cli_output import ProgressLine, print_json, stats_line, status_rows, table
+from .cli_output import ProgressLine, print_json, ps_table, stats_line, status_rows, table
 from .errors import Busy, DaemonUnavailable, MoedError, RequestError, Timeout
 from .events import Chunk, Progress, Result
 from .sync import Client, SyncStream
@@ -110,15 +110,30 @@ def cmd_chat(client: Client, args: argparse.Namespace) -> int:
     return run_repl(client, args, turn)
 
 
-def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
-    """Cancel a request by id (only requests of the same connection can be cancelled).
+def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    """List the requests the daemon holds, from every client: id, client, state, tokens, age.
 
-    The daemon scopes request ids to the connection that sent them, so this reaches only requests of this
-    moectl's own connection: for a request of another process it reports not_found (see docs/protocol.md).
-
-    Request: cancel {target}.  Reply: ok {cancelled} or error not_found.  Usage: moectl cancel ID
+    Request: ps {}.  Reply: ok {requests: [{id, client, state, prompt_tokens, generated_tokens, age_s}, ...]}.
+    The id is daemon-wide: `moectl cancel ID` stops that request, whichever process sent it.
+    Usage: moectl ps [--json]
     """
-    cancelled = client.cancel(args.id)
+    rows = client.ps()
+    if args.json:
+        print_json([r.as_dict() for r in rows])
+    else:
+        ps_table(rows)
+    return EXIT_OK
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    """Cancel a request by the id `moectl ps` shows, whichever client sent it.
+
+    The request's own client gets its final with done_reason cancelled (the tokens so far stay with it). Any
+    connection to the daemon's socket may do this: the socket is private to the user who runs the daemon.
+
+    Request: cancel {job}.  Reply: ok {cancelled} or error not_found.  Usage: moectl cancel ID
+    """
+    cancelled = client.cancel_job(args.id)
     print("cancelled" if cancelled else "not running (already finished)")
     return EXIT_OK
 
@@ -199,12 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, parents=[common], help=doc.splitlines()[0], epilog=exitcodes.SUMMARY,
                             description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(run=fn)
-        if name in ("status", "health"):
+        if name in ("status", "health", "ps"):
             sp.add_argument("--json", action="store_true", help="print the result as JSON")
         elif name in ("generate", "chat"):
             _generate_options(sp, chat=name == "chat")
         elif name == "cancel":
-            sp.add_argument("id", help="the request id to cancel")
+            sp.add_argument("id", help="the request's id, as `moectl ps` shows it")
         elif name == "governor":
             governor_arguments(sp)
     return p
@@ -247,7 +262,7 @@ def _generate_options(p: argparse.ArgumentParser, chat: bool) -> None:
 
 
 COMMANDS: dict[str, Command] = {
-    "status": cmd_status, "health": cmd_health, "generate": cmd_generate, "chat": cmd_chat,
+    "status": cmd_status, "health": cmd_health, "ps": cmd_ps, "generate": cmd_generate, "chat": cmd_chat,
     "cancel": cmd_cancel, "shutdown": cmd_shutdown, "governor": cmd_governor,
 }
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-from .events import Progress, Result, Status
+from .events import Progress, RequestInfo, Result, Status
 
 
 def print_json(obj: Any, out: TextIO | None = None) -> None:
@@ -23,6 +23,22 @@ def table(rows: Iterable[tuple[str, str]], out: TextIO | None = None) -> None:
     width = max((len(label) for label, _ in rows), default=0)
     for label, value in rows:
         print(f"{label:<{width}}  {value}".rstrip(), file=out or sys.stdout)
+
+
+def ps_table(rows: Iterable[RequestInfo], out: TextIO | None = None) -> None:
+    """One line per request under a header: ID CLIENT STATE PROMPT GENERATED AGE (or a note that there is none)."""
+    rows = list(rows)
+    out = out or sys.stdout
+    if not rows:
+        print("no requests in flight", file=out)
+        return
+    cells = [("ID", "CLIENT", "STATE", "PROMPT", "GENERATED", "AGE")]
+    cells += [(r.id, r.client or "-", r.state, str(r.prompt_tokens), str(r.generated_tokens), duration(r.age_s))
+              for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    for c in cells:
+        print("  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))).rstrip(),
+              file=out)
 
 
 def status_rows(st: Status) -> list[tuple[str, str]]:

@@ -160,6 +160,31 @@ class Status:
 
 
 @dataclass(frozen=True)
+class RequestInfo:
+    """One request the daemon holds (ps, status `requests`): its daemon-wide id, the client that sent it (the name
+    from hello), its state (queued|prefilling|decoding), prompt tokens (0 until tokenized), tokens generated so
+    far, and seconds since it arrived."""
+
+    id: str
+    client: str
+    state: str
+    prompt_tokens: int
+    generated_tokens: int
+    age_s: float
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> RequestInfo:
+        f = _check(raw, "ps", {"id": str, "client": str, "state": str, "prompt_tokens": int,
+                               "generated_tokens": int, "age_s": float})
+        _one_of(f["state"], protocol.REQUEST_STATES, "request state")
+        return cls(**f)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "client": self.client, "state": self.state, "prompt_tokens": self.prompt_tokens,
+                "generated_tokens": self.generated_tokens, "age_s": self.age_s}
+
+
+@dataclass(frozen=True)
 class Health:
     """ok is true when the daemon admits work (state ready)."""
 

@@ -1,4 +1,4 @@
-"""The moed wire protocol, version 1: message types, fields, limits and error codes (docs/protocol.md).
+"""The moed wire protocol, version 2: message types, fields, limits and error codes (docs/protocol.md).
 
 Transport: the daemon binds one ZeroMQ ROUTER socket; a client connects a DEALER socket and may have several
 requests in flight. Every message is ONE frame holding a msgpack map (packed with use_bin_type=True, unpacked with
@@ -13,6 +13,8 @@ Daemon -> client (replies to request `id`; `seq` counts 0, 1, 2, ... per request
     {"v": 1, "id": str, "seq": int, "type": "final", "status": "ok", "result": {...}}
     {"v": 1, "id": str, "seq": int, "type": "final", "status": "error", "error": {"code": str, "message": str, ...}}
 Every request gets exactly one `final`; progress and chunks come only before it, and only for `generate`.
+A reply carries the `v` of its request. Version 2 adds the `ps` request, `cancel`'s `job` param and `status`'s
+`detail` param (SINCE below); a version 1 request never uses them.
 
 This module needs only the standard library and msgpack: clients import it without MLX.
 """
@@ -25,8 +27,9 @@ from typing import Any, TypeGuard
 
 import msgpack  # type: ignore[import-untyped]  # no stubs; wrapped in pack/unpack below
 
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+HELLO_VERSION = 1  # every daemon accepts hello with v 1, so negotiation always works
 
 # -- limits --------------------------------------------------------------------------------------------------
 MAX_MESSAGE_BYTES = 1 << 20  # one frame, either direction (also set as the socket's MAXMSGSIZE)
@@ -43,7 +46,12 @@ LIMITS = {name.lower(): value for name, value in (
     ("MAX_TOKENS_LIMIT", MAX_TOKENS_LIMIT))}
 
 # -- message types -------------------------------------------------------------------------------------------
-REQUEST_TYPES = ("hello", "generate", "cancel", "status", "health", "shutdown", "governor_get", "governor_set")
+REQUEST_TYPES = ("hello", "generate", "cancel", "status", "health", "shutdown", "governor_get", "governor_set", "ps")
+# What a version added: request types, and (type, param) pairs; a request of an older `v` may not use them.
+SINCE: dict[str | tuple[str, str], int] = {"ps": 2, ("cancel", "job"): 2, ("status", "detail"): 2}
+STATUS_DETAILS = ("experts",)  # what `status` can be asked to add with `detail`
+REQUEST_STATES = ("queued", "prefilling", "decoding")  # a request's state in `ps` and status `requests`
+JOB_ID_CHARS = 64  # a daemon-wide request id (ps `id`, cancel `job`)
 REPLY_TYPES = ("progress", "chunk", "final")
 PROGRESS_STATES = ("queued", "prefilling")
 DONE_REASONS = ("stop", "length", "cancelled", "client_gone", "shutdown")
@@ -56,6 +64,7 @@ RESULT_FIELDS: dict[str, tuple[str, ...]] = {
     "generate": ("done_reason", "prompt_tokens", "generated_tokens", "queue_ns", "prefill_ns", "decode_ns",
                  "total_ns", "cache_hits", "cache_misses", "bytes_read"),
     "cancel": ("cancelled",),
+    "ps": ("requests",),
     "status": ("state", "model_type", "store", "active", "queued", "max_batch", "queue_limit", "cache", "uptime_s",
                "version"),
     "health": ("ok", "state"),
@@ -112,12 +121,12 @@ def unpack(frame: bytes) -> dict[str, Any]:
 
 
 # -- requests --------------------------------------------------------------------------------------------------
-def request(req_id: str, type_: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"v": VERSION, "id": req_id, "type": type_, "params": params or {}}
+def request(req_id: str, type_: str, params: dict[str, Any] | None = None, v: int = VERSION) -> dict[str, Any]:
+    return {"v": v, "id": req_id, "type": type_, "params": params or {}}
 
 
 def parse_request(frame: bytes) -> dict[str, Any]:
-    """Decode and validate one request frame; returns {"id", "type", "params"} with params normalised.
+    """Decode and validate one request frame; returns {"v", "id", "type", "params"} with params normalised.
 
     Raises:
         ProtocolError: with the request id when it could be read, so the error reply can be routed to it.
@@ -134,15 +143,23 @@ def parse_request(frame: bytes) -> dict[str, Any]:
     if type_ not in REQUEST_TYPES:
         raise ProtocolError("unknown_type", f"unknown request type {type_!r}; expected one of {list(REQUEST_TYPES)}",
                             rid)
+    v = int(msg["v"])
+    if SINCE.get(type_, 1) > v:
+        raise ProtocolError("unknown_type", f"{type_!r} needs protocol version {SINCE[type_]}; this request has "
+                            f"version {v} (say hello with versions {list(SUPPORTED_VERSIONS)})", rid)
     params = msg.get("params", {})
     if not isinstance(params, dict):
         raise ProtocolError("invalid_params", f"`params` must be a map, got {type(params).__name__}", rid)
+    newer = sorted(str(k) for k in params if SINCE.get((type_, k), 1) > v)
+    if newer:
+        raise ProtocolError("invalid_params", f"unknown field(s) {newer} in version {v}: they need protocol "
+                            f"version {VERSION}", rid)
     try:
         params = _VALIDATORS[type_](params)
     except ProtocolError as e:
         e.request_id = rid
         raise
-    return {"id": rid, "type": type_, "params": params}
+    return {"v": v, "id": rid, "type": type_, "params": params}
 
 
 def _fail(field: str, want: str, got: Any) -> ProtocolError:
@@ -230,7 +247,7 @@ def _messages(messages: Any) -> list[dict[str, str]]:
 
 def _hello(p: dict[str, Any]) -> dict[str, Any]:
     _known(p, ("versions", "client"))
-    versions = p.get("versions", [VERSION])
+    versions = p.get("versions", [HELLO_VERSION])  # a client that lists none speaks version 1
     if not isinstance(versions, list) or not versions or not all(_is_int(v) for v in versions):
         raise _fail("versions", "a non-empty list of integers", versions)
     client = p.get("client", "")
@@ -253,11 +270,24 @@ def negotiate(versions: list[int]) -> int:
 
 
 def _cancel(p: dict[str, Any]) -> dict[str, Any]:
-    _known(p, ("target",))
-    target = p.get("target")
-    if not isinstance(target, str) or not 0 < len(target) <= MAX_ID_CHARS:
+    _known(p, ("target", "job"))
+    target, job = p.get("target"), p.get("job")
+    if (target is None) == (job is None):
+        raise ProtocolError("invalid_params", "give exactly one of `target` (a request id of this connection) or "
+                            "`job` (a daemon-wide id from ps)")
+    if target is not None and (not isinstance(target, str) or not 0 < len(target) <= MAX_ID_CHARS):
         raise _fail("target", "the id of a request in flight", target)
-    return {"target": target}
+    if job is not None and (not isinstance(job, str) or not 0 < len(job) <= JOB_ID_CHARS):
+        raise _fail("job", f"a daemon-wide request id from ps (1..{JOB_ID_CHARS} characters)", job)
+    return {"target": target, "job": job}
+
+
+def _status(p: dict[str, Any]) -> dict[str, Any]:
+    _known(p, ("detail",))
+    detail = p.get("detail", [])
+    if not isinstance(detail, list) or not all(d in STATUS_DETAILS for d in detail):
+        raise _fail("detail", f"a list of {list(STATUS_DETAILS)}", detail)
+    return {"detail": sorted(set(detail))}
 
 
 def _empty(p: dict[str, Any]) -> dict[str, Any]:
@@ -272,27 +302,27 @@ def _governor_set(p: dict[str, Any]) -> dict[str, Any]:
 
 
 _VALIDATORS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "hello": _hello, "generate": _generate, "cancel": _cancel, "status": _empty, "health": _empty,
-    "shutdown": _empty, "governor_get": _empty, "governor_set": _governor_set,
+    "hello": _hello, "generate": _generate, "cancel": _cancel, "status": _status, "health": _empty,
+    "shutdown": _empty, "governor_get": _empty, "governor_set": _governor_set, "ps": _empty,
 }
 
 
 # -- replies ---------------------------------------------------------------------------------------------------
-def progress(req_id: str, seq: int, state: str, position: int = 0) -> dict[str, Any]:
-    return {"v": VERSION, "id": req_id, "seq": seq, "type": "progress", "state": state, "position": position}
+def progress(req_id: str, seq: int, state: str, position: int = 0, v: int = VERSION) -> dict[str, Any]:
+    return {"v": v, "id": req_id, "seq": seq, "type": "progress", "state": state, "position": position}
 
 
-def chunk(req_id: str, seq: int, text: str, tokens: list[int]) -> dict[str, Any]:
-    return {"v": VERSION, "id": req_id, "seq": seq, "type": "chunk", "text": text, "tokens": tokens}
+def chunk(req_id: str, seq: int, text: str, tokens: list[int], v: int = VERSION) -> dict[str, Any]:
+    return {"v": v, "id": req_id, "seq": seq, "type": "chunk", "text": text, "tokens": tokens}
 
 
-def ok(req_id: str, seq: int, result: dict[str, Any]) -> dict[str, Any]:
-    return {"v": VERSION, "id": req_id, "seq": seq, "type": "final", "status": "ok", "result": result}
+def ok(req_id: str, seq: int, result: dict[str, Any], v: int = VERSION) -> dict[str, Any]:
+    return {"v": v, "id": req_id, "seq": seq, "type": "final", "status": "ok", "result": result}
 
 
-def error(req_id: str | None, seq: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
+def error(req_id: str | None, seq: int, code: str, message: str, v: int = VERSION, **extra: Any) -> dict[str, Any]:
     assert code in ERROR_CODES, code
-    return {"v": VERSION, "id": req_id or "", "seq": seq, "type": "final", "status": "error",
+    return {"v": v, "id": req_id or "", "seq": seq, "type": "final", "status": "error",
             "error": {"code": code, "message": message, **extra}}
 
 

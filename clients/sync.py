@@ -62,6 +62,8 @@ class Client:
     health = _blocking(AsyncClient.health)
     shutdown = _blocking(AsyncClient.shutdown)
     cancel = _blocking(AsyncClient.cancel)
+    cancel_job = _blocking(AsyncClient.cancel_job)
+    ps = _blocking(AsyncClient.ps)
     governor_get = _blocking(AsyncClient.governor_get)
     governor_set = _blocking(AsyncClient.governor_set)
     complete = _blocking(AsyncClient.complete)

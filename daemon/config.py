@@ -3,7 +3,8 @@
     [engine]     store, cache_budget, read_mode, read_threads, cache_policy, prefetch_depth
     [scheduler]  max_batch, queue_limit, context_limit, prefill_step, progress_interval_s, keep_alive_s,
                  idle_cache_budget, drain_timeout_s
-    [server]     endpoint, state_dir, send_hwm, heartbeat_s, slow_client_bytes, slow_client_s
+    [server]     endpoint, state_dir, send_hwm, heartbeat_s, slow_client_bytes, slow_client_s, http,
+                 http_api_key_file
     [log]        log_level, log_file, log_max_bytes, log_backups
     [governor]   governor, governor_profile, sensor_trace; and the governor's own thresholds and laws (file only:
                  every key of moed.governor.GovernorConfig but `profile`, validated there; docs/governor.md)
@@ -107,6 +108,11 @@ class ServerConfig:
                                   "`slow_client`", _at_least(1))
     slow_client_s: float = _key(30.0, "seconds a request's stream may stay blocked before it fails with "
                                 "`slow_client`", _at_least(0.01))
+    http: str = _key("", "also serve the OpenAI / Ollama HTTP gateway at `[HOST:]PORT` (e.g. `11435`, "
+                     "`127.0.0.1:8080`, `[::1]:8080`); empty = no HTTP. Off loopback it needs http_api_key_file",
+                     lambda v: _check_http(v))
+    http_api_key_file: str = _key("", "a file holding the API key HTTP clients must send (`Authorization: Bearer "
+                                  "KEY`); required when `http` is not a loopback address")
 
 
 @dataclass(frozen=True)
@@ -326,7 +332,34 @@ def _build(base: DaemonConfig, values: Mapping[str, tuple[Any, str]]) -> DaemonC
     config = DaemonConfig(**{sec: dataclasses.replace(getattr(base, sec), **ch) for sec, ch in changes.items()},
                           governor_policy=base.governor_policy)
     _check_endpoint(config.server.endpoint)
+    _check_http_key(config.server)
     return config
+
+
+def _check_http(value: str) -> str | None:
+    """`[HOST:]PORT` as the gateway parses it (empty = off)."""
+    if not value:
+        return None
+    from moed.clients.gateway.config import GatewayConfigError, parse_bind
+
+    try:
+        parse_bind(value)
+    except GatewayConfigError as e:
+        return str(e).replace("--http ", "")
+    return None
+
+
+def _check_http_key(sc: ServerConfig) -> None:
+    """HTTP off loopback needs an API key (the key file itself is read when the gateway starts)."""
+    if not sc.http:
+        return
+    from moed.clients.gateway.config import is_loopback, parse_bind
+
+    host, _ = parse_bind(sc.http)
+    if not is_loopback(host) and not sc.http_api_key_file:
+        raise ConfigError(f"`server.http` {sc.http!r}: refusing to serve HTTP on {host}, which is not a loopback "
+                          f"address, without an API key: set `http_api_key_file` (--http-api-key-file FILE) or "
+                          f"bind 127.0.0.1")
 
 
 def _checked(value: Any, f: dataclasses.Field, where: str) -> Any:

@@ -40,16 +40,17 @@ MAX_ONCE_PER_CLIENT = 256  # control replies kept for a client that does not rea
 RECENT = 1024  # finished request ids remembered per daemon, for cancel's `cancelled: false`
 
 
-def build(rid: str, seq: int, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A reply message from its kind and body, with the protocol's builders."""
+def build(rid: str, seq: int, kind: str, body: dict[str, Any], v: int = protocol.HELLO_VERSION) -> dict[str, Any]:
+    """A reply message from its kind and body, with the protocol's builders; `v` is its request's version (1 when
+    unknown: every client speaks it)."""
     if kind == "progress":
-        return protocol.progress(rid, seq, body["state"], body["position"])
+        return protocol.progress(rid, seq, body["state"], body["position"], v=v)
     if kind == "chunk":
-        return protocol.chunk(rid, seq, body["text"], body["tokens"])
+        return protocol.chunk(rid, seq, body["text"], body["tokens"], v=v)
     if kind == "ok":
-        return protocol.ok(rid, seq, body)
-    extra = {k: v for k, v in body.items() if k not in ("code", "message")}
-    return protocol.error(rid, seq, body["code"], body["message"], **extra)
+        return protocol.ok(rid, seq, body, v=v)
+    extra = {k: x for k, x in body.items() if k not in ("code", "message")}
+    return protocol.error(rid, seq, body["code"], body["message"], v=v, **extra)
 
 
 def _size(kind: str, body: dict[str, Any]) -> int:
@@ -67,6 +68,7 @@ class Flight:
     scheduler_done: bool = False  # the scheduler's final has come
     client_done: bool = False  # a final was sent to the client, or cannot be
     failed: bool = False  # ended for slow_client by us
+    v: int = protocol.HELLO_VERSION  # the request's protocol version, which its replies carry
 
 
 class Outbox:
@@ -81,8 +83,8 @@ class Outbox:
         self.sent = 0
 
     # -- flights ----------------------------------------------------------------------------------------------
-    def open(self, key: Key) -> None:
-        self._flights[key] = Flight()
+    def open(self, key: Key, v: int = protocol.HELLO_VERSION) -> None:
+        self._flights[key] = Flight(v=v)
 
     def in_flight(self, key: Key) -> bool:
         return key in self._flights
@@ -123,7 +125,7 @@ class Outbox:
     def _flush(self, key: Key, f: Flight) -> None:
         while f.backlog:
             kind, body = f.backlog[0]
-            outcome = self._send(key[0], protocol.pack(build(key[1], f.seq, kind, body)))
+            outcome = self._send(key[0], protocol.pack(build(key[1], f.seq, kind, body, f.v)))
             if outcome == "again":
                 if f.blocked_since is None:
                     f.blocked_since = time.monotonic()
@@ -149,8 +151,9 @@ class Outbox:
                 self._recent.popitem(last=False)
 
     # -- one-shot finals (control requests, refusals, unattributable errors) -----------------------------------
-    def send_once(self, client: bytes, rid: str | None, kind: str, body: dict[str, Any]) -> None:
-        frame = protocol.pack(build(rid or "", 0, kind, body))
+    def send_once(self, client: bytes, rid: str | None, kind: str, body: dict[str, Any],
+                  v: int = protocol.HELLO_VERSION) -> None:
+        frame = protocol.pack(build(rid or "", 0, kind, body, v))
         if self._send(client, frame) == "again":
             if sum(1 for c, _ in self._once if c == client) >= MAX_ONCE_PER_CLIENT:
                 event(log, logging.WARNING, "reply dropped", client=client.hex(), id=rid or "",

@@ -1,9 +1,12 @@
 """The controls interface: what other threads share with the scheduler: requests in, cancels and limits, state out.
 
 Everything here sits under one lock and never touches MLX. The socket loop (and later the governor) call the
-"any thread" methods (submit, cancel, set_limits and its one-knob forms, begin_drain, snapshot); the scheduler
-thread takes the work at each step boundary with the `take_*` methods and publishes what status reports. `wake`
-is set whenever there is something new, so an idle or pacing scheduler reacts at once.
+"any thread" methods (submit, cancel, set_limits and its one-knob forms, begin_drain, snapshot; for ps and status
+`requests` / `experts`: requests, key_of, want_experts); the scheduler thread takes the work at each step boundary
+with the `take_*` methods and publishes what status reports (counts, publish_requests, and the expert map with
+publish_experts when experts_due). `wake` is set whenever there is something new, so an idle or pacing scheduler
+reacts at once. Each accepted request gets a daemon-wide id here (a counter, never reused), which `ps` shows and
+`cancel` by `job` takes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from .jobs import JobError, Key
 from .limits import Limits
 
 Intake = tuple[Key, dict[str, Any], int]  # (key, validated params, arrival time in monotonic ns)
+RequestRow = tuple[Key, str, int, int]  # (key, state queued|prefilling|decoding, prompt tokens, tokens generated)
+EXPERTS_EVERY_S = 1.0  # the expert map is recomputed at most this often ...
+EXPERTS_WANTED_S = 10.0  # ... and only while someone asked for it this recently
 
 
 class _Stats(Protocol):
@@ -49,6 +55,15 @@ class Handover:
         self._model_type, self._context_limit = "", 0
         self._cache: CacheCounters | None = None  # the ExpertCache while the engine is open
         self._final_cache: dict[str, Any] = {}
+        # ps: daemon-wide ids (any connection of the daemon's user may cancel by them) and what the scheduler
+        # last published of each request
+        self._next_job = 1
+        self._jobs: dict[Key, tuple[str, str, float]] = {}  # key -> (daemon-wide id, client name, arrival)
+        self._by_job: dict[str, Key] = {}
+        self._rows: dict[Key, tuple[str, int, int]] = {}
+        self._experts: dict[str, Any] = {"layers": []}
+        self._experts_at = 0.0  # when the scheduler last published the expert map (monotonic)
+        self._experts_wanted_at: float | None = None
 
     # == any thread =============================================================================================
     @property
@@ -56,8 +71,11 @@ class Handover:
         with self._lock:
             return self._state
 
-    def submit(self, key: Key, params: dict[str, Any], received_ns: int) -> None:
-        """Hand a validated generate request over. Raises JobError: loading, shutting_down or busy."""
+    def submit(self, key: Key, params: dict[str, Any], received_ns: int, client: str = "") -> None:
+        """Hand a validated generate request over (`client`: the name its connection gave in hello, for ps).
+
+        Raises:
+            JobError: loading, shutting_down or busy."""
         with self._lock:
             if self._state == "loading":
                 raise JobError("loading", "the model is still loading; retry when status says ready")
@@ -71,6 +89,7 @@ class Handover:
                                f"retry later", position=waiting)
             self._inbox.append((key, params, received_ns))
             self._known.add(key)
+            self._register(key, client)
         self.wake.set()
 
     def cancel(self, key: Key, reason: str) -> bool:
@@ -204,6 +223,7 @@ class Handover:
         with self._lock:
             self._known.discard(key)
             self._cancels.pop(key, None)
+            self._unregister(key)
             self._finished[outcome] += 1
             self._n_active, self._n_waiting = active, waiting
 
@@ -221,3 +241,63 @@ class Handover:
     def counts(self, active: int, waiting: int) -> None:
         with self._lock:
             self._n_active, self._n_waiting = active, waiting
+
+    # == ps and the expert map (any thread unless said) ==========================================================
+    def _register(self, key: Key, client: str) -> None:
+        """A daemon-wide id for an accepted request (under the lock): short, never reused while the daemon runs."""
+        job_id = str(self._next_job)
+        self._next_job += 1
+        self._jobs[key] = (job_id, client, time.monotonic())
+        self._by_job[job_id] = key
+
+    def _unregister(self, key: Key) -> None:
+        job = self._jobs.pop(key, None)
+        if job is not None:
+            self._by_job.pop(job[0], None)
+        self._rows.pop(key, None)
+
+    def key_of(self, job_id: str) -> Key | None:
+        """The request a daemon-wide id (from `requests()`) names, while it is owed a final."""
+        with self._lock:
+            return self._by_job.get(job_id)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request owed a final, oldest first: what `ps` and status `requests` report."""
+        now = time.monotonic()
+        with self._lock:
+            out = []
+            for key, (job_id, client, since) in self._jobs.items():
+                state, prompt, generated = self._rows.get(key, ("queued", 0, 0))
+                out.append({"id": job_id, "client": client, "state": state, "prompt_tokens": prompt,
+                            "generated_tokens": generated, "age_s": round(now - since, 3)})
+            return out
+
+    def want_experts(self) -> dict[str, Any]:
+        """The expert map last published (`{"layers": [...]}`, `{"layers": []}` before the first), and a note that
+        someone wants it: the scheduler keeps it fresh (about once a second) while it is asked for."""
+        with self._lock:
+            first = self._experts_wanted_at is None
+            self._experts_wanted_at = time.monotonic()
+            experts = self._experts
+        if first:
+            self.wake.set()
+        return experts
+
+    # -- the scheduler thread --
+    def publish_requests(self, rows: list[RequestRow]) -> None:
+        """The state of the scheduler's requests now (those it holds; requests not in it count as queued)."""
+        with self._lock:
+            self._rows = {key: (state, prompt, generated) for key, state, prompt, generated in rows
+                          if key in self._jobs}
+
+    def experts_due(self) -> bool:
+        """True when the expert map was asked for lately and the published one is at least a second old."""
+        now = time.monotonic()
+        with self._lock:
+            wanted = self._experts_wanted_at
+            return (wanted is not None and now - wanted <= EXPERTS_WANTED_S
+                    and now - self._experts_at >= EXPERTS_EVERY_S)
+
+    def publish_experts(self, experts: dict[str, Any]) -> None:
+        with self._lock:
+            self._experts, self._experts_at = experts, time.monotonic()

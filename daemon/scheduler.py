@@ -427,6 +427,27 @@ class Scheduler:
 
     def _publish_counts(self) -> None:
         self.controls.counts(len(self._active), len(self._waiting))
+        self._publish_requests()
+
+    # -- what ps and status show --------------------------------------------------------------------------
+    def _publish_requests(self) -> None:
+        """Each held request's state and token counts for ps; the expert map too when it is due (status)."""
+        rows = [(j.key, "queued", len(j.prompt), 0) for j in self._waiting]
+        rows += [(j.key, "decoding" if j.first_token_ns else "prefilling", len(j.prompt), j.generated)
+                 for j in self._active.values()]
+        self.controls.publish_requests(rows)
+        if self._engine is not None and self.controls.experts_due():
+            self.controls.publish_experts(self._expert_map())
+
+    def _expert_map(self) -> dict[str, Any]:
+        """Every MoE layer's resident experts and their heat (ExpertCache.heat_map), for status `experts`."""
+        heat = self.engine.cache.heat_map()
+        layers = []
+        for pos, entry in enumerate(self.engine.manifest.layers):  # the cache keys layers by store position
+            resident = heat.get(pos, [])
+            layers.append({"layer": entry.index, "num_experts": entry.num_experts,
+                           "resident": [e for e, _ in resident], "heat": [round(h, 4) for _, h in resident]})
+        return {"layers": layers}
 
     def _fail_everything(self, code: str, message: str) -> None:
         keys = self.controls.failing()

@@ -1,7 +1,7 @@
 """The socket loop: one ROUTER socket, decode and validate, answer control requests at once, route the rest.
 
 It runs on one thread (the main thread under `moed serve`) and never computes: each frame is checked with
-protocol.parse_request; errors, hello, status, health, cancel, shutdown and governor_* are answered right away from
+protocol.parse_request; errors, hello, status, health, cancel, ps, shutdown and governor_* are answered right away from
 state the scheduler publishes; a generate request is handed to the scheduler (which may refuse it: loading,
 shutting_down, busy). Replies from the scheduler arrive on a queue, with a byte on a socketpair to wake the poll,
 and go out through the Outbox (seq numbers, slow clients, dead clients; see delivery.py).
@@ -17,6 +17,7 @@ import queue
 import socket
 import threading
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 SOCKET_MAX_FRAME = 4 * protocol.MAX_MESSAGE_BYTES
 RECV_BATCH = 256  # frames handled per poll wake-up before replies get a turn
 FLUSH_S = 2.0  # after the scheduler stopped, how long finals may take to leave
+MAX_NAMES = 4096  # client names (from hello) remembered, newest connections first
 
 
 def version() -> str:
@@ -70,10 +72,12 @@ class Server:
         self._stopped_at: float | None = None
         self._started = time.monotonic()
         self._version = version()
+        self._names: OrderedDict[bytes, str] = OrderedDict()  # connection -> the name it gave in hello
+        self._v = protocol.HELLO_VERSION  # the version of the request being handled: its replies carry it
         self._handlers: dict[str, Callable[[bytes, dict[str, Any]], None]] = {
             "hello": self._hello, "generate": self._generate, "cancel": self._cancel, "status": self._status,
             "health": self._health, "shutdown": self._shutdown, "governor_get": self._governor_get,
-            "governor_set": self._governor_set,
+            "governor_set": self._governor_set, "ps": self._ps,
         }
 
     # -- other threads ----------------------------------------------------------------------------------------
@@ -177,18 +181,21 @@ class Server:
         except protocol.ProtocolError as e:
             self._error(client, e.request_id, e.code, e.message, **e.extra)
             return
+        self._v = req["v"]
         try:
             self._handlers[req["type"]](client, req)
         except Exception as e:  # noqa: BLE001 - a handler bug answers one request, it never stops the daemon
             log.exception("handler failed")
             self._error(client, req["id"], "internal", f"{req['type']} failed: {type(e).__name__}: {e}")
+        finally:
+            self._v = protocol.HELLO_VERSION
 
     def _reply(self, client: bytes, rid: str, result: dict[str, Any]) -> None:
-        self._outbox.send_once(client, rid, "ok", result)
+        self._outbox.send_once(client, rid, "ok", result, self._v)
 
     def _error(self, client: bytes, rid: str | None, code: str, message: str, **extra: Any) -> None:
         log.debug("refused %s from %s: %s %s", rid, client.hex(), code, message)
-        self._outbox.send_once(client, rid, "error", {"code": code, "message": message, **extra})
+        self._outbox.send_once(client, rid, "error", {"code": code, "message": message, **extra}, self._v)
 
     def _hello(self, client: bytes, req: dict[str, Any]) -> None:
         try:
@@ -199,6 +206,10 @@ class Server:
         snap = self.controls.snapshot()
         limits = {**protocol.LIMITS, "context_length": snap["context_limit"]}
         event(log, logging.DEBUG, "hello", client=client.hex(), name=req["params"]["client"])
+        self._names[client] = req["params"]["client"]
+        self._names.move_to_end(client)
+        while len(self._names) > MAX_NAMES:
+            self._names.popitem(last=False)
         self._reply(client, req["id"], {"version": v, "server": f"moed/{self._version}",
                                         "model_type": snap["model_type"], "limits": limits})
 
@@ -211,9 +222,9 @@ class Server:
         if self._draining:
             self._refuse(key, "shutting_down", "the daemon is shutting down and admits no new work")
             return
-        self._outbox.open(key)
+        self._outbox.open(key, req["v"])
         try:
-            self.controls.submit(key, req["params"], time.monotonic_ns())
+            self.controls.submit(key, req["params"], time.monotonic_ns(), client=self._names.get(client, ""))
         except JobError as e:
             self._outbox.close(key)
             self._refuse(key, e.code, e.message, **e.extra)
@@ -221,9 +232,12 @@ class Server:
     def _refuse(self, key: Key, code: str, message: str, **extra: Any) -> None:
         """A generate request refused before the scheduler took it: logged like every generate request, once."""
         event(log, logging.INFO, "request", id=key[1], client=key[0].hex(), error=code, message=message)
-        self._outbox.send_once(key[0], key[1], "error", {"code": code, "message": message, **extra})
+        self._outbox.send_once(key[0], key[1], "error", {"code": code, "message": message, **extra}, self._v)
 
     def _cancel(self, client: bytes, req: dict[str, Any]) -> None:
+        if req["params"]["job"] is not None:
+            self._cancel_job(client, req)
+            return
         key = (client, req["params"]["target"])
         if self._outbox.streaming(key):
             self._reply(client, req["id"], {"cancelled": self.controls.cancel(key, "cancelled")})
@@ -233,14 +247,33 @@ class Server:
             self._error(client, req["id"], "not_found", f"no request {key[1]!r} of this connection is in flight "
                         f"(ids are per connection)")
 
+    def _cancel_job(self, client: bytes, req: dict[str, Any]) -> None:
+        """Cancel by daemon-wide id (ps), whichever connection sent the request: every connection to the socket is
+        the daemon's own user (its folder is 0700), so it may stop any of their requests."""
+        job = req["params"]["job"]
+        key = self.controls.key_of(job)
+        if key is None:
+            self._error(client, req["id"], "not_found", f"no request {job!r} is in flight (see `moectl ps`)")
+            return
+        cancelled = self._outbox.streaming(key) and self.controls.cancel(key, "cancelled")
+        event(log, logging.INFO, "cancel", job=job, id=key[1], client=key[0].hex(), by=client.hex(),
+              cancelled=cancelled)
+        self._reply(client, req["id"], {"cancelled": cancelled})
+
     def _status(self, client: bytes, req: dict[str, Any]) -> None:
         snap = self.controls.snapshot()
         if self._draining:
             snap["state"] = "draining"
-        snap.update(uptime_s=round(time.monotonic() - self._started, 3), version=self._version)
+        snap.update(uptime_s=round(time.monotonic() - self._started, 3), version=self._version,
+                    requests=self.controls.requests())
+        if "experts" in req["params"].get("detail", ()):
+            snap["experts"] = self.controls.want_experts()
         if self._governor is not None:
             snap["governor"] = self._governor.status()
         self._reply(client, req["id"], snap)
+
+    def _ps(self, client: bytes, req: dict[str, Any]) -> None:
+        self._reply(client, req["id"], {"requests": self.controls.requests()})
 
     def _health(self, client: bytes, req: dict[str, Any]) -> None:
         state = "draining" if self._draining else self.scheduler.state

@@ -3,11 +3,13 @@
     Daemon(config).serve() -> exit code      # blocks; `moed serve` runs it on the main thread, tests on another
 
 Order at start: private runtime folder -> lock (exit 3 if another daemon holds it) -> bind -> the scheduler thread
-starts loading the model (status says `loading`, then `ready`) -> the socket loop serves. At the end: drain, save
-the cache statistics (scheduler), close the socket (LINGER 0), remove the socket file and the lock.
+starts loading the model (status says `loading`, then `ready`) -> the socket loop serves. With `http` set, the HTTP
+gateway (http_gateway.py; its config is checked before the lock is taken) starts right after the bind, before the
+model loads, and stops once the socket loop has finished. At the end: drain, save the cache statistics
+(scheduler), stop the gateway, close the socket (LINGER 0), remove the socket file and the lock.
 
 Threads: the caller's thread runs the socket loop (it owns the ZeroMQ socket); `moed-scheduler` owns MLX; the
-expert reader has its own pool. Nothing else.
+expert reader has its own pool; with `http`, `moed-gateway` runs the gateway's event loop.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import zmq
 
 from moed.clients.endpoints import check_ipc_endpoint, default_endpoint, ipc_path
 
+from . import http_gateway
 from .budget_policy import BudgetPolicy
-from .config import DaemonConfig
+from .config import ConfigError, DaemonConfig
 from .governing import GovernedBudget, Governing
 from .handover import Handover
 from .logs import event
@@ -48,10 +51,16 @@ class Daemon:
         self._started = threading.Event()
         self._lock = threading.RLock()  # re-entrant: a signal handler may run while the main thread holds it
         self._pending_stop: tuple[str, bool] | None = None
+        self.http_url: str | None = None  # where the HTTP gateway serves, once it does
 
     def serve(self) -> int:
-        """Run until shut down. Returns 0 (clean), 1 (fatal error), 2 (bad runtime folder or governor settings),
-        3 (endpoint in use)."""
+        """Run until shut down. Returns 0 (clean), 1 (fatal error), 2 (bad runtime folder, HTTP or governor
+        settings), 3 (endpoint in use)."""
+        try:
+            gateway = http_gateway.gateway_config(self.config, self.endpoint)
+        except ConfigError as e:
+            log.error("%s", e)
+            return EXIT_CONFIG
         try:
             governing = self._governing()
         except (OSError, ValueError) as e:  # a missing or malformed sensor trace, an unreadable store
@@ -69,7 +78,7 @@ class Daemon:
             log.error("cannot use %s: %s", self.endpoint, e)
             return EXIT_CONFIG
         try:
-            return self._serve_locked(governing)
+            return self._serve_locked(gateway, governing)
         finally:
             if governing is not None:
                 governing.stop()
@@ -84,7 +93,8 @@ class Daemon:
 
         return Governing.create(self.config, read_manifest(self.config.engine.store))
 
-    def _serve_locked(self, governing: Governing | None) -> int:
+    def _serve_locked(self, gateway: http_gateway.GatewayConfig | None = None,
+                      governing: Governing | None = None) -> int:
         ctx: zmq.Context = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         try:
@@ -113,15 +123,34 @@ class Daemon:
                 server.request_shutdown(*pending)
             self._started.set()
             event(log, logging.INFO, "listening", endpoint=self.endpoint, pid=os.getpid())
+            http = self._start_gateway(gateway)
+            if http is False:
+                return EXIT_IN_USE
             reporter = ServiceReporter(Notifier.from_env(), self.endpoint)  # READY / WATCHDOG / STOPPING for systemd
             reporter.start()
             try:
                 return server.run()
             finally:
                 reporter.stop()
+                if http is not None:
+                    http.stop(http_gateway.STOP_TIMEOUT_S)
         finally:
             self._started.set()
             sock.close(linger=0)
+
+    def _start_gateway(self, config: http_gateway.GatewayConfig | None) -> http_gateway.GatewayHandle | None | bool:
+        """Start the HTTP gateway if configured: its handle, None when not configured, False when it could not
+        bind (logged; the daemon then exits without loading the model)."""
+        if config is None:
+            return None
+        try:
+            handle = http_gateway.start(config)
+        except (OSError, TimeoutError) as e:
+            log.error("cannot serve HTTP on %s:%d: %s", config.host, config.port, e)
+            return False
+        self.http_url = handle.url
+        event(log, logging.INFO, "http", url=handle.url, auth=config.api_key is not None)
+        return handle
 
     def _configure(self, sock: zmq.Socket) -> None:
         sc = self.config.server

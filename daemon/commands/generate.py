@@ -1,5 +1,7 @@
 """`moed generate STORE PROMPT`: stream one generation in-process and print its stats.
 
+STORE is a store folder or the name of a pulled store (`moed list`).
+
     moed generate STORE "prompt" [--max-tokens 128] [--temp 0] [--top-p 0] [--top-k 0] [--seed N]
                   [--cache-budget 25%] [--read-mode direct|buffered] [--read-threads 4]
                   [--prefetch-depth 1] [--cache-policy lfu|lru] [--chat] [--json]
@@ -22,7 +24,7 @@ from .options import ENGINE_FLAGS, add_flags, given
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate from a store in-process", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", help="store folder made by `moed convert`")
+    p.add_argument("store", help="a store folder (made by `moed convert`) or a store's name (`moed list`)")
     p.add_argument("prompt")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temp", type=float, default=0.0)
@@ -41,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.generate import GenerationStats, generate
     from ..engine.model import load_engine
     from ..store.format import StoreError
+    from ..store.registry import resolve_store
 
     try:  # ConfigError and BudgetError are ValueErrors
-        engine = load_engine(engine_config(args.store, **given(args, ENGINE_FLAGS)))
+        engine = load_engine(engine_config(resolve_store(args.store), **given(args, ENGINE_FLAGS)))
     except (StoreError, ValueError) as e:
         print(f"moed generate: {e}", file=sys.stderr)
         return 2

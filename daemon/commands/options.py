@@ -24,6 +24,7 @@ SERVE_FLAGS = {
     "--keep-alive": "keep_alive_s", "--idle-cache-budget": "idle_cache_budget",
     "--log-level": "log_level", "--log-file": "log_file",
     "--governor": "governor", "--governor-profile": "governor_profile", "--sensor-trace": "sensor_trace",
+    "--http": "http", "--http-api-key-file": "http_api_key_file",
 }
 ALIASES = {"--cache-policy": ("--policy",)}  # older spellings still accepted
 

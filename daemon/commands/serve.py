@@ -3,7 +3,12 @@
     moed serve [STORE] [--config FILE] [--store STORE] [--endpoint ipc://PATH|tcp://127.0.0.1:PORT]
                [--cache-budget 25%] [--read-mode direct|buffered] [--read-threads N] [--cache-policy lfu|lru]
                [--prefetch-depth N] [--max-batch N] [--queue-limit N] [--context-limit N] [--keep-alive SECONDS]
-               [--idle-cache-budget 10%] [--log-level info] [--log-file FILE] [--check]
+               [--idle-cache-budget 10%] [--log-level info] [--log-file FILE]
+               [--http [HOST:]PORT] [--http-api-key-file FILE] [--check]
+
+STORE (or the `store` key) is a store folder or the name of a pulled store (`moed list`; see registry.py).
+--http also serves the OpenAI / Ollama HTTP API from this process (docs/gateway.md); off loopback it needs
+--http-api-key-file.
 
 Configuration comes from a TOML file (--config, else $MOED_CONFIG, else the platform's default path), then
 MOED_<KEY> environment variables, then these flags (each is a config key: see options.py); `--check` prints the
@@ -11,7 +16,8 @@ result and exits. Every setting, the cache budgets against the store's manifest 
 anything is bound or loaded. docs/daemon.md lists every key. Clients talk to it with `moectl` or moed.clients.
 
 Exit codes: 0 clean shutdown (SIGTERM, SIGINT or a shutdown request), 1 fatal error at run time, 2 config or usage
-error, 3 the endpoint is in use by another daemon.
+error (HTTP off loopback without a key included), 3 the endpoint is in use by another daemon, or the HTTP address
+cannot be bound.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import http_gateway
     from ..config import ConfigError, as_toml, check_with_store, load_config
     from ..logs import setup_logging
 
@@ -44,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.store_arg is not None:
         flags.setdefault("store", args.store_arg)
     try:
-        config = load_config(args.config, flags=flags)
+        config = _resolve_store(load_config(args.config, flags=flags))
         warnings = check_with_store(config)
+        http_gateway.gateway_config(config)  # the key file and the access rule, before anything binds
     except ConfigError as e:
         print(f"moed serve: {e}", file=sys.stderr)
         return 2
@@ -56,6 +64,24 @@ def run(args: argparse.Namespace) -> int:
         return 0
     setup_logging(config.log)
     return _serve(config)
+
+
+def _resolve_store(config: DaemonConfig) -> DaemonConfig:
+    """The config with `store` as a folder: a store name (`moed list`) becomes its path; a path stays as given.
+
+    Raises:
+        ConfigError: the name matches no store, or several."""
+    from ..config import ConfigError
+    from ..store.format import StoreError
+    from ..store.registry import resolve_store
+
+    if not config.engine.store:
+        return config  # check_with_store says what to do
+    try:
+        path = resolve_store(config.engine.store)
+    except StoreError as e:
+        raise ConfigError(f"store {config.engine.store}: {e}") from None
+    return config if str(path) == config.engine.store else config.replace(store=str(path))
 
 
 def _serve(config: DaemonConfig) -> int:

@@ -324,6 +324,17 @@ class ExpertCache:
         rank, where = self._pool.policy.rank(), self._pool.table.where
         return sorted(where, key=lambda k: rank[where[k]])
 
+    def heat_map(self) -> dict[int, list[tuple[int, float]]]:
+        """Per layer, its resident or loading experts with their heat: the slot policy's keep-priority divided by
+        the highest one (0..1; all 0 when nothing has been used). Read-only; MLX thread (the table is its own)."""
+        rank, where = self._pool.policy.rank(), self._pool.table.where
+        top = float(max((rank[s] for s in where.values()), default=0.0))
+        out: dict[int, list[tuple[int, float]]] = {}
+        for (layer, expert), slot in sorted(where.items()):
+            heat = float(rank[slot]) / top if top > 0 else 0.0
+            out.setdefault(layer, []).append((expert, min(1.0, max(0.0, heat))))
+        return out
+
     def slot_of(self, layer: int, expert: int) -> int | None:
         """The slot holding (or loading) `expert` of `layer`, or None."""
         return self._pool.table.where.get((layer, expert))

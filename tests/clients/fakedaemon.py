@@ -3,8 +3,9 @@
 Each request is decoded with protocol.parse_request (so the client's frames are held to the protocol too) and
 handed to the handler registered for its type, as a FakeRequest that can send progress, chunks, finals or raw
 frames, now or later (`later(delay, fn)`: timers run on the daemon's thread, between polls). Default handlers
-answer hello/status/health/shutdown/governor_*, stream a short generate, and cancel requests made slow with
-`slow_generate`. `requests` records every request received, in order.
+answer hello/status/health/shutdown/governor_*, stream a short generate, list generate requests in flight with
+`ps` (daemon-wide id: their order of arrival), and cancel requests made slow with `slow_generate` (by `target`
+from their own connection, or by `job` from any). `requests` records every request received, in order.
 
 Test modules import the `fake` fixture (fake_daemon) from here: a conftest.py in tests/clients would shadow the
 root one for `from conftest import ...` in the other test folders.
@@ -47,6 +48,9 @@ class FakeRequest:
     def __init__(self, daemon: FakeDaemon, identity: bytes, parsed: dict[str, Any]) -> None:
         self.daemon, self.identity = daemon, identity
         self.id: str = parsed["id"]
+        self.v: int = parsed["v"]
+        self.job = ""  # the daemon-wide id of a generate request
+        self.started = time.monotonic()
         self.type: str = parsed["type"]
         self.params: dict[str, Any] = parsed["params"]
         self.seq = 0
@@ -64,18 +68,18 @@ class FakeRequest:
         return self.seq - 1
 
     def progress(self, state: str, position: int = 0) -> None:
-        self.send(protocol.progress(self.id, self._next_seq(), state, position))
+        self.send(protocol.progress(self.id, self._next_seq(), state, position, v=self.v))
 
     def chunk(self, text: str, tokens: list[int] | None = None) -> None:
-        self.send(protocol.chunk(self.id, self._next_seq(), text, tokens or [1]))
+        self.send(protocol.chunk(self.id, self._next_seq(), text, tokens or [1], v=self.v))
 
     def ok(self, result: dict[str, Any]) -> None:
         self.daemon.active.pop((self.identity, self.id), None)
-        self.send(protocol.ok(self.id, self._next_seq(), result))
+        self.send(protocol.ok(self.id, self._next_seq(), result, v=self.v))
 
     def error(self, code: str, message: str, **extra: Any) -> None:
         self.daemon.active.pop((self.identity, self.id), None)
-        self.send(protocol.error(self.id, self._next_seq(), code, message, **extra))
+        self.send(protocol.error(self.id, self._next_seq(), code, message, v=self.v, **extra))
 
     def later(self, delay: float, fn: Callable[[], object]) -> None:
         self.daemon.later(delay, fn)
@@ -112,12 +116,27 @@ def slow_generate(n: int = 1000, interval: float = 0.01) -> Handler:
 
 
 def default_cancel(req: FakeRequest) -> None:
-    target = req.daemon.active.get((req.identity, req.params["target"]))
+    if req.params.get("job") is not None:
+        target = next((r for r in req.daemon.active.values() if r.job == req.params["job"]), None)
+    else:
+        target = req.daemon.active.get((req.identity, req.params["target"]))
     if target is None:
-        req.error("not_found", f"no request {req.params['target']!r} in flight")
+        req.error("not_found", f"no request {req.params['target'] or req.params['job']!r} in flight")
         return
     target.cancelled = True
     req.ok({"cancelled": True})
+
+
+def default_ps(req: FakeRequest) -> None:
+    now = time.monotonic()
+    req.ok({"requests": [{"id": r.job, "client": "fake-client", "state": "decoding", "prompt_tokens": 3,
+                          "generated_tokens": r.seq, "age_s": round(now - r.started, 3)}
+                         for r in req.daemon.active.values()]})
+
+
+def default_hello(req: FakeRequest) -> None:
+    req.ok({"version": protocol.negotiate(req.params["versions"]), "server": "fake/0", "model_type": "qwen3_moe",
+            "limits": dict(protocol.LIMITS)})
 
 
 class FakeDaemon:
@@ -129,8 +148,7 @@ class FakeDaemon:
         self.requests: list[dict[str, Any]] = []
         self.active: dict[tuple[bytes, str], FakeRequest] = {}
         self.handlers: dict[str, Handler] = {
-            "hello": lambda r: r.ok({"version": 1, "server": "fake/0", "model_type": "qwen3_moe",
-                                     "limits": dict(protocol.LIMITS)}),
+            "hello": default_hello,
             "status": lambda r: r.ok(dict(STATUS)),
             "health": lambda r: r.ok({"ok": True, "state": "ready"}),
             "shutdown": lambda r: r.ok({}),
@@ -138,7 +156,9 @@ class FakeDaemon:
             "governor_set": lambda r: r.error("not_available", "no governor in this daemon"),
             "generate": default_generate,
             "cancel": default_cancel,
+            "ps": default_ps,
         }
+        self._jobs = itertools.count(1)
         self._timers: list[tuple[float, int, Callable[[], object]]] = []
         self._tick = itertools.count()
         self._stop = threading.Event()
@@ -192,6 +212,7 @@ class FakeDaemon:
         self.requests.append(parsed)
         req = FakeRequest(self, identity, parsed)
         if req.type == "generate":
+            req.job = str(next(self._jobs))
             self.active[(identity, req.id)] = req
         self.handlers[req.type](req)
 

@@ -15,6 +15,7 @@ pytest.importorskip("mlx.core")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
 from daemon_harness import InProcess  # noqa: E402  (the daemon tests' harness: a daemon on a thread)
 
+from moed.clients import protocol  # noqa: E402
 from moed.clients.client import AsyncClient, Busy, Chunk, Client, NotAvailable, NotFound, Progress  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,8 @@ def daemon(model_dir: Any) -> Any:
 def test_calls_and_streams(daemon: Any):
     with Client(daemon.endpoint, timeout=30) as c:
         hello = c.hello()
-        assert hello.version == 1 and hello.model_type == "qwen3_moe" and hello.limits["max_messages"] == 256
+        assert hello.version == protocol.VERSION and hello.model_type == "qwen3_moe"
+        assert hello.limits["max_messages"] == 256
         assert c.status().state == "ready" and c.health().ok
         stream = c.generate("Once upon a time", max_tokens=6)
         events = list(stream)

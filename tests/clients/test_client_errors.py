@@ -250,8 +250,8 @@ def test_a_chunk_for_a_unary_request_is_a_violation(fake: FakeDaemon):
 
 
 def test_a_bad_hello_result_is_a_violation(fake: FakeDaemon):
-    fake.on("hello", lambda r: r.ok({"version": 2, "server": "x", "model_type": "m", "limits": {}}))
-    with pytest.raises(ProtocolViolation, match="version 2"):
+    fake.on("hello", lambda r: r.ok({"version": 9, "server": "x", "model_type": "m", "limits": {}}))
+    with pytest.raises(ProtocolViolation, match="version 9"):
         call(fake.endpoint, lambda c: c.health())
 
 

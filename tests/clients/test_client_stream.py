@@ -172,7 +172,7 @@ def test_unary_calls(fake: FakeDaemon):
     async def main() -> None:
         async with AsyncClient(fake.endpoint, timeout=5) as c:
             hello = await c.hello()
-            assert hello.version == 1 and hello.limits["max_message_bytes"] == 1 << 20
+            assert hello.version == 2 and hello.limits["max_message_bytes"] == 1 << 20
             assert c.server == hello
             assert (await c.health()).ok
             status = await c.status()
@@ -181,4 +181,5 @@ def test_unary_calls(fake: FakeDaemon):
 
     arun(main())
     assert fake.types() == ["hello", "hello", "health", "status", "shutdown"]
-    assert fake.requests[0]["params"] == {"versions": [1], "client": "moed-client"}
+    assert fake.requests[0]["params"] == {"versions": [1, 2], "client": "moed-client"}
+    assert [r["v"] for r in fake.requests] == [1, 1, 2, 2, 2]  # hello in version 1, the rest in the one agreed

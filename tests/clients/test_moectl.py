@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from fakedaemon import FakeDaemon, FakeRequest, gen_result
+from fakedaemon import FakeDaemon, FakeRequest, gen_result, slow_generate, wait_until
 from fakedaemon import fake_daemon  # noqa: F401  (the `fake` fixture)
 
 from moed.clients.cli import main
+from moed.clients.sync import Client
 
 
 def run(fake: FakeDaemon, *argv: str) -> int:
@@ -103,7 +104,7 @@ def test_chat_repl_survives_a_failed_turn(fake: FakeDaemon, capsys: pytest.Captu
 def test_cancel_and_shutdown(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]):
     assert run(fake, "cancel", "some-id") == 1
     assert "not_found" in capsys.readouterr().err
-    assert fake.requests[-1]["params"] == {"target": "some-id"}
+    assert fake.requests[-1]["params"] == {"target": None, "job": "some-id"}
     fake.on("cancel", lambda r: r.ok({"cancelled": False}))
     assert run(fake, "cancel", "x") == 0 and "not running" in capsys.readouterr().out
     assert run(fake, "shutdown") == 0 and "shutting down" in capsys.readouterr().out
@@ -146,3 +147,32 @@ def test_endpoint_from_environment_and_options_after_the_command(fake: FakeDaemo
     monkeypatch.setenv("MOED_ENDPOINT", "ipc:///nonexistent/moed.sock")
     assert main(["health", "--endpoint", fake.endpoint, "--timeout", "10"]) == 0
     assert capsys.readouterr().out == "ready\nready\n"
+
+
+def test_ps_lists_requests_of_other_connections_and_cancel_stops_them(fake: FakeDaemon,
+                                                                        capsys: pytest.CaptureFixture[str]):
+    assert run(fake, "ps") == 0 and capsys.readouterr().out == "no requests in flight\n"
+    fake.on("generate", slow_generate(interval=0.02))
+    with Client(fake.endpoint, timeout=10, name="other") as other:
+        stream = other.generate("hi")
+        events = iter(stream)
+        next(events)  # the request is running
+        assert run(fake, "ps") == 0
+        header, row = capsys.readouterr().out.splitlines()
+        assert header.split() == ["ID", "CLIENT", "STATE", "PROMPT", "GENERATED", "AGE"]
+        assert row.split()[:4] == ["1", "fake-client", "decoding", "3"]
+        assert run(fake, "ps", "--json") == 0
+        (listed,) = json.loads(capsys.readouterr().out)
+        assert set(listed) == {"id", "client", "state", "prompt_tokens", "generated_tokens", "age_s"}
+        assert run(fake, "cancel", listed["id"]) == 0 and capsys.readouterr().out == "cancelled\n"
+        assert fake.requests[-1]["params"] == {"target": None, "job": "1"}
+        for _ in events:
+            pass
+        assert stream.result is not None and stream.result.done_reason == "cancelled"
+
+
+def test_ps_and_cancel_by_id_need_a_version_2_daemon(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]):
+    fake.on("hello", lambda r: r.ok({"version": 1, "server": "old/1", "model_type": "m", "limits": {}}))
+    assert run(fake, "ps") == 1 and "needs protocol version 2" in capsys.readouterr().err
+    assert run(fake, "cancel", "3") == 1 and "upgrade" in capsys.readouterr().err
+    assert fake.types() == ["hello", "hello"]  # nothing the old daemon would refuse was sent

@@ -161,12 +161,57 @@ def test_generate_numeric_ranges_are_enforced(row: dict[str, str]):
         assert e.value.code == "invalid_params" and name in e.value.message
 
 
-def test_hello_and_cancel_params_match():
+def test_hello_cancel_and_status_params_match():
     hello = {lit(r["name"]): json.loads(lit(r["default"])) for r in table("hello params", "name")}
     assert parse("hello", {}) == hello
-    assert [lit(r["name"]) for r in table("cancel params", "name")] == list(parse("cancel", {"target": "x"}))
-    with pytest.raises(protocol.ProtocolError, match="target"):
-        parse("cancel", {})
+    cancel = {lit(r["name"]): json.loads(lit(r["default"])) for r in table("cancel params", "name")}
+    assert parse("cancel", {"target": "x"}) == cancel | {"target": "x"}
+    assert parse("cancel", {"job": "7"}) == cancel | {"job": "7"}
+    for both_or_none in ({}, {"target": "x", "job": "7"}):
+        with pytest.raises(protocol.ProtocolError, match="exactly one of `target`"):
+            parse("cancel", both_or_none)
+    with pytest.raises(protocol.ProtocolError, match="job"):
+        parse("cancel", {"job": "x" * (protocol.JOB_ID_CHARS + 1)})
+    status = {lit(r["name"]): json.loads(lit(r["default"])) for r in table("status params", "name")}
+    assert parse("status", {}) == status
+    assert column("status params", "detail") == list(protocol.STATUS_DETAILS)
+    assert parse("status", {"detail": ["experts", "experts"]}) == {"detail": ["experts"]}
+    with pytest.raises(protocol.ProtocolError, match="detail"):
+        parse("status", {"detail": ["everything"]})
+
+
+def test_version_2_additions_match_and_are_refused_in_version_1():
+    added = column("Version 2", "since")
+    assert added == [k if isinstance(k, str) else ".".join(k) for k in protocol.SINCE]
+    assert set(protocol.SINCE.values()) == {2}
+    v1 = {"ps": ("ps", {}, "unknown_type"), ("cancel", "job"): ("cancel", {"job": "1"}, "invalid_params"),
+          ("status", "detail"): ("status", {"detail": []}, "invalid_params")}
+    for since, (type_, params, code) in v1.items():
+        with pytest.raises(protocol.ProtocolError) as e:
+            protocol.parse_request(protocol.pack(protocol.request("r", type_, params, v=1)))
+        assert e.value.code == code and e.value.request_id == "r" and "version 2" in e.value.message, since
+    assert parse("cancel", {"target": "a"}) == protocol.parse_request(
+        protocol.pack(protocol.request("t", "cancel", {"target": "a"}, v=1)))["params"]
+
+
+def test_request_fields_and_states_match_the_client_view():
+    fields = {lit(r["key"]): r["type"] for r in table("ps result", "key")}
+    assert column("ps result", "request state") == list(protocol.REQUEST_STATES)
+    sample = {k: SAMPLES[t] for k, t in fields.items()} | {"state": "decoding"}
+    info = events.RequestInfo.from_wire(sample)
+    assert info.as_dict() == sample and [f.name for f in dataclasses.fields(info)] == list(fields)
+    for k in fields:
+        with pytest.raises(errors.ProtocolViolation, match=k):
+            events.RequestInfo.from_wire({x: v for x, v in sample.items() if x != k})
+    with pytest.raises(errors.ProtocolViolation, match="state"):
+        events.RequestInfo.from_wire(sample | {"state": "sleeping"})
+
+
+def test_replies_carry_the_version_they_are_given():
+    for v in protocol.SUPPORTED_VERSIONS:
+        for msg in (protocol.progress("i", 0, "queued", v=v), protocol.chunk("i", 1, "x", [1], v=v),
+                    protocol.ok("i", 2, {}, v=v), protocol.error("i", 3, "internal", "m", v=v)):
+            assert protocol.parse_reply(protocol.pack(msg))["v"] == v
 
 
 def test_requests_without_params_take_none():
@@ -179,7 +224,7 @@ def test_requests_without_params_take_none():
 
 # -- results -------------------------------------------------------------------------------------------------------
 RESULT_SECTIONS = {"hello": "hello result", "generate": "generate result", "cancel": "cancel result",
-                   "status": "status result", "health": "health result"}
+                   "status": "status result", "health": "health result", "ps": "ps result"}
 
 
 def test_result_fields_match_both_ways():

@@ -161,7 +161,7 @@ def test_reply_builders_round_trip(rid: str, seq: int, state: str, pos: int, txt
 
 
 def test_unsupported_version_and_negotiation() -> None:
-    for v in (0, 2, True, 1.0, "1", None):
+    for v in (0, 3, True, 1.0, "1", None):
         frame = protocol.pack({"v": v, "id": "x", "type": "status", "params": {}})
         try:
             protocol.parse_request(frame)
@@ -170,7 +170,7 @@ def test_unsupported_version_and_negotiation() -> None:
             assert e.extra == {"versions": list(protocol.SUPPORTED_VERSIONS)}
         else:
             raise AssertionError(v)
-    assert protocol.negotiate([1, 2, 3]) == 1
+    assert protocol.negotiate([1, 2, 3]) == 2 and protocol.negotiate([1]) == 1
     try:
         protocol.negotiate([7])
     except ProtocolError as e:
