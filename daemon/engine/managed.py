@@ -55,9 +55,8 @@ class Driver:
         self._lib = lib
         # From page-locked memory cuMemcpyHtoDAsync only queues a copy (microseconds): through a PyDLL (`held`) the
         # reader thread keeps the GIL instead of releasing and retaking it once per tensor, which the MLX thread
-        # may be waiting for (at a 25 % budget on the lent H200: 1.5-1.9 ms less waiting for reads per token in both
-        # alternated pairs; decode tok/s within the machine's noise). From pageable memory the driver copies
-        # before returning: that call releases the GIL.
+        # may be waiting for (less waiting for reads at a 25 % budget: bench/results/notebook.md). From pageable
+        # memory the driver copies before returning: that call releases the GIL.
         self._queue_copy = (held or lib).cuMemcpyHtoDAsync_v2
         self._check("cuInit", lib.cuInit(0))
         dev, ctx = ctypes.c_int(), ctypes.c_void_p()

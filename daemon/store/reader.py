@@ -25,8 +25,8 @@ How it runs:
     the destination happens in the kernel with the GIL released, so workers fill slots in parallel. Direct reads
     do this only when every piece is 4 KiB-aligned in address and length (O_DIRECT's rule), and stop for good if
     the kernel refuses to read into that memory (a GPU's managed memory may be such); otherwise, and where
-    `preadv` is missing, the staging path runs. Measured on the lent GPU: 1.6 GB/s per thread straight into
-    MLX's managed memory against 1.2-1.36 GB/s through a staging buffer (bench/results/notebook.md).
+    `preadv` is missing, the staging path runs. Reading straight into the rows is the faster path where both work
+    (bench/results/notebook.md).
   * `buffer_region()` and `on_close(fn)` let the cache page-lock the buffers for the reader's life (CUDA).
 """
 
