@@ -85,7 +85,7 @@ def _free_port() -> int:
 @contextmanager
 def serving(store: str, max_batch: int) -> Iterator[tuple[str, str]]:
     """A daemon on `store` and a gateway in front of it: yields (ZeroMQ endpoint, gateway base URL)."""
-    from moed.clients.client import Client
+    from moed.clients import Client
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="moed-gw-")))

@@ -30,13 +30,6 @@ PACKAGES = ("daemon", "clients", "governor")  # folder name == subpackage of the
 NO_DAEMON_NO_MLX = ("clients", "governor")
 MLX = ("mlx", "mlx_lm")
 
-# Import-rule violations that exist in daemon/ files owned elsewhere, so this test can pass until they are fixed.
-# Each entry is (importing module, line's statement as written). Empty this list as they are fixed; it must not grow.
-KNOWN_RULE_VIOLATIONS: set[tuple[str, str]] = {
-    ("moed.daemon.commands.demo", "from ...clients.client import Client, MoedError"),
-    ("moed.daemon.commands.demo", "from ...clients.client import Chunk, Client, MoedError"),
-    ("moed.daemon.store.reader", "from moed.daemon.store.format import Manifest, StoreError"),
-}
 
 
 @dataclass(frozen=True)
@@ -255,11 +248,8 @@ def test_import_rule_relative_inside_absolute_across():
             problems.add((imp, "absolute import inside its own package: make it relative"))
         elif imp.level > 0 and other != own:
             problems.add((imp, f"relative import into moed.{other}: make it absolute"))
-    unexpected = sorted(f"{imp.where()}  ({why})" for imp, why in problems
-                        if (imp.importer, imp.statement) not in KNOWN_RULE_VIOLATIONS)
-    assert not unexpected, "import rule broken:\n" + "\n".join(unexpected)
-    fixed = KNOWN_RULE_VIOLATIONS - {(imp.importer, imp.statement) for imp, _ in problems}
-    assert not fixed, f"fixed, so remove from KNOWN_RULE_VIOLATIONS: {sorted(fixed)}"
+    broken = sorted(f"{imp.where()}  ({why})" for imp, why in problems)
+    assert not broken, "import rule broken:\n" + "\n".join(broken)
 
 
 BLOCKED_IMPORT = r'''

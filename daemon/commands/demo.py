@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _wait_ready(endpoint: str, daemon: subprocess.Popen, timeout: float = 300) -> bool:
     """Poll status until the daemon says ready (False if it died or the time ran out)."""
-    from ...clients.client import Client, MoedError
+    from moed.clients import Client, MoedError
 
     deadline = time.monotonic() + timeout
     while daemon.poll() is None and time.monotonic() < deadline:
@@ -92,7 +92,7 @@ def _wait_ready(endpoint: str, daemon: subprocess.Popen, timeout: float = 300) -
 
 
 def _stream(endpoint: str, daemon: subprocess.Popen, args: argparse.Namespace) -> int:
-    from ...clients.client import Chunk, Client, MoedError
+    from moed.clients import Chunk, Client, MoedError
 
     if not _wait_ready(endpoint, daemon):
         print("moed demo: the daemon did not become ready", file=sys.stderr)
@@ -117,7 +117,7 @@ def _stream(endpoint: str, daemon: subprocess.Popen, args: argparse.Namespace) -
 
 
 def _stop(endpoint: str, daemon: subprocess.Popen) -> None:
-    from ...clients.client import Client, MoedError
+    from moed.clients import Client, MoedError
 
     if daemon.poll() is None:
         try:

@@ -50,7 +50,7 @@ from typing import Callable
 
 import numpy as np
 
-from moed.daemon.store.format import Manifest, StoreError
+from .format import Manifest, StoreError
 
 try:
     import fcntl

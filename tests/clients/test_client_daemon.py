@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
 from daemon_harness import InProcess  # noqa: E402  (the daemon tests' harness: a daemon on a thread)
 
 from moed.clients import protocol  # noqa: E402
-from moed.clients.client import AsyncClient, Busy, Chunk, Client, NotAvailable, NotFound, Progress  # noqa: E402
+from moed.clients import AsyncClient, Busy, Chunk, Client, NotAvailable, NotFound, Progress  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from fakedaemon import FakeDaemon, FakeRequest, Handler, arun, gen_result, wait_
 from fakedaemon import fake_daemon  # noqa: F401  (the `fake` fixture)
 
 from moed.clients import protocol
-from moed.clients.client import (
+from moed.clients import (
     AsyncClient,
     Busy,
     Chunk,

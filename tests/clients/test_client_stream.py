@@ -9,7 +9,7 @@ import pytest
 from fakedaemon import FakeDaemon, FakeRequest, arun, gen_result, slow_generate, wait_until
 from fakedaemon import fake_daemon  # noqa: F401  (the `fake` fixture)
 
-from moed.clients.client import AsyncClient, Chunk, NotFound, Progress, Result
+from moed.clients import AsyncClient, Chunk, NotFound, Progress, Result
 
 HELLO_WORLD = [Progress("queued", 0), Progress("prefilling", 0), Chunk("Hello", (9,)), Chunk(" world", (10,))]
 

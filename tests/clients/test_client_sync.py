@@ -12,7 +12,7 @@ import pytest
 from fakedaemon import FakeDaemon, FakeRequest, Handler, arun, gen_result, slow_generate, wait_until
 from fakedaemon import fake_daemon  # noqa: F401  (the `fake` fixture)
 
-from moed.clients.client import AsyncClient, Chunk, Client, MoedError, RequestError, Result
+from moed.clients import AsyncClient, Chunk, Client, MoedError, RequestError, Result
 
 
 def _error_mid_stream(r: FakeRequest) -> None:

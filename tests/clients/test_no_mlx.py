@@ -25,7 +25,7 @@ except ImportError:
 else:
     raise SystemExit("the blocker did not block mlx")
 
-import moed.clients, moed.clients.client, moed.clients.cli, moed.clients.protocol
+import moed.clients, moed.clients.cli, moed.clients.protocol
 from moed.clients import AsyncClient, Client
 sys.path.insert(0, TESTS)
 from fakedaemon import FakeDaemon

@@ -19,7 +19,7 @@ from gateway_harness import gateway, http  # noqa: E402  (also puts the daemon h
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from daemon_harness import InProcess  # noqa: E402
-from moed.clients.client import Client  # noqa: E402
+from moed.clients import Client  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

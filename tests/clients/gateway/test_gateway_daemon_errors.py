@@ -16,7 +16,7 @@ ollama = pytest.importorskip("ollama")
 from gateway_harness import gateway, http, openai_error  # noqa: E402  (also puts the daemon harness on the path)
 
 from daemon_harness import InProcess  # noqa: E402
-from moed.clients.client import Client  # noqa: E402
+from moed.clients import Client  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -144,7 +144,7 @@ def test_a_screenshot_is_written(fake, tmp_path: Path):
 def test_the_page_in_front_of_a_real_daemon(model_dir):
     pytest.importorskip("mlx.core")
     from daemon_harness import InProcess
-    from moed.clients.client import Client
+    from moed.clients import Client
 
     with InProcess(model_dir("qwen3_moe", "store-mlx"), max_batch=2, queue_limit=4) as d, \
             gateway(d.endpoint, model_name="tiny", status_max_age_s=0.01) as gw:
