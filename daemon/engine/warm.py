@@ -20,15 +20,25 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from ..store.format import Manifest
 from .sink import WARM
 
-if TYPE_CHECKING:
-    from .cache import ExpertCache
+
+class Warmable(Protocol):
+    """What a warm start needs of the cache (ExpertCache)."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    def seed_usage(self, usage: dict[tuple[int, int], float]) -> None: ...
+
+    def prefetch(self, layer: int, experts: list[int], *, priority: int = ..., limit: int | None = ...,
+                 score: float = ...) -> int: ...
+
 
 FORMAT = "moed-expert-usage"
 VERSION = 1
@@ -108,7 +118,7 @@ def load_usage(path: str | os.PathLike[str], manifest: Manifest) -> dict[tuple[i
         return {}
 
 
-def warm_cache(cache: ExpertCache, usage: dict[tuple[int, int], float]) -> int:
+def warm_cache(cache: Warmable, usage: dict[tuple[int, int], float]) -> int:
     """Queue background reads of the most used experts, up to capacity; returns how many were queued."""
     cache.seed_usage({k: c / 2 for k, c in usage.items()})
     started = 0
