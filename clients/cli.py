@@ -53,9 +53,9 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
     """
     h = client.health()
     if args.json:
-        print_json({"ok": h.ok, "state": h.state})
+        print_json({"ok": h.ok, "state": h.state, **({"reason": h.reason} if h.reason else {})})
     else:
-        print(h.state)
+        print(f"{h.state}: {h.reason}" if h.reason else h.state)
     return EXIT_OK if h.ok else EXIT_REQUEST
 
 

@@ -43,11 +43,12 @@ LIMITS = {name.lower(): value for name, value in (
     ("MAX_TOKENS_LIMIT", MAX_TOKENS_LIMIT))}
 
 # -- message types -------------------------------------------------------------------------------------------
-REQUEST_TYPES = ("hello", "generate", "cancel", "status", "health", "shutdown", "governor_get", "governor_set")
+REQUEST_TYPES = ("hello", "generate", "cancel", "status", "health", "shutdown", "governor_get", "governor_set",
+                 "clear_quarantine")
 REPLY_TYPES = ("progress", "chunk", "final")
 PROGRESS_STATES = ("queued", "prefilling")
 DONE_REASONS = ("stop", "length", "cancelled", "client_gone", "shutdown")
-DAEMON_STATES = ("loading", "ready", "draining")
+DAEMON_STATES = ("loading", "ready", "degraded", "draining")
 
 # Fields every `ok` final's `result` carries, per request type (a daemon may add more; clients ignore extras).
 # A generate result also carries `text` when the request had stream=false. governor_* results belong to the governor.
@@ -57,7 +58,7 @@ RESULT_FIELDS: dict[str, tuple[str, ...]] = {
                  "total_ns", "cache_hits", "cache_misses", "bytes_read"),
     "cancel": ("cancelled",),
     "status": ("state", "model_type", "store", "active", "queued", "max_batch", "queue_limit", "cache", "uptime_s",
-               "version"),
+               "version", "quarantine"),
     "health": ("ok", "state"),
     "shutdown": (),
 }
@@ -273,7 +274,7 @@ def _governor_set(p: dict[str, Any]) -> dict[str, Any]:
 
 _VALIDATORS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "hello": _hello, "generate": _generate, "cancel": _cancel, "status": _empty, "health": _empty,
-    "shutdown": _empty, "governor_get": _empty, "governor_set": _governor_set,
+    "shutdown": _empty, "governor_get": _empty, "governor_set": _governor_set, "clear_quarantine": _empty,
 }
 
 
