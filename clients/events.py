@@ -148,16 +148,19 @@ class Status:
     cache: dict[str, Any]
     uptime_s: float
     version: str
-    quarantine: dict[str, Any]
+    quarantine: dict[str, Any] = field(default_factory=dict)  # failed experts; absent from older daemons
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> Status:
         f = _check(raw, "status", {
             "state": str, "model_type": str, "store": str, "active": int, "queued": int, "max_batch": int,
-            "queue_limit": int, "cache": dict, "uptime_s": float, "version": str, "quarantine": dict})
+            "queue_limit": int, "cache": dict, "uptime_s": float, "version": str})
         _one_of(f["state"], protocol.DAEMON_STATES, "status state")
-        return cls(raw=raw, **f)
+        quarantine = raw.get("quarantine", {})
+        if not isinstance(quarantine, dict):
+            raise ProtocolViolation(f"status result: `quarantine` must be a map, got {quarantine!r}")
+        return cls(raw=raw, quarantine=quarantine, **f)
 
 
 @dataclass(frozen=True)

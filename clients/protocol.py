@@ -58,7 +58,7 @@ RESULT_FIELDS: dict[str, tuple[str, ...]] = {
                  "total_ns", "cache_hits", "cache_misses", "bytes_read"),
     "cancel": ("cancelled",),
     "status": ("state", "model_type", "store", "active", "queued", "max_batch", "queue_limit", "cache", "uptime_s",
-               "version", "quarantine"),
+               "version"),
     "health": ("ok", "state"),
     "shutdown": (),
 }
