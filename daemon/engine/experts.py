@@ -20,6 +20,10 @@ mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, sh
    the same sort for large inputs) over the slot banks. Each output row depends only on its own input row and
    expert, so the result is identical to mlx-lm's.
 
+A failed or quarantined expert (only with a cache quarantine: quarantine.py): `acquire` answers -1 for it; its
+positions are computed from another slot and then set to zero, and reported to the quarantine (`_report`), so the
+scheduler ends only the requests whose rows were routed to it. No other position's numbers change.
+
 If a call needs more distinct experts than the cache has slots, it runs in waves of at most `capacity` experts,
 each wave evaluated before the next one may evict its slots, so the budget holds even when a prompt chunk
 touches every expert of a layer.

@@ -28,6 +28,8 @@ How it runs:
     `preadv` is missing, the staging path runs. Measured on the lent GPU: 1.6 GB/s per thread straight into
     MLX's managed memory against 1.2-1.36 GB/s through a staging buffer (bench/results/notebook.md).
   * `buffer_region()` and `on_close(fn)` let the cache page-lock the buffers for the reader's life (CUDA).
+  * Fault injection (tests): `faults` (faults.py) is asked before and after each record's positional read, on both
+    paths; None, the default, costs one attribute test per read. Errors name the layer number and the expert.
 """
 
 from __future__ import annotations
