@@ -61,6 +61,7 @@ RESULT_FIELDS: dict[str, tuple[str, ...]] = {
                "version"),
     "health": ("ok", "state"),
     "shutdown": (),
+    "clear_quarantine": ("cleared",),
 }
 
 # -- error codes (stable: clients match on them) ---------------------------------------------------------------

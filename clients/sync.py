@@ -61,6 +61,7 @@ class Client:
     status = _blocking(AsyncClient.status)
     health = _blocking(AsyncClient.health)
     shutdown = _blocking(AsyncClient.shutdown)
+    clear_quarantine = _blocking(AsyncClient.clear_quarantine)
     cancel = _blocking(AsyncClient.cancel)
     governor_get = _blocking(AsyncClient.governor_get)
     governor_set = _blocking(AsyncClient.governor_set)

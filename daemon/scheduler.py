@@ -418,6 +418,8 @@ class Scheduler:
             code, msg = "internal", f"generation failed: {type(e).__name__}: {e}"
             log.exception("step failed")
         jobs = list(self._active.values())
+        if self._tracker is not None:
+            self._tracker.take()  # rows of the failed generator: every one of them fails here anyway
         self._active.clear()
         self._uid_of.clear()
         for job in jobs:

@@ -201,3 +201,32 @@ def test_top_k_above_the_vocabulary_is_refused_at_admission(store, routes):
         assert err["code"] == "invalid_params" and "top_k" in err["message"] and "1024" in err["message"]
         for p, replies in zip(PROMPTS[1:4], others):
             assert tokens_of(replies) == routes[p][0], p
+
+
+def test_moectl_shows_and_clears_the_quarantine(store, routes, capsys):
+    from moed.clients.cli import main as moectl
+    from moed.daemon.engine.model import load_engine
+
+    bad, survivors, (pos, expert) = pick(routes)
+
+    def loader(ec):
+        eng = load_engine(ec)
+        eng.reader.faults = Faults([Fault("short", pos, expert)])
+        return eng
+
+    with InProcess(store, loader=loader) as d:
+        c = Conn(d.endpoint)
+        try:
+            assert check_sequence(c.call("generate", {"prompt": bad, "max_tokens": MAX_TOKENS}))["error"]["code"] \
+                == "store_error"
+        finally:
+            c.close()
+        layer_no = read_manifest(store).layers[pos].index
+        assert moectl(["--endpoint", d.endpoint, "health"]) == 0  # degraded still admits work
+        out = capsys.readouterr().out
+        assert out.startswith("degraded: ") and f"layer {layer_no} expert {expert}" in out
+        assert moectl(["--endpoint", d.endpoint, "status"]) == 0
+        out = capsys.readouterr().out
+        assert "quarantined" in out and "short read" in out
+        assert moectl(["--endpoint", d.endpoint, "clear-quarantine"]) == 0
+        assert capsys.readouterr().out.strip() == "1 expert(s) back in service"
