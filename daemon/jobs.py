@@ -11,9 +11,10 @@ a Job guarantees:
 - Text: tokens are detokenized with mlx-lm's streaming detokenizer; stop strings are matched on the text with
   mlx-lm's TextStateMachine, which holds back text that could still become a stop string and never emits the
   matched string. An end-of-sequence token ends with done reason `stop` and is neither emitted nor counted.
-- Sampling: mlx-lm's make_sampler, guarded (isolation.py): a sampler error ends this request alone. Each sampled token uses a key derived from (seed, token index) alone, so a
-  request's tokens depend on its seed and its own logits, never on what else shares the batch (rows of a batch
-  are computed independently; see scheduler.py). A request without a seed gets a random one, reported in stats.
+- Sampling: mlx-lm's make_sampler, guarded (isolation.py): a sampler error ends this request alone. Each sampled
+  token uses a key derived from (seed, token index) alone, so a request's tokens depend on its seed and its own
+  logits, never on what else shares the batch (rows of a batch are computed independently; see scheduler.py). A
+  request without a seed gets a random one, reported in stats.
 - Stats: the timing fields of the protocol, plus this request's share of the cache hits, misses and bytes read
   of every step it took part in (scheduler.py decides the shares).
 """

@@ -396,6 +396,7 @@ class Scheduler:
         for uid, job in list(self._active.items()):
             if uid in spoiled:
                 reason, named = spoiled[uid]
+                self._tracker.quarantine.failed_request(named)
                 self._remove(job)
                 extra = {"layer": named[0][0], "expert": named[0][1]} if named else {}
                 log.error("request %s: %s", job.key[1], reason)

@@ -26,7 +26,7 @@ class Entry:
     layer: int  # the model's layer number (LayerEntry.index)
     expert: int
     error: str
-    failures: int  # requests failed because of it, counting the read that put it here
+    failures: int  # requests ended because of it
     since: float  # wall-clock time it was quarantined
 
 
@@ -65,17 +65,23 @@ class Quarantine:
         return out
 
     def describe(self, layer: int, experts: np.ndarray) -> tuple[str, list[tuple[int, int]]]:
-        """What a report means for the request it spoiled: one line naming the experts and their errors, and the
-        (layer number, expert) pairs; counts one more failed request for each expert."""
+        """What a report means for a request it spoiled: one line naming the experts and their errors, and the
+        (layer number, expert) pairs."""
         parts, named = [], []
         with self._lock:
             for e in experts.tolist():
                 entry = self._entries.get((layer, int(e)))
                 if entry is not None:
-                    entry.failures += 1
                     parts.append(entry.error)
                     named.append((entry.layer, entry.expert))
         return "; ".join(parts) or f"an expert of layer {self._numbers[layer]} is quarantined", named
+
+    def failed_request(self, named: list[tuple[int, int]]) -> None:
+        """Count a request ended because of these (layer number, expert) pairs."""
+        with self._lock:
+            for entry in self._entries.values():
+                if (entry.layer, entry.expert) in named:
+                    entry.failures += 1
 
     def snapshot(self) -> list[dict]:
         """Every quarantined expert: layer (the model's number), expert, error, failures, since."""
