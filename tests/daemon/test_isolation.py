@@ -230,3 +230,10 @@ def test_moectl_shows_and_clears_the_quarantine(store, routes, capsys):
         assert "quarantined" in out and "short read" in out
         assert moectl(["--endpoint", d.endpoint, "clear-quarantine"]) == 0
         assert capsys.readouterr().out.strip() == "1 expert(s) back in service"
+
+
+def test_moed_generate_refuses_top_k_above_the_vocabulary(store, capsys):
+    from moed.daemon.cli import main as moed_main
+
+    assert moed_main(["generate", str(store), "Hi", "--max-tokens", "2", "--temp", "1", "--top-k", "5000"]) == 2
+    assert "top_k is 5000" in capsys.readouterr().err
