@@ -55,6 +55,32 @@ def routes(store):
     return out
 
 
+@pytest.fixture
+def batched(monkeypatch):
+    """The first 4 requests are admitted together (one prefill batch), so the poisoned one shares every step with
+    the others; returns the batch sizes of the steps where a request was ended as spoiled."""
+    from moed.daemon.scheduler import Scheduler
+
+    real_admit, real_end = Scheduler._admit, Scheduler._end_spoiled
+    holding, sizes = [True], []
+
+    def admit(self):
+        if holding[0] and len(self._waiting) < 4:
+            return
+        holding[0] = False
+        real_admit(self)
+
+    def end_spoiled(self):
+        before = len(self._active)
+        real_end(self)
+        if len(self._active) < before:
+            sizes.append(before)
+
+    monkeypatch.setattr(Scheduler, "_admit", admit)
+    monkeypatch.setattr(Scheduler, "_end_spoiled", end_spoiled)
+    return sizes
+
+
 def pick(routes) -> tuple[str, list[str], tuple[int, int]]:
     """A poisoned prompt, 3 survivors and an expert only the poisoned one routes to."""
     for bad in PROMPTS:
@@ -88,13 +114,15 @@ def run_four(endpoint: str, bad: dict, survivors: list[str]) -> tuple[list[dict]
     return results[0], [results[i] for i in (1, 2, 3)]
 
 
-def check_isolated(d: InProcess, routes, bad: str, survivors: list[str], expert: tuple[int, int]) -> dict:
+def check_isolated(d: InProcess, routes, bad: str, survivors: list[str], expert: tuple[int, int],
+                   batched: list[int]) -> dict:
     """The 4-stream batch: the poisoned request fails with store_error naming the expert, the rest are exact."""
     m = read_manifest(d.config.engine.store)
     layer_no = m.layers[expert[0]].index
     poisoned, others = run_four(d.endpoint, {"prompt": bad, "max_tokens": MAX_TOKENS}, survivors)
     err = check_sequence(poisoned)["error"]
     assert err["code"] == "store_error", err
+    assert batched[0] == 4  # it failed in a step it shared with the 3 others
     assert (err["layer"], err["expert"]) == (layer_no, expert[1])
     assert f"layer {layer_no} expert {expert[1]}" in err["message"]
     for p, replies in zip(survivors, others):
@@ -119,7 +147,7 @@ def check_isolated(d: InProcess, routes, bad: str, survivors: list[str], expert:
         c.close()
 
 
-def test_corrupt_expert_fails_only_the_request_routed_to_it(store, routes, tmp_path):
+def test_corrupt_expert_fails_only_the_request_routed_to_it(store, routes, tmp_path, batched):
     bad, survivors, (pos, expert) = pick(routes)
     copy = tmp_path / "store"
     shutil.copytree(store, copy)
@@ -129,7 +157,7 @@ def test_corrupt_expert_fails_only_the_request_routed_to_it(store, routes, tmp_p
     data[expert * m.layout.record_bytes + 10] ^= 0xFF
     path.write_bytes(bytes(data))
     with InProcess(copy, max_batch=4) as d:
-        entry = check_isolated(d, routes, bad, survivors, (pos, expert))
+        entry = check_isolated(d, routes, bad, survivors, (pos, expert), batched)
         assert "checksum mismatch" in entry["error"]
         c = Conn(d.endpoint)
         try:
@@ -148,7 +176,7 @@ def test_corrupt_expert_fails_only_the_request_routed_to_it(store, routes, tmp_p
             c.close()
 
 
-def test_injected_eio_fails_only_the_request_routed_to_it(store, routes):
+def test_injected_eio_fails_only_the_request_routed_to_it(store, routes, batched):
     from moed.daemon.engine.model import load_engine
 
     bad, survivors, (pos, expert) = pick(routes)
@@ -160,12 +188,12 @@ def test_injected_eio_fails_only_the_request_routed_to_it(store, routes):
         return eng
 
     with InProcess(store, loader=loader, max_batch=4) as d:
-        entry = check_isolated(d, routes, bad, survivors, (pos, expert))
+        entry = check_isolated(d, routes, bad, survivors, (pos, expert), batched)
         assert "Input/output error" in entry["error"] or "injected I/O error" in entry["error"]
         assert faults.fired[0] >= 2  # the failed read was retried once before the expert was quarantined
 
 
-def test_a_raising_sampler_ends_only_its_request(store, routes, monkeypatch):
+def test_a_raising_sampler_ends_only_its_request(store, routes, monkeypatch, batched):
     import moed.daemon.jobs as jobs
 
     real = jobs.make_sampler
@@ -184,6 +212,7 @@ def test_a_raising_sampler_ends_only_its_request(store, routes, monkeypatch):
                                                  "top_k": 7}, survivors)
         err = check_sequence(poisoned)["error"]
         assert err["code"] == "internal" and "sampler exploded" in err["message"]
+        assert batched[0] == 4
         for p, replies in zip(survivors, others):
             assert tokens_of(replies) == routes[p][0], p
         c = Conn(d.endpoint)
