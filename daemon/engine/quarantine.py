@@ -4,6 +4,8 @@ When an ExpertCache has a Quarantine, a read that fails twice (pool.py retries o
 model call: the expert is quarantined with its error, `acquire` answers -1 for it, and the streaming layer
 computes the positions routed to it as zeros and reports them here (`poisoned`). A quarantined expert is never
 read again (demand or prefetch) until `clear()`; every later position routed to it is reported the same way.
+Only a failed read puts an expert here, and a failed read leaves its slot empty, so a quarantined expert is never
+resident: its layer always takes the synced path, where the quarantine is consulted.
 
 The scheduler attributes the reported positions to requests (scheduler.py, RowTracker) and ends those requests
 alone with `store_error`; the other rows of the batch never touched the expert, so their tokens are unchanged.

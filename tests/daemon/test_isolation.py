@@ -147,8 +147,8 @@ def check_isolated(d: InProcess, routes, bad: str, survivors: list[str], expert:
         c.close()
 
 
-def test_corrupt_expert_fails_only_the_request_routed_to_it(store, routes, tmp_path, batched):
-    bad, survivors, (pos, expert) = pick(routes)
+def corrupt_copy(store, tmp_path, pos: int, expert: int):
+    """A copy of the store where one byte of one expert's record is flipped."""
     copy = tmp_path / "store"
     shutil.copytree(store, copy)
     m = read_manifest(copy)
@@ -156,6 +156,15 @@ def test_corrupt_expert_fails_only_the_request_routed_to_it(store, routes, tmp_p
     data = bytearray(path.read_bytes())
     data[expert * m.layout.record_bytes + 10] ^= 0xFF
     path.write_bytes(bytes(data))
+    return copy
+
+
+def test_corrupt_expert_fails_only_the_request_routed_to_it(store, routes, tmp_path, batched):
+    bad, survivors, (pos, expert) = pick(routes)
+    copy = corrupt_copy(store, tmp_path, pos, expert)
+    m = read_manifest(copy)
+    path = copy / m.layers[pos].file
+    data = bytearray(path.read_bytes())
     with InProcess(copy, max_batch=4) as d:
         entry = check_isolated(d, routes, bad, survivors, (pos, expert), batched)
         assert "checksum mismatch" in entry["error"]
@@ -167,8 +176,8 @@ def test_corrupt_expert_fails_only_the_request_routed_to_it(store, routes, tmp_p
             assert check_sequence(c.call("generate", {"prompt": bad, "max_tokens": MAX_TOKENS}))["error"]["code"] \
                 == "store_error"
             assert c.result("health")["state"] == "degraded"
-            path.write_bytes(bytes(data[:expert * m.layout.record_bytes + 10]) + bytes([data[
-                expert * m.layout.record_bytes + 10] ^ 0xFF]) + bytes(data[expert * m.layout.record_bytes + 11:]))
+            data[expert * m.layout.record_bytes + 10] ^= 0xFF  # repair the store
+            path.write_bytes(bytes(data))
             assert c.result("clear_quarantine") == {"cleared": 1}
             assert tokens_of(c.call("generate", {"prompt": bad, "max_tokens": MAX_TOKENS})) == routes[bad][0]
             assert c.result("health")["state"] == "ready"
@@ -266,3 +275,50 @@ def test_moed_generate_refuses_top_k_above_the_vocabulary(store, capsys):
 
     assert moed_main(["generate", str(store), "Hi", "--max-tokens", "2", "--temp", "1", "--top-k", "5000"]) == 2
     assert "top_k is 5000" in capsys.readouterr().err
+
+
+def test_a_request_joining_a_decoding_batch_is_the_only_one_spoiled(store, routes, tmp_path):
+    """The poisoned prompt enters while the others decode: its prefill is a separate model call, and the rows are
+    still told apart (the RowTracker on mlx-lm's BatchGenerator, the scheduler's way)."""
+    from mlx_lm.generate import BatchGenerator
+
+    from moed.daemon.config import engine_config
+    from moed.daemon.engine.generate import encode_prompt
+    from moed.daemon.engine.model import load_engine
+    from moed.daemon.engine.quarantine import Quarantine
+    from moed.daemon.isolation import RowTracker
+
+    bad, survivors, (pos, expert) = pick(routes)
+    copy = corrupt_copy(store, tmp_path, pos, expert)
+    eng = load_engine(engine_config(copy, read_mode="buffered"))
+    try:
+        quarantine = Quarantine([layer.index for layer in eng.manifest.layers])
+        eng.cache.quarantine = quarantine
+        tracker = RowTracker(eng.model, quarantine)
+        eos = [[t] for t in sorted(eng.tokenizer.eos_token_ids)]
+        bg = BatchGenerator(tracker, stop_tokens=eos, completion_batch_size=1 << 30, prefill_batch_size=8)
+        uids = bg.insert([encode_prompt(eng, p) for p in survivors], max_tokens=[MAX_TOKENS] * 3)
+        got: dict[int, list[int]] = {u: [] for u in uids}
+        bad_uid, spoiled = None, {}
+        for _ in range(50):
+            _, tokens = bg.next()
+            spoiled |= tracker.take()
+            for u in spoiled:
+                bg.remove([u])
+            for t in tokens:
+                if t.uid in got and t.finish_reason != "stop":
+                    got[t.uid].append(t.token)
+            if bad_uid is None and any(got.values()):  # the others are decoding now
+                bad_uid = bg.insert([encode_prompt(eng, bad)], max_tokens=[MAX_TOKENS])[0]
+            if bad_uid is not None and (bad_uid in spoiled or any(t.uid == bad_uid and t.finish_reason
+                                                                  for t in tokens)):
+                break
+        bg.close()
+        assert set(spoiled) == {bad_uid}
+        assert spoiled[bad_uid][1] == [(eng.manifest.layers[pos].index, expert)]
+        for u, p in zip(uids, survivors):
+            assert got[u] == routes[p][0][:len(got[u])] and got[u], p
+    finally:
+        eng.close()
+        del eng
+        gc.collect()
