@@ -158,6 +158,11 @@ class AsyncClient:
         """Whether the daemon admits work now (ok) and its state (loading|ready|draining)."""
         return Health.from_wire(await self._unary("health", {}, timeout))
 
+    async def clear_quarantine(self, *, timeout: float | None = None) -> int:
+        """Put the experts the daemon quarantined after failed reads back in service (each is re-read and
+        re-verified on its next use); returns how many there were."""
+        return int((await self._unary("clear_quarantine", {}, timeout))["cleared"])
+
     async def shutdown(self, *, timeout: float | None = None) -> dict[str, Any]:
         """Ask the daemon to drain and exit; returns once it has begun."""
         return await self._unary("shutdown", {}, timeout)

@@ -54,9 +54,9 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
     """
     h = client.health()
     if args.json:
-        print_json({"ok": h.ok, "state": h.state})
+        print_json({"ok": h.ok, "state": h.state, **({"reason": h.reason} if h.reason else {})})
     else:
-        print(h.state)
+        print(f"{h.state}: {h.reason}" if h.reason else h.state)
     return EXIT_OK if h.ok else EXIT_REQUEST
 
 
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, parents=[common], help=doc.splitlines()[0], epilog=exitcodes.SUMMARY,
                             description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(run=fn)
-        if name in ("status", "health", "ps"):
+        if name in ("status", "health", "ps", "clear-quarantine"):
             sp.add_argument("--json", action="store_true", help="print the result as JSON")
         elif name in ("generate", "chat"):
             _generate_options(sp, chat=name == "chat")
@@ -261,9 +261,23 @@ def _generate_options(p: argparse.ArgumentParser, chat: bool) -> None:
     p.add_argument("--json", action="store_true", help="print the result (text and stats) as one JSON object")
 
 
+def cmd_clear_quarantine(client: Client, args: argparse.Namespace) -> int:
+    """Put experts quarantined after failed reads back in service (re-read and re-verified on next use).
+
+    Request: clear_quarantine {}.  Reply: ok {cleared}.  Usage: moectl clear-quarantine [--json]
+    """
+    n = client.clear_quarantine()
+    if args.json:
+        print_json({"cleared": n})
+    else:
+        print(f"{n} expert(s) back in service")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "status": cmd_status, "health": cmd_health, "ps": cmd_ps, "generate": cmd_generate, "chat": cmd_chat,
     "cancel": cmd_cancel, "shutdown": cmd_shutdown, "governor": cmd_governor,
+    "clear-quarantine": cmd_clear_quarantine,
 }
 
 

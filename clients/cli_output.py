@@ -55,6 +55,10 @@ def status_rows(st: Status) -> list[tuple[str, str]]:
     finished = st.raw.get("finished")
     if isinstance(finished, Mapping) and finished:
         rows.append(("finished", ", ".join(f"{n} {k}" for k, n in sorted(finished.items()))))
+    for name, q in sorted(st.quarantine.items()):
+        failures = q.get("failures", 0) if isinstance(q, Mapping) else 0
+        error = q.get("error", "") if isinstance(q, Mapping) else ""
+        rows.append(("quarantined", f"{name}: {failures} request(s) failed; {error}"))
     return rows
 
 

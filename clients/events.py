@@ -148,6 +148,7 @@ class Status:
     cache: dict[str, Any]
     uptime_s: float
     version: str
+    quarantine: dict[str, Any] = field(default_factory=dict)  # failed experts; absent from older daemons
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -156,7 +157,10 @@ class Status:
             "state": str, "model_type": str, "store": str, "active": int, "queued": int, "max_batch": int,
             "queue_limit": int, "cache": dict, "uptime_s": float, "version": str})
         _one_of(f["state"], protocol.DAEMON_STATES, "status state")
-        return cls(raw=raw, **f)
+        quarantine = raw.get("quarantine", {})
+        if not isinstance(quarantine, dict):
+            raise ProtocolViolation(f"status result: `quarantine` must be a map, got {quarantine!r}")
+        return cls(raw=raw, quarantine=quarantine, **f)
 
 
 @dataclass(frozen=True)
@@ -186,13 +190,17 @@ class RequestInfo:
 
 @dataclass(frozen=True)
 class Health:
-    """ok is true when the daemon admits work (state ready)."""
+    """ok is true when the daemon admits work (state ready or degraded); `reason` says why it is degraded."""
 
     ok: bool
     state: str
+    reason: str = ""
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> Health:
         f = _check(raw, "health", {"ok": bool, "state": str})
         _one_of(f["state"], protocol.DAEMON_STATES, "health state")
-        return cls(**f)
+        reason = raw.get("reason", "")
+        if not isinstance(reason, str):
+            raise ProtocolViolation(f"health field 'reason' must be a string, got {type(reason).__name__}")
+        return cls(**f, reason=reason)

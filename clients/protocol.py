@@ -46,16 +46,18 @@ LIMITS = {name.lower(): value for name, value in (
     ("MAX_TOKENS_LIMIT", MAX_TOKENS_LIMIT))}
 
 # -- message types -------------------------------------------------------------------------------------------
-REQUEST_TYPES = ("hello", "generate", "cancel", "status", "health", "shutdown", "governor_get", "governor_set", "ps")
+REQUEST_TYPES = ("hello", "generate", "cancel", "status", "health", "shutdown", "governor_get", "governor_set", "ps",
+                 "clear_quarantine")
 # What a version added: request types, and (type, param) pairs; a request of an older `v` may not use them.
-SINCE: dict[str | tuple[str, str], int] = {"ps": 2, ("cancel", "job"): 2, ("status", "detail"): 2}
+SINCE: dict[str | tuple[str, str], int] = {"ps": 2, "clear_quarantine": 2, ("cancel", "job"): 2,
+                                           ("status", "detail"): 2}
 STATUS_DETAILS = ("experts",)  # what `status` can be asked to add with `detail`
 REQUEST_STATES = ("queued", "prefilling", "decoding")  # a request's state in `ps` and status `requests`
 JOB_ID_CHARS = 64  # a daemon-wide request id (ps `id`, cancel `job`)
 REPLY_TYPES = ("progress", "chunk", "final")
 PROGRESS_STATES = ("queued", "prefilling")
 DONE_REASONS = ("stop", "length", "cancelled", "client_gone", "shutdown")
-DAEMON_STATES = ("loading", "ready", "draining")
+DAEMON_STATES = ("loading", "ready", "degraded", "draining")
 
 # Fields every `ok` final's `result` carries, per request type (a daemon may add more; clients ignore extras).
 # A generate result also carries `text` when the request had stream=false. governor_* results belong to the governor.
@@ -69,6 +71,7 @@ RESULT_FIELDS: dict[str, tuple[str, ...]] = {
                "version"),
     "health": ("ok", "state"),
     "shutdown": (),
+    "clear_quarantine": ("cleared",),
 }
 
 # -- error codes (stable: clients match on them) ---------------------------------------------------------------
@@ -304,6 +307,7 @@ def _governor_set(p: dict[str, Any]) -> dict[str, Any]:
 _VALIDATORS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "hello": _hello, "generate": _generate, "cancel": _cancel, "status": _status, "health": _empty,
     "shutdown": _empty, "governor_get": _empty, "governor_set": _governor_set, "ps": _empty,
+    "clear_quarantine": _empty,
 }
 
 

@@ -61,6 +61,7 @@ class Client:
     status = _blocking(AsyncClient.status)
     health = _blocking(AsyncClient.health)
     shutdown = _blocking(AsyncClient.shutdown)
+    clear_quarantine = _blocking(AsyncClient.clear_quarantine)
     cancel = _blocking(AsyncClient.cancel)
     cancel_job = _blocking(AsyncClient.cancel_job)
     ps = _blocking(AsyncClient.ps)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,10 @@ from typing import Any, Callable, Mapping
 ENV_PREFIX = "MOED_"
 ENV_CONFIG = "MOED_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_FILE_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse anything absurd before parsing it
+MAX_NESTING = 8  # brackets and braces deep: no key takes a nested value; refused before parsing (tomllib recurses)
+SPECIAL_ROOTS = ("/proc", "/sys", "/dev")  # kernel interfaces and devices, never a log or state location
+DAY = 86400.0
 
 
 class ConfigError(ValueError):
@@ -43,15 +49,62 @@ def _key(default: Any, doc: str, check: Callable[[Any], str | None] | None = Non
     return field(default=default, metadata={"doc": doc, "check": check})
 
 
-def _at_least(lo: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= lo else f"must be >= {lo}"
+def _at_least(lo: float) -> _Check:  # kept for keys with no natural ceiling (none at present)
+    return _Check(f">= {lo}", lambda v: v >= lo)
 
 
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+class _Check:
+    """A value check with the range it allows, for the docs (`describe()`'s `range`)."""
+
+    def __init__(self, text: str, test: Callable[[Any], bool]):
+        self.text, self._test = text, test
+
+    def __call__(self, v: Any) -> str | None:
+        return None if self._test(v) else f"must be {self.text}"
 
 
-def _budget(v: str) -> str | None:
+def _between(lo: float, hi: float, *, open_lo: bool = False) -> _Check:
+    left = f"> {lo}" if open_lo else f">= {lo}"
+    return _Check(f"{left} and <= {hi:g}" if isinstance(hi, float) else f"{left} and <= {hi}",
+                  lambda v: (v > lo if open_lo else v >= lo) and v <= hi)
+
+
+def _one_of(*choices: str) -> _Check:
+    return _Check(f"one of {', '.join(choices)}", lambda v: v in choices)
+
+
+class _PlainPath(_Check):
+    """A path that is empty, or not a special file: no FIFO, socket or device, nothing under /proc, /sys or /dev,
+    and for kind "dir" a folder (or nothing yet), for "file" a regular file (or nothing yet)."""
+
+    def __init__(self, kind: str):
+        super().__init__(f"empty or a {'folder' if kind == 'dir' else 'regular file'} outside "
+                         f"{', '.join(SPECIAL_ROOTS)}", lambda v: True)
+        self._kind = kind
+
+    def __call__(self, v: Any) -> str | None:
+        problem = _path_problem(v, self._kind)
+        return None if problem is None else f"must be {self.text}: {problem}"
+
+
+def _path_problem(value: str, kind: str) -> str | None:
+    if not value:
+        return None
+    real = os.path.realpath(os.path.expanduser(value))
+    if any(real == root or real.startswith(root + "/") for root in SPECIAL_ROOTS):
+        return f"{real} is a kernel interface or device"
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return None  # created later; its parent is checked when it is
+    if kind == "dir" and not stat.S_ISDIR(mode):
+        return f"{real} is not a folder"
+    if kind == "file" and not stat.S_ISREG(mode):
+        return f"{real} is not a regular file"
+    return None
+
+
+def _budget(v: str) -> str | None:  # range text: _budget.text below
     from .budget import BudgetError, parse
 
     try:
@@ -61,6 +114,9 @@ def _budget(v: str) -> str | None:
     return None
 
 
+_budget.text = "a percent, a fraction or a size"  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     store: str = _key("", "the expert store to serve (a folder made by `moed convert`); required")
@@ -68,28 +124,30 @@ class EngineConfig:
                              "(`0.25`) or a size (`2GB`, `512MiB`)", _budget)
     read_mode: str = _key("direct", "`direct` (O_DIRECT / F_NOCACHE) or `buffered` (page cache)",
                           _one_of("direct", "buffered"))
-    read_threads: int = _key(4, "expert reader threads", _at_least(1))
+    read_threads: int = _key(4, "expert reader threads", _between(1, 256))
     cache_policy: str = _key("lfu", "cache eviction policy: `lfu` or `lru`", _one_of("lfu", "lru"))
-    prefetch_depth: int = _key(1, "MoE layers ahead to predict and prefetch (0 = off)", _at_least(0))
+    prefetch_depth: int = _key(1, "MoE layers ahead to predict and prefetch (0 = off)",
+                                _between(0, 64))
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_batch: int = _key(8, "batch ceiling: requests decoded together (the governor may lower it at run time)",
-                          _at_least(1))
-    queue_limit: int = _key(64, "requests waiting for a batch slot beyond which new ones get `busy`", _at_least(0))
+                          _between(1, 4096))
+    queue_limit: int = _key(64, "requests waiting for a batch slot beyond which new ones get `busy`",
+                             _between(0, 1 << 16))
     context_limit: int = _key(0, "prompt plus max_tokens limit in tokens; 0 = the model's max_position_embeddings",
-                              _at_least(0))
+                              _between(0, 1 << 24))
     prefill_step: int = _key(2048, "prompt tokens per prefill chunk (a decode step runs between chunks)",
-                             _at_least(1))
+                             _between(1, 1 << 16))
     progress_interval_s: float = _key(1.0, "seconds between progress messages to queued and prefilling requests "
                                       "(they double as liveness probes; the protocol promises at most 2)",
-                                      lambda v: None if 0 < v <= 2 else "must be in (0, 2]")
+                                      _between(0, 2.0, open_lo=True))
     keep_alive_s: float = _key(300.0, "idle seconds before the cache shrinks to idle_cache_budget; < 0 = never",
-                               None)
+                               _Check("<= 2592000 (30 days); < 0 = never", lambda v: v <= 30 * DAY))
     idle_cache_budget: str = _key("10%", "the cache budget while idle (same forms as cache_budget)", _budget)
     drain_timeout_s: float = _key(10.0, "on shutdown, seconds running requests may continue before they end "
-                                  "with done reason `shutdown`", _at_least(0))
+                                  "with done reason `shutdown`", _between(0, 3600.0))
 
 
 @dataclass(frozen=True)
@@ -97,17 +155,17 @@ class ServerConfig:
     endpoint: str = _key("", "where to listen: `ipc://PATH` or `tcp://127.0.0.1:PORT` (loopback only); empty = "
                          "ipc://$XDG_RUNTIME_DIR/moed/moed.sock, else ipc:///tmp/moed-<uid>/moed.sock")
     state_dir: str = _key("", "where cache statistics are saved (periodically and at shutdown); empty = the "
-                          "platform's state folder")
+                          "platform's state folder", _PlainPath("dir"))
     save_interval_s: float = _key(300.0, "seconds between saves of the expert usage statistics while serving; "
-                                  "0 = only at shutdown", _at_least(0))
+                                  "0 = only at shutdown", _between(0, DAY))
     send_hwm: int = _key(1000, "messages queued per client before its stream counts as slow (ZeroMQ SNDHWM)",
-                         _at_least(1))
+                         _between(1, 1_000_000))
     heartbeat_s: float = _key(2.0, "ZMTP heartbeat interval; a peer silent for 3 intervals is dropped",
-                              _at_least(0.1))
+                              _between(0.1, 3600.0))
     slow_client_bytes: int = _key(1 << 20, "undelivered bytes merged for one request before it fails with "
-                                  "`slow_client`", _at_least(1))
+                                  "`slow_client`", _between(1, 1 << 32))
     slow_client_s: float = _key(30.0, "seconds a request's stream may stay blocked before it fails with "
-                                "`slow_client`", _at_least(0.01))
+                                "`slow_client`", _between(0.01, 3600.0))
     http: str = _key("", "also serve the OpenAI / Ollama HTTP gateway at `[HOST:]PORT` (e.g. `11435`, "
                      "`127.0.0.1:8080`, `[::1]:8080`); empty = no HTTP. Off loopback it needs http_api_key_file",
                      lambda v: _check_http(v))
@@ -118,9 +176,11 @@ class ServerConfig:
 @dataclass(frozen=True)
 class LogConfig:
     log_level: str = _key("info", "`debug`, `info`, `warning` or `error`", _one_of(*LOG_LEVELS))
-    log_file: str = _key("", "also log to this file, rotated by size; empty = stderr only")
-    log_max_bytes: int = _key(10 << 20, "rotate the log file at this size", _at_least(1024))
-    log_backups: int = _key(3, "rotated log files kept", _at_least(0))
+    log_file: str = _key("", "also log to this file, rotated by size; empty = stderr only",
+                        _PlainPath("file"))
+    log_max_bytes: int = _key(10 << 20, "rotate the log file at this size",
+                              _between(1024, 1 << 40))
+    log_backups: int = _key(3, "rotated log files kept", _between(0, 1000))
 
 
 @dataclass(frozen=True)
@@ -266,9 +326,15 @@ def _config_file(path: str | os.PathLike[str] | None, env: Mapping[str, str],
 def _read_file(path: Path, policy: dict[str, Any] | None = None) -> dict[str, tuple[Any, str]]:
     """The file's keys with their source; [governor] keys that are the governor's own go to `policy`."""
     try:
-        doc = tomllib.loads(path.read_text())
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a moed config file")
+        text = path.read_text()
+        _check_nesting(text, path)
+        doc = tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: {e}") from None
+    except RecursionError:  # the pre-scan missed a form of nesting: still a one-line error, not a traceback
+        raise ConfigError(f"{path}: nested too deeply to be a moed config file") from None
     out: dict[str, tuple[Any, str]] = {}
     for name, value in doc.items():
         if isinstance(value, dict):
@@ -290,6 +356,23 @@ def _read_file(path: Path, policy: dict[str, Any] | None = None) -> dict[str, tu
         else:
             raise ConfigError(f"{path}: unknown key `{name}`; see `moed serve --help` or docs/daemon.md")
     return out
+
+
+def _check_nesting(text: str, path: Path) -> None:
+    """Refuse arrays and inline tables nested deeper than MAX_NESTING before tomllib recurses into them. Brackets
+    inside strings and comments may count too: no moed value needs more than one level, so that is harmless."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch == "\n" and depth <= 2:  # table headers ([x], [[x]]) end with their line
+            depth = 0
+    if deepest > MAX_NESTING:
+        raise ConfigError(f"{path}: values nested more than {MAX_NESTING} deep; moed's config keys take "
+                          f"plain values")
 
 
 def _read_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
@@ -369,6 +452,8 @@ def _checked(value: Any, f: dataclasses.Field, where: str) -> Any:
     if not ok:
         raise ConfigError(f"{where} must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
     value = kind(value)
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     check = f.metadata.get("check")
     problem = check(value) if check else None
     if problem:
@@ -412,8 +497,10 @@ def describe() -> list[dict[str, str]]:
     rows = []
     for key, (sec, f) in KEYS.items():
         default = f.default
+        check = f.metadata.get("check")
         rows.append({"section": sec, "key": key, "type": _kind(f).__name__, "default": repr(default),
-                     "env": ENV_PREFIX + key.upper(), "meaning": f.metadata["doc"]})
+                     "env": ENV_PREFIX + key.upper(), "meaning": f.metadata["doc"],
+                     "range": getattr(check, "text", "any")})
     return rows
 
 

@@ -37,6 +37,14 @@ class CacheCounters(Protocol):
     def stats(self) -> _Stats: ...
 
 
+class Quarantined(Protocol):
+    """What health and status need of the cache's Quarantine (thread-safe)."""
+
+    def snapshot(self) -> list[dict[str, Any]]: ...
+
+    def clear(self) -> int: ...
+
+
 class Handover:
     def __init__(self, config: DaemonConfig):
         self._store, self._queue_limit = config.engine.store, config.scheduler.queue_limit
@@ -45,7 +53,7 @@ class Handover:
         self._inbox: deque[Intake] = deque()
         self._cancels: dict[Key, str] = {}
         self._known: set[Key] = set()  # accepted, final not yet emitted
-        self._state = "loading"  # loading | ready | draining | stopped
+        self._state = "loading"  # loading | ready | draining | stopped (status and health add degraded)
         self._limits = Limits(max_batch=config.scheduler.max_batch, prefetch_depth=config.engine.prefetch_depth)
         self._limits_changed = True  # the scheduler applies the first limits after loading
         self._drain_deadline: float | None = None
@@ -54,6 +62,7 @@ class Handover:
         self._traffic = {"decode_tokens": 0, "decode_bytes_read": 0, "prefill_bytes_read": 0}
         self._model_type, self._context_limit = "", 0
         self._cache: CacheCounters | None = None  # the ExpertCache while the engine is open
+        self._quarantine: Quarantined | None = None  # the cache's failed experts (engine/quarantine.py)
         self._final_cache: dict[str, Any] = {}
         # ps: daemon-wide ids (any connection of the daemon's user may cancel by them) and what the scheduler
         # last published of each request
@@ -164,8 +173,35 @@ class Handover:
                     "max_batch": self._limits.max_batch, "queue_limit": self._queue_limit,
                     "context_limit": self._context_limit, "finished": dict(self._finished)}
             cache, final, traffic = self._cache, dict(self._final_cache), dict(self._traffic)
+            quarantine = self._quarantine
         snap["cache"] = {**(cache.stats().as_dict() if cache is not None else final), **traffic}
+        failed = quarantine.snapshot() if quarantine is not None else []
+        snap["quarantine"] = {f"layer {q['layer']} expert {q['expert']}": q for q in failed}
+        if snap["state"] == "ready" and failed:
+            snap["state"] = "degraded"
         return snap
+
+    def health(self) -> dict[str, Any]:
+        """The health result: `ok` (admitting work), `state`, and while degraded a `reason`."""
+        with self._lock:
+            state, quarantine = self._state, self._quarantine
+        if state == "stopped":
+            state = "draining"
+        out: dict[str, Any] = {"ok": state == "ready", "state": state}
+        failed = quarantine.snapshot() if quarantine is not None and state == "ready" else []
+        if failed:
+            names = ", ".join(f"layer {q['layer']} expert {q['expert']}" for q in failed[:8])
+            more = f" and {len(failed) - 8} more" if len(failed) > 8 else ""
+            out.update(state="degraded", reason=f"{len(failed)} expert(s) quarantined after failed reads "
+                       f"({names}{more}); requests routed to them fail with store_error")
+        return out
+
+    def clear_quarantine(self) -> int:
+        """Put every quarantined expert back in service (re-read and re-verified on next use); returns how many
+        were quarantined."""
+        with self._lock:
+            quarantine = self._quarantine
+        return quarantine.clear() if quarantine is not None else 0
 
     # == the scheduler thread ===================================================================================
     def take_inbox(self) -> tuple[list[Intake], bool]:
@@ -194,9 +230,11 @@ class Handover:
         with self._lock:
             return self._drain_deadline
 
-    def loaded(self, model_type: str, context_limit: int, cache: CacheCounters) -> None:
+    def loaded(self, model_type: str, context_limit: int, cache: CacheCounters,
+               quarantine: Quarantined | None = None) -> None:
         with self._lock:
             self._model_type, self._context_limit, self._cache = model_type, context_limit, cache
+            self._quarantine = quarantine
             if self._state == "loading":
                 self._state = "ready"
 

@@ -1,14 +1,20 @@
 """A generate request inside the scheduler: prompt tokens, sampler, text with stop strings, and its stats.
 
-The scheduler makes a Job when it takes a request in (tokenizing there, on the MLX thread, so the socket loop never
-computes), feeds it each token the batch produces, and asks it for the final result. What a Job guarantees:
+The scheduler makes a Job when it takes a request in (tokenizing on its helper thread, never on the MLX thread
+or the socket loop: scheduler.py), feeds it each token the batch produces, and asks it for the final result. What
+a Job guarantees:
+
+- Admission: `Model` holds what the loaded model allows (vocabulary, context limit, the longest token); a
+  request is checked against it before anything runs (`top_k` above the vocabulary is `invalid_params`), and a
+  prompt too many bytes long to fit the context is refused before it is tokenized.
 
 - Text: tokens are detokenized with mlx-lm's streaming detokenizer; stop strings are matched on the text with
   mlx-lm's TextStateMachine, which holds back text that could still become a stop string and never emits the
   matched string. An end-of-sequence token ends with done reason `stop` and is neither emitted nor counted.
-- Sampling: mlx-lm's make_sampler. Each sampled token uses a key derived from (seed, token index) alone, so a
-  request's tokens depend on its seed and its own logits, never on what else shares the batch (rows of a batch
-  are computed independently; see scheduler.py). A request without a seed gets a random one, reported in stats.
+- Sampling: mlx-lm's make_sampler, guarded (isolation.py): a sampler error ends this request alone. Each sampled
+  token uses a key derived from (seed, token index) alone, so a request's tokens depend on its seed and its own
+  logits, never on what else shares the batch (rows of a batch are computed independently; see scheduler.py). A
+  request without a seed gets a random one, reported in stats.
 - Stats: the timing fields of the protocol, plus this request's share of the cache hits, misses and bytes read
   of every step it took part in (scheduler.py decides the shares).
 """
@@ -27,10 +33,46 @@ from mlx_lm.sample_utils import make_sampler
 
 from moed.clients.protocol import MAX_MESSAGE_BYTES
 
+from .isolation import SamplerFailure, guard_sampler
+
 Key = tuple[bytes, str]  # (client identity, request id)
 # A non-streamed result carries the whole text in one frame: stop generating before it could overflow it.
 MAX_RESULT_TEXT_BYTES = MAX_MESSAGE_BYTES - (64 << 10)
 _MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Model:
+    """What admission checks a request against: the vocabulary (logits) size, the context limit in tokens, and the
+    longest token in characters (so a prompt's size bounds its token count from below)."""
+
+    vocab_size: int
+    context_limit: int
+    longest_token: int = 1 << 10
+
+    @classmethod
+    def of(cls, tokenizer: Any, config: Mapping[str, Any], context_limit: int) -> Model:
+        vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tokenizer.vocab)
+        longest = max((len(t) for t in tokenizer.vocab), default=1)
+        return cls(int(vocab), int(context_limit), max(1, int(longest)))
+
+
+def check_params(params: dict[str, Any], model: Model) -> None:
+    """Check sampling parameters and the prompt's size against the model (before tokenizing).
+
+    Raises:
+        JobError: invalid_params naming the parameter, or context_overflow for a prompt that cannot fit.
+    """
+    if params["top_k"] > model.vocab_size:
+        raise JobError("invalid_params", f"`top_k` is {params['top_k']}; this model's vocabulary has "
+                       f"{model.vocab_size} tokens: give at most that (0 = off)")
+    chars = len(params["prompt"]) if params.get("prompt") is not None else sum(
+        len(str(m.get("content", ""))) for m in params.get("messages") or [] if isinstance(m, Mapping))
+    fewest = -(-chars // model.longest_token)  # no token covers more characters than the longest one
+    if fewest + params["max_tokens"] > model.context_limit:
+        raise JobError("context_overflow", f"the prompt is {chars} characters, at least {fewest} tokens, and "
+                       f"max_tokens is {params['max_tokens']}: more than the context limit of {model.context_limit} "
+                       f"tokens; shorten the prompt or lower max_tokens", context_limit=model.context_limit)
 
 
 class JobError(Exception):
@@ -73,8 +115,10 @@ def derive_seed(seed: int, index: int) -> int:
     return z ^ (z >> 31)
 
 
-def make_job_sampler(params: dict[str, Any], seed: int) -> Callable[[mx.array], mx.array] | None:
-    """mlx-lm's sampler for the request, seeded per token; None for greedy (the batch's shared argmax)."""
+def make_job_sampler(params: dict[str, Any], seed: int,
+                     failure: SamplerFailure | None = None) -> Callable[[mx.array], mx.array] | None:
+    """mlx-lm's sampler for the request, seeded per token; None for greedy (the batch's shared argmax). With
+    `failure`, guarded: an error is kept there instead of raised (isolation.guard_sampler)."""
     if params["temperature"] == 0:
         return None
     inner = make_sampler(temp=params["temperature"], top_p=params["top_p"], min_p=params["min_p"],
@@ -86,7 +130,7 @@ def make_job_sampler(params: dict[str, Any], seed: int) -> Callable[[mx.array], 
         mx.random.seed(derive_seed(seed, next(index)))
         return inner(logprobs)
 
-    return sample
+    return sample if failure is None else guard_sampler(sample, failure)
 
 
 @dataclass
@@ -111,15 +155,19 @@ class Job:
     text_bytes: int = 0
     text: list[str] = field(default_factory=list)  # kept only when not streaming
     _stop_state: Any = None
+    failure: SamplerFailure = field(default_factory=SamplerFailure)
 
     @classmethod
     def create(cls, key: Key, params: dict[str, Any], received_ns: int, tokenizer: Any,
-               context_limit: int) -> Job:
-        """Tokenize and check a validated generate request.
+               context_limit: int | Model) -> Job:
+        """Check and tokenize a validated generate request (any thread: it touches no MLX state).
 
         Raises:
-            JobError: invalid_params (see encode_request) or context_overflow.
+            JobError: invalid_params (see check_params and encode_request) or context_overflow.
         """
+        if isinstance(context_limit, Model):
+            check_params(params, context_limit)
+            context_limit = context_limit.context_limit
         prompt = encode_request(tokenizer, params)
         need = len(prompt) + params["max_tokens"]
         if need > context_limit:
@@ -129,8 +177,9 @@ class Job:
                            context_limit=context_limit)
         seed = params["seed"] if params["seed"] is not None else secrets.randbits(63)
         stops = TextStateMachine({"normal": [(s, None) for s in params["stop"]]}) if params["stop"] else None
-        job = cls(key, params, prompt, received_ns, seed, make_job_sampler(params, seed), tokenizer.detokenizer,
-                  stops)
+        failure = SamplerFailure()
+        job = cls(key, params, prompt, received_ns, seed, make_job_sampler(params, seed, failure),
+                  tokenizer.detokenizer, stops, failure=failure)
         job._stop_state = stops.make_state() if stops else None
         return job
 

@@ -5,6 +5,11 @@
   with a message naming the first one's pid instead of silently stealing the socket (a second ipc bind would
   unlink and replace the first one's socket file). The kernel drops the lock when the process dies, so a crash
   leaves no stale lock; a stale socket file is removed only while holding the lock.
+  A lock belongs to a file (an inode), not to its name, and `release()` deletes the file: a daemon that opened
+  the name just before the holder deleted it would lock the orphaned inode once the holder lets go, while a
+  third daemon creates and locks a new file under the name: two owners. So `acquire()` checks, after locking,
+  that the name still leads to the inode it locked (else it starts over), and `release()` removes the socket
+  file first, then deletes the lock file only if the name is still its own, and only then lets the lock go.
 - Signals: SIGTERM and SIGINT begin a graceful shutdown; a second one ends running requests at once.
 """
 
@@ -19,6 +24,9 @@ from types import FrameType
 from typing import Callable
 
 from moed.clients.endpoints import ipc_path, make_runtime_dir, runtime_dir
+
+
+ACQUIRE_TRIES = 16  # lock files replaced under us this often in a row means something is wrong
 
 
 class EndpointInUse(RuntimeError):
@@ -56,14 +64,21 @@ class EndpointLock:
         Raises:
             EndpointInUse: another process holds it; the message names its pid.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise EndpointInUse(f"another moed daemon (pid {pid}) is serving {self.endpoint}; stop it first "
-                                f"(`moectl shutdown`) or choose another endpoint") from None
+        for _ in range(ACQUIRE_TRIES):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise EndpointInUse(f"another moed daemon (pid {pid}) is serving {self.endpoint}; stop it first "
+                                    f"(`moectl shutdown`) or choose another endpoint") from None
+            if self._owns_name(fd):
+                break
+            os.close(fd)  # we locked a file its last owner had already deleted: the name leads elsewhere now
+        else:
+            raise EndpointInUse(f"the lock file {self.path} keeps being replaced; another moed daemon is starting "
+                                f"or stopping on {self.endpoint}")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -73,14 +88,26 @@ class EndpointLock:
         return self
 
     def release(self) -> None:
+        """Remove the socket file, then the lock file if the name is still ours, then let the lock go (this order:
+        see the module docstring)."""
         if self._fd is None:
             return
         sock = ipc_path(self.endpoint)
         if sock is not None:
             sock.unlink(missing_ok=True)
-        self.path.unlink(missing_ok=True)  # while still locked, so no other daemon can be using this file
-        os.close(self._fd)
+        if self._owns_name(self._fd):
+            self.path.unlink(missing_ok=True)  # a daemon that opened it meanwhile sees the name gone and retries
+        os.close(self._fd)  # releases the flock
         self._fd = None
+
+    def _owns_name(self, fd: int) -> bool:
+        """Whether `self.path` still names the file open as `fd`."""
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def install_signal_handlers(on_signal: Callable[[str, int], None]) -> None:

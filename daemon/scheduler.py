@@ -2,7 +2,9 @@
 
 One loop; each pass is a step boundary:
 
-    intake     requests handed over by the socket loop are tokenized and checked (context limit) -> waiting
+    intake     requests handed over by the socket loop are checked against the model (jobs.check_params) and
+               tokenized on the scheduler's tokenizer thread (so a huge prompt never pauses the batch); each
+               comes back, in arrival order, as a Job -> waiting
     cancels    explicit cancel, client gone, slow client: the request leaves the queue or the batch
     controls   the latest Limits (the controls interface, handover.py): batch ceiling, prefetch depth, pace; and
                the cache budget as the budget policy decides it (budget_policy.py: keep-alive shrink, restore)
@@ -10,6 +12,9 @@ One loop; each pass is a step boundary:
     step       one mlx-lm BatchGenerator.next(): a decode step of the running batch, then one prefill chunk of
                the admitted prompts; a prompt's last chunk moves it into the decode batch. Under a pace cap the
                loop waits for the step's turn in short slices, going round the other phases meanwhile
+    spoiled    a request whose row met a failing expert, or whose sampler raised, ends alone (store_error or
+               internal; isolation.py); the rest of the batch goes on with the tokens it would have had alone.
+               A step that raises anyway (an error outside a row) still fails the whole batch
     route      each row's token -> its Job (text, stop strings) -> chunk / final; the step's cache hits, misses
                and bytes read are split among the step's rows by tokens processed (largest remainder)
     idle       nothing to do: wait for work, or for the budget policy's next decision
@@ -34,14 +39,17 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import budget
 from .budget_policy import BudgetPolicy, IdleKeepAlive
 from .config import DaemonConfig, EngineConfig
 from .handover import Handover
-from .jobs import Job, JobError, Key, charge_step
+from .isolation import EVERY, RowTracker
+from .jobs import Job, JobError, Key, Model, charge_step
 from .limits import Limits
+from .engine.quarantine import Quarantine
 from .logs import event
 from .persistence import StateFiles
 
@@ -91,6 +99,11 @@ class Scheduler:
         self._jobs: dict[Key, Job] = {}
         self._uid_of: dict[Key, int] = {}
         self._context_limit = 0
+        self._model: Model | None = None  # what admission checks requests against
+        self._tracker: RowTracker | None = None
+        self._tokenizing: deque[tuple[Key, Future[Job]]] = deque()  # in arrival order
+        self._early_cancels: dict[Key, str] = {}  # cancels of requests still being tokenized
+        self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="moed-tokenizer")
         self._idle_since = time.monotonic()
         self._wake_at: float | None = None  # when the budget policy wants to decide again
         self._next_step_at = 0.0  # the earliest next step under the pace cap
@@ -152,9 +165,13 @@ class Scheduler:
         context = sc.context_limit or manifest.config.get("max_position_embeddings") or 0
         if not context:
             log.warning("the model config has no max_position_embeddings; context limit %d", DEFAULT_CONTEXT)
+        quarantine = Quarantine([layer.index for layer in manifest.layers])
+        self.engine.cache.quarantine = quarantine  # a failing expert ends only the requests routed to it
+        self._tracker = RowTracker(self.engine.model, quarantine)
         self._bg = self._new_batch_generator()
         self._context_limit = int(context or DEFAULT_CONTEXT)
-        self.controls.loaded(manifest.model_type, self._context_limit, self.engine.cache)
+        self._model = Model.of(self.engine.tokenizer, manifest.config, self._context_limit)
+        self.controls.loaded(manifest.model_type, self._context_limit, self.engine.cache, quarantine)
         event(log, logging.INFO, "ready", store=ec.store, model_type=manifest.model_type,
               load_s=round(time.monotonic() - t0, 3), cache_budget=self._configured_budget,
               context_limit=self._context_limit)
@@ -163,7 +180,7 @@ class Scheduler:
         from mlx_lm.generate import BatchGenerator
 
         eos = [[t] for t in sorted(self.engine.tokenizer.eos_token_ids)]
-        return BatchGenerator(self.engine.model, stop_tokens=eos, completion_batch_size=1 << 30,
+        return BatchGenerator(self._tracker or self.engine.model, stop_tokens=eos, completion_batch_size=1 << 30,
                               prefill_batch_size=PREFILL_BATCH, prefill_step_size=self.config.scheduler.prefill_step)
 
     def _loop(self) -> None:
@@ -257,24 +274,39 @@ class Scheduler:
 
     # -- intake, cancels, drain ----------------------------------------------------------------------------
     def _intake(self) -> None:
+        """Hand new requests to the tokenizer thread; take the finished ones, in arrival order, into the queue."""
         items, draining = self.controls.take_inbox()
         for key, params, received_ns in items:
             if draining:
                 self._reject(key, "shutting_down", "the daemon is shutting down; the request was not started")
                 continue
+            fut = self._tokenizer.submit(Job.create, key, params, received_ns, self.engine.tokenizer, self._model)
+            fut.add_done_callback(lambda _: self.controls.wake.set())
+            self._tokenizing.append((key, fut))
+        while self._tokenizing and self._tokenizing[0][1].done():
+            key, fut = self._tokenizing.popleft()
             try:
-                job = Job.create(key, params, received_ns, self.engine.tokenizer, self._context_limit)
+                job = fut.result()
             except JobError as e:
                 self._reject(key, e.code, e.message, **e.extra)
                 continue
+            except Exception as e:  # noqa: BLE001 - a tokenizer failure is this request's, not the daemon's
+                log.exception("tokenizing a request failed")
+                self._reject(key, "internal", f"tokenizing the request failed: {type(e).__name__}: {e}")
+                continue
             self._waiting.append(job)
             self._jobs[key] = job
+            if key in self._early_cancels:
+                self.controls.cancel(key, self._early_cancels.pop(key))  # applied by the next pass
         self._publish_counts()
 
     def _apply_cancels(self) -> None:
+        tokenizing = {key for key, _ in self._tokenizing}
         for key, reason in self.controls.take_cancels().items():
             job = self._jobs.get(key)
             if job is None:
+                if key in tokenizing:
+                    self._early_cancels[key] = reason
                 continue
             self._remove(job)
             if reason == "slow_client":
@@ -286,6 +318,11 @@ class Scheduler:
 
     def _drain(self) -> bool:
         """Shutdown in progress: fail the queue, end running requests at the deadline. True when all are done."""
+        for key, fut in self._tokenizing:
+            fut.cancel()
+            self._reject(key, "shutting_down", "the daemon is shutting down; the request was not started")
+        self._tokenizing.clear()
+        self._early_cancels.clear()
         for job in list(self._waiting):
             self._remove(job)
             self._end_error(job, "shutting_down", "the daemon is shutting down; the request was not started")
@@ -366,6 +403,7 @@ class Scheduler:
         hits = (c1.hits - c0.hits) + (c1.inflight_hits - c0.inflight_hits)
         charge_step(self._active, shares, cache_hits=hits, cache_misses=c1.misses - c0.misses,
                     bytes_read=r1.bytes_read - r0.bytes_read)
+        self._end_spoiled()
         for t in tokens:
             self._route(t)
         self._publish_counts()
@@ -385,6 +423,28 @@ class Scheduler:
         self._uid_of.pop(job.key, None)
         self._end_ok(job, done)
 
+    def _end_spoiled(self) -> None:
+        """End, alone, the requests a failing expert or their own sampler spoiled in this step (isolation.py)."""
+        assert self._tracker is not None, "set in _load"
+        spoiled = self._tracker.take()
+        if EVERY in spoiled:
+            spoiled = {uid: spoiled[EVERY] for uid in self._active} | spoiled
+        for uid, job in list(self._active.items()):
+            if uid in spoiled:
+                reason, named = spoiled[uid]
+                self._tracker.quarantine.failed_request(named)
+                self._remove(job)
+                extra = {"layer": named[0][0], "expert": named[0][1]} if named else {}
+                log.error("request %s: %s", job.key[1], reason)
+                self._end_error(job, "store_error", f"{reason} (the expert is quarantined: `moectl status` lists "
+                                "it; check the store with `moed inspect STORE --verify`, then `moectl "
+                                "clear-quarantine`)", **extra)
+            elif job.failure.error is not None:
+                e = job.failure.error
+                self._remove(job)
+                log.error("request %s: sampling failed: %s: %s", job.key[1], type(e).__name__, e)
+                self._end_error(job, "internal", f"sampling failed for this request: {type(e).__name__}: {e}")
+
     def _fail_batch(self, e: Exception) -> None:
         from .store.format import StoreError
 
@@ -395,6 +455,8 @@ class Scheduler:
             code, msg = "internal", f"generation failed: {type(e).__name__}: {e}"
             log.exception("step failed")
         jobs = list(self._active.values())
+        if self._tracker is not None:
+            self._tracker.take()  # rows of the failed generator: every one of them fails here anyway
         self._active.clear()
         self._uid_of.clear()
         for job in jobs:
@@ -411,8 +473,8 @@ class Scheduler:
         fields = {k: v for k, v in result.items() if k != "text"}
         event(log, logging.INFO, "request", id=job.key[1], client=job.key[0].hex(), **fields)
 
-    def _end_error(self, job: Job, code: str, message: str) -> None:
-        self._reject(job.key, code, message)
+    def _end_error(self, job: Job, code: str, message: str, **extra: Any) -> None:
+        self._reject(job.key, code, message, **extra)
 
     def _reject(self, key: Key, code: str, message: str, **extra: Any) -> None:
         self._forget(key, code)
@@ -421,12 +483,17 @@ class Scheduler:
 
     def _forget(self, key: Key, outcome: str) -> None:
         self._jobs.pop(key, None)
-        self.controls.finished(key, outcome, len(self._active), len(self._waiting))
+        self.controls.finished(key, outcome, len(self._active), self._queued)
         if not self._active and not self._waiting:
             self._idle_since = time.monotonic()
 
+    @property
+    def _queued(self) -> int:
+        """Requests accepted and not yet running: waiting, or still being tokenized."""
+        return len(self._waiting) + len(self._tokenizing)
+
     def _publish_counts(self) -> None:
-        self.controls.counts(len(self._active), len(self._waiting))
+        self.controls.counts(len(self._active), self._queued)
         self._publish_requests()
 
     # -- what ps and status show --------------------------------------------------------------------------
@@ -459,6 +526,7 @@ class Scheduler:
     # -- exit -----------------------------------------------------------------------------------------------
     def _close(self) -> None:
         """Save what should survive, then free MLX objects here: they must not be destroyed on another thread."""
+        self._tokenizer.shutdown(wait=True, cancel_futures=True)
         if self._engine is not None:
             try:
                 self._files.save_at_exit(self._engine, self.controls.snapshot())

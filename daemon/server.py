@@ -77,7 +77,7 @@ class Server:
         self._handlers: dict[str, Callable[[bytes, dict[str, Any]], None]] = {
             "hello": self._hello, "generate": self._generate, "cancel": self._cancel, "status": self._status,
             "health": self._health, "shutdown": self._shutdown, "governor_get": self._governor_get,
-            "governor_set": self._governor_set, "ps": self._ps,
+            "governor_set": self._governor_set, "ps": self._ps, "clear_quarantine": self._clear_quarantine,
         }
 
     # -- other threads ----------------------------------------------------------------------------------------
@@ -276,9 +276,14 @@ class Server:
         self._reply(client, req["id"], {"requests": self.controls.requests()})
 
     def _health(self, client: bytes, req: dict[str, Any]) -> None:
-        state = "draining" if self._draining else self.scheduler.state
-        state = state if state in protocol.DAEMON_STATES else "draining"
-        self._reply(client, req["id"], {"ok": state == "ready", "state": state})
+        health = self.controls.health()
+        if self._draining or health["state"] not in protocol.DAEMON_STATES:
+            health = {"ok": False, "state": "draining"}
+        self._reply(client, req["id"], health)
+
+    def _clear_quarantine(self, client: bytes, req: dict[str, Any]) -> None:
+        """Request: clear_quarantine {}. Reply: ok {cleared: how many experts were put back in service}."""
+        self._reply(client, req["id"], {"cleared": self.controls.clear_quarantine()})
 
     def _shutdown(self, client: bytes, req: dict[str, Any]) -> None:
         self._reply(client, req["id"], {})

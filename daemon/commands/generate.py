@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"\nmoed generate: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:  # a parameter the model cannot take (e.g. top_k above its vocabulary)
+        print(f"moed generate: {e}", file=sys.stderr)
+        return 2
     finally:
         engine.close()
     if args.json:

@@ -43,11 +43,14 @@ from ..store.format import RecordLayout
 from . import managed
 from .pool import SlotPool
 from .probe import Phase, Probe
+from .quarantine import Quarantine
 from .sink import DEMAND, PREFETCH, WARM, SlotSink, Uploads
 from .slot_policy import FREE, LOADING, POLICIES, READY, RETIRED, SlotPolicy
 from .stats import CacheStats, Counters
 from .unsynced import DeferredCalls, routed_per_layer
 from .warm import UsageCounts
+
+SKIP = -2  # acquire's mark for a quarantined expert while it sorts out the rest (answered as -1)
 
 __all__ = ["ExpertCache", "CacheStats", "Reader", "POLICIES", "FREE", "READY", "LOADING", "RETIRED",
            "DEMAND", "PREFETCH", "WARM"]
@@ -79,6 +82,8 @@ class ExpertCache:
         self._pending: list[mx.array] = []  # lazy outputs that read the banks (see guard)
         self._usage = UsageCounts()
         self._calls = DeferredCalls(self._count_unsynced, bookkeeping)
+        # None: a failed read raises out of acquire; set (quarantine.py): the expert is quarantined, slot -1
+        self.quarantine: Quarantine | None = None
         slot_policy = SlotPolicy(policy, half_life, 0)  # checks the policy before anything is pinned
         path = "copy" if driver is not None else managed.upload_path(upload)
         uploads = Uploads(path, driver if driver is not None else managed.driver())
@@ -200,7 +205,8 @@ class ExpertCache:
         Waits for reads still needed; `before_wait()` runs once the demand reads are queued and the slots are
         claimed (the streaming layer starts its prefetches there, so they queue behind the demand reads). At most
         `capacity` experts may be asked for at once (callers split larger sets into waves). The returned slots
-        stay busy until the next acquire. Raises the reader's StoreError if a read fails (its slot is freed).
+        stay busy until the next acquire. Raises the reader's StoreError if a read fails (its slot is freed),
+        unless the cache has a `quarantine`: then a failed or quarantined expert's slot is -1 (quarantine.py).
         """
         if len(experts) > self.capacity:
             raise ValueError(f"asked for {len(experts)} experts at once, the cache has {self.capacity} slots")
@@ -213,14 +219,17 @@ class ExpertCache:
         pool.reap()
         where, state = pool.table.where, pool.table.state
         slots = np.array([where.get((layer, int(e)), -1) for e in experts], dtype=np.int64)
+        blocked = self.quarantine.blocked(layer) if self.quarantine is not None else None
+        if blocked is not None:
+            slots[np.isin(experts, blocked)] = SKIP  # never read again until cleared
         hits = int(np.sum(slots >= 0))
         inflight = [int(s) for s in slots if s >= 0 and state[s] == LOADING and not pool.futures[s].done()]
-        missing = np.flatnonzero(slots < 0)
+        missing = np.flatnonzero(slots == -1)
         victims = pool.victims(len(missing), slots[slots >= 0], spare_prefetches=False) if len(missing) else []
         for i, slot in zip(missing, victims):
             slots[i] = slot
             pool.load((layer, int(experts[i])), slot, DEMAND)
-        for i in np.flatnonzero(slots < 0):  # nothing evictable left: finish a read in flight first (see victim)
+        for i in np.flatnonzero(slots == -1):  # nothing evictable left: finish a read in flight first (see victim)
             slots[i] = pool.victim(slots[slots >= 0], wait=True)
             pool.load((layer, int(experts[i])), int(slots[i]), DEMAND)
         pool.busy = slots.copy()  # from here on nothing may evict them
@@ -229,13 +238,21 @@ class ExpertCache:
             before_wait()
         t = probe.lap(Phase.PREFETCH, t)
         t0 = time.perf_counter()
-        pool.wait_all(slots, layer, experts)
+        failed = pool.wait_all(slots, layer, experts)
         waited = time.perf_counter() - t0
         t = probe.lap(Phase.WAIT, t)
-        self._use([layer], slots)
+        if failed:
+            if self.quarantine is None:
+                raise next(iter(failed.values()))
+            for i, err in failed.items():
+                self.quarantine.add(layer, int(experts[i]), err)
+                slots[i] = SKIP
+        skipped = int(np.sum(slots < 0))
+        slots[slots < 0] = -1
+        self._use([layer], slots[slots >= 0])
         self._usage.add(layer, experts)
-        self._counters.add(hits=hits - len(inflight), inflight_hits=len(inflight), misses=len(experts) - hits,
-                           wait_seconds=waited, acquires=1)
+        self._counters.add(hits=hits - len(inflight), inflight_hits=len(inflight),
+                           misses=len(experts) - hits - skipped, wait_seconds=waited, acquires=1)
         probe.lap(Phase.COUNTED, t)
         return slots
 
@@ -254,6 +271,9 @@ class ExpertCache:
         asked = list(dict.fromkeys(int(e) for e in experts))  # distinct, in order
         held = np.array([where[(layer, e)] for e in asked if (layer, e) in where], dtype=np.int64)
         todo = [e for e in asked if (layer, e) not in where]
+        blocked = self.quarantine.blocked(layer) if self.quarantine is not None else None
+        if blocked is not None:
+            todo = [e for e in todo if e not in blocked]
         if limit is not None:
             todo = todo[: max(limit, 0)]
         chosen = pool.victims(len(todo), held) if todo else []  # never evicts an expert asked for here

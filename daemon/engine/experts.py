@@ -20,6 +20,10 @@ mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, sh
    the same sort for large inputs) over the slot banks. Each output row depends only on its own input row and
    expert, so the result is identical to mlx-lm's.
 
+A failed or quarantined expert (only with a cache quarantine: quarantine.py): `acquire` answers -1 for it; its
+positions are computed from another slot and then set to zero, and reported to the quarantine (`_report`), so the
+scheduler ends only the requests whose rows were routed to it. No other position's numbers change.
+
 If a call needs more distinct experts than the cache has slots, it runs in waves of at most `capacity` experts,
 each wave evaluated before the next one may evict its slots, so the budget holds even when a prompt chunk
 touches every expert of a layer.
@@ -105,7 +109,12 @@ class StreamingSwitchGLU(nn.Module):
         probe.lap(Phase.DISTINCT, t)
         slots = cache.acquire(self._layer, experts, before_wait=start_prefetch)
         t = probe.now()
+        bad = slots < 0  # quarantined experts (only with a cache quarantine, quarantine.py)
+        if bad.any():  # compute their positions from any slot, then zero them
+            slots = np.where(bad, slots[~bad][0] if not bad.all() else 0, slots)
         out = self._compute(x, mx.array(slots[inverse].reshape(idx.shape).astype(np.uint32)), self._bank_args())
+        if bad.any():
+            out = mx.where(mx.array(self._report(idx, experts[bad]))[..., None], mx.zeros(1, out.dtype), out)
         cache.guard(out)  # evaluated before any slot it reads can be refilled
         probe.lap(Phase.GRAPH, t)
         return out
@@ -119,6 +128,12 @@ class StreamingSwitchGLU(nn.Module):
         for start in range(0, len(experts), cap):
             wave = experts[start : start + cap]
             slots = self._cache.acquire(self._layer, wave)
+            bad = slots < 0
+            if bad.any():  # quarantined: their rows stay zero
+                self._report(idx, wave[bad])
+                wave, slots = wave[~bad], slots[~bad]
+                if not len(wave):
+                    continue
             rows = np.nonzero(np.isin(flat_idx, wave))[0]  # positions in [T*k]
             lut = dict(zip(wave.tolist(), slots.tolist()))
             slot_ids = mx.array(np.array([lut[e] for e in flat_idx[rows].tolist()], dtype=np.uint32))
@@ -128,7 +143,17 @@ class StreamingSwitchGLU(nn.Module):
                 out = mx.zeros((flat_idx.size, y.shape[-1]), dtype=y.dtype)
             out[mx.array(rows)] = y
             mx.eval(out)  # finish this wave before the next acquire may evict its slots
+        if out is None:  # every expert of the call is quarantined
+            out = mx.zeros((flat_idx.size, x.shape[-1]), dtype=x.dtype)
         return out.reshape(*idx.shape, -1)
+
+    def _report(self, idx: np.ndarray, experts: np.ndarray) -> np.ndarray:
+        """Tell the quarantine which positions routed to `experts` (computed as zeros); returns the choice mask
+        [..., k]."""
+        choice = np.isin(idx, experts)
+        assert self._cache.quarantine is not None, "acquire answers -1 only with a quarantine"
+        self._cache.quarantine.poisoned(self._layer, experts, choice.any(axis=-1))
+        return choice
 
     # -- device side (mirrors mlx_lm SwitchGLU.__call__) ----------------------------------------------------------
     def _compute(self, x: mx.array, slot_idx: mx.array, args: tuple) -> mx.array:

@@ -80,7 +80,14 @@ def generate(
     chat: bool = False,
     stats: GenerationStats | None = None,
 ) -> Iterator[tuple[str, int]]:
-    """Yield (text segment, token id) as tokens come; fill `stats` (if given) as it goes and at the end."""
+    """Yield (text segment, token id) as tokens come; fill `stats` (if given) as it goes and at the end.
+
+    Raises:
+        ValueError: `top_k` above the model's vocabulary (before any work). StoreError: an expert read failed.
+    """
+    vocab = engine.manifest.config.get("vocab_size")
+    if vocab and top_k > int(vocab):
+        raise ValueError(f"top_k is {top_k}; this model's vocabulary has {vocab} tokens: give at most that (0 = off)")
     if seed is not None:
         mx.random.seed(seed)
     ids = encode_prompt(engine, prompt, chat)

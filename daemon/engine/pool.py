@@ -125,32 +125,31 @@ class SlotPool:
         for slot in list(self.futures):
             self.settle(slot)
 
-    def wait_all(self, slots: np.ndarray, layer: int, experts: np.ndarray) -> None:
-        """Wait for the reads into `slots` (holding `experts` of `layer`), retrying a failed one once. Raises
-        the read's error if it fails twice, leaving none of these slots loading."""
-        error = None
+    def wait_all(self, slots: np.ndarray, layer: int, experts: np.ndarray) -> dict[int, BaseException]:
+        """Wait for the reads into `slots` (holding `experts` of `layer`), retrying a failed one once. Returns the
+        reads that failed twice, {position in `slots`: error}; their slots are freed, and none of these slots is
+        left loading."""
+        failed: dict[int, BaseException] = {}
         for i, s in enumerate(slots):
             if int(s) in self.futures:
                 err = self.settle(int(s))
-                if err is not None and self._retry_once(int(s), layer, int(experts[i])):
-                    continue
-                error = error or err
-        if error is not None:
+                if err is not None:
+                    err = self._retry_once(int(s), layer, int(experts[i]), err)
+                if err is not None:
+                    failed[i] = err
+        if failed:
             for s in slots:  # leave nothing of this call half-claimed
-                if self.table.state[int(s)] == LOADING:
+                if int(s) in self.futures:
                     self.settle(int(s))
-            raise error
+        return failed
 
-    def _retry_once(self, slot: int, layer: int, expert: int) -> bool:
-        """A failed read is retried once as a demand read (a transient error must not fail a request); a second
-        failure raises."""
+    def _retry_once(self, slot: int, layer: int, expert: int, err: BaseException) -> BaseException | None:
+        """A failed read is retried once as a demand read (a transient error must not fail a request); returns
+        the error that stands (None: the retry succeeded)."""
         if (layer, expert) in self.table.where or self.table.state[slot] != FREE:
-            return False
+            return err
         self.load((layer, expert), slot, DEMAND)
-        again = self.settle(slot)
-        if again is not None:
-            raise again
-        return True
+        return self.settle(slot)
 
     # -- victims ----------------------------------------------------------------------------------------------
     def victims(self, n: int, pinned: np.ndarray, spare_prefetches: bool = True) -> list[int]:

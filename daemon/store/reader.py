@@ -28,6 +28,8 @@ How it runs:
     `preadv` is missing, the staging path runs. Reading straight into the rows is the faster path where both work
     (bench/results/notebook.md).
   * `buffer_region()` and `on_close(fn)` let the cache page-lock the buffers for the reader's life (CUDA).
+  * Fault injection (tests): `faults` (faults.py) is asked before and after each record's positional read, on both
+    paths; None, the default, costs one attribute test per read. Errors name the layer number and the expert.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from typing import Callable
 import numpy as np
 
 from .format import Manifest, StoreError
+
+from .faults import Faults
 
 try:
     import fcntl
@@ -155,6 +159,7 @@ class ExpertReader:
         self._stats_lock = threading.Lock()
         self._reads = self._bytes = self._read_ns = self._verify_ns = self._errors = self._scattered = 0
         self._direct_scatter = True  # cleared if the kernel refuses a direct read into a sink's memory
+        self.faults: Faults | None = None  # fault injection for tests (faults.py); None on the normal path
         self._on_close: list = []  # callbacks run by close() before the buffers are unmapped
         self._workers = [threading.Thread(target=self._work, name=f"moed-reader-{i}", daemon=True)
                          for i in range(threads)]
@@ -310,7 +315,9 @@ class ExpertReader:
         """Read one record into buf and check its length; returns the read-only payload view and the checksum
         still to verify (None: verified before)."""
         offset = self.manifest.layers[layer].offset(expert, self.manifest.layout)
-        got, path = self._read_record(layer, buf, offset)
+        got, path = self._read_record(layer, expert, buf, offset)
+        if self.faults is not None:
+            got = self.faults.after(layer, expert, [buf], got)
         payload = buf[: self.manifest.layout.payload_bytes]
         payload.flags.writeable = False
         return payload, self._check(layer, expert, path, offset, got, [buf])
@@ -335,6 +342,8 @@ class ExpertReader:
         offset = entry.offset(expert, layout)
         t0 = time.perf_counter_ns()
         try:
+            if self.faults is not None:
+                self.faults.before(layer, expert)
             got = _PREADV(lf.fd, iov, offset)
         except OSError as e:
             if lf.direct:
@@ -344,7 +353,10 @@ class ExpertReader:
                     self._direct_scatter = False
                     log.warning("direct reads into the cache's memory failed (%s); reading through buffers", e)
                 return False
-            raise StoreError(f"reading {lf.path} at offset {offset} failed: {e}") from e
+            raise StoreError(f"layer {entry.index} expert {expert}: reading {lf.path} at offset {offset} "
+                             f"failed: {e}") from e
+        if self.faults is not None:
+            got = self.faults.after(layer, expert, iov, got)
         with self._stats_lock:
             self._reads += 1
             self._scattered += 1
@@ -380,9 +392,11 @@ class ExpertReader:
                              f"{offset}: manifest says crc32 {want:08x}, record has {crc:08x}")
         self._verified[layer][expert] = 1
 
-    def _read_record(self, layer: int, buf: np.ndarray, offset: int) -> tuple[int, str]:
+    def _read_record(self, layer: int, expert: int, buf: np.ndarray, offset: int) -> tuple[int, str]:
         lf = self._file(layer)
         try:
+            if self.faults is not None:
+                self.faults.before(layer, expert)
             try:
                 got = self._timed_pread(lf.fd, buf, offset)
             except OSError as e:
@@ -391,7 +405,8 @@ class ExpertReader:
                 lf = self._fall_back(layer, lf)  # the fs accepted O_DIRECT on open but refuses the read
                 got = self._timed_pread(lf.fd, buf, offset)
         except OSError as e:
-            raise StoreError(f"reading {lf.path} at offset {offset} failed: {e}") from e
+            raise StoreError(f"layer {self.manifest.layers[layer].index} expert {expert}: reading {lf.path} at "
+                             f"offset {offset} failed: {e}") from e
         lf.proven = True
         return got, lf.path
 

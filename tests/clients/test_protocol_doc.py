@@ -224,7 +224,8 @@ def test_requests_without_params_take_none():
 
 # -- results -------------------------------------------------------------------------------------------------------
 RESULT_SECTIONS = {"hello": "hello result", "generate": "generate result", "cancel": "cancel result",
-                   "status": "status result", "health": "health result", "ps": "ps result"}
+                   "status": "status result", "health": "health result", "ps": "ps result",
+                   "clear_quarantine": "clear_quarantine result"}
 
 
 def test_result_fields_match_both_ways():
