@@ -184,7 +184,8 @@ def test_version_2_additions_match_and_are_refused_in_version_1():
     added = column("Version 2", "since")
     assert added == [k if isinstance(k, str) else ".".join(k) for k in protocol.SINCE]
     assert set(protocol.SINCE.values()) == {2}
-    v1 = {"ps": ("ps", {}, "unknown_type"), ("cancel", "job"): ("cancel", {"job": "1"}, "invalid_params"),
+    v1 = {"ps": ("ps", {}, "unknown_type"), "clear_quarantine": ("clear_quarantine", {}, "unknown_type"),
+          ("cancel", "job"): ("cancel", {"job": "1"}, "invalid_params"),
           ("status", "detail"): ("status", {"detail": []}, "invalid_params")}
     for since, (type_, params, code) in v1.items():
         with pytest.raises(protocol.ProtocolError) as e:
