@@ -69,6 +69,7 @@ class StatusCollector(Collector):
             yield GaugeMetricFamily(name, doc, value=value)
         yield from _cache_metrics(status.cache)
         yield from _finished_metrics(status.raw.get("finished"))
+        yield from _governor_metrics(status.raw.get("governor"))
 
 
 def _number(value: Any) -> float | None:
@@ -86,6 +87,34 @@ def _cache_metrics(cache: dict[str, Any]) -> Iterator[Metric]:
             read.add_metric([phase], value)
     if read.samples:
         yield read
+
+
+GOVERNOR_STATES = ("PERFORMANCE", "BALANCED", "SAVER", "CRITICAL")
+_KNOB_METRICS = (("batch_ceiling", "moed_governor_batch_ceiling", "the governor's batch ceiling"),
+                 ("prefetch_depth", "moed_governor_prefetch_depth", "the governor's prefetch depth"),
+                 ("cache_budget_bytes", "moed_governor_cache_budget_bytes", "the governor's cache budget"),
+                 ("pace_steps_per_s", "moed_governor_pace_steps_per_second", "the governor's cap on decode steps "
+                  "per second (absent: no cap)"))
+
+
+def _governor_metrics(gov: Any) -> Iterator[Metric]:
+    """The governor's state (one gauge per state, 1 for the current one), profile, knobs and power cap; nothing
+    when the daemon runs without its governor (an optional status field)."""
+    if not isinstance(gov, dict) or gov.get("state") is None:
+        return
+    state = GaugeMetricFamily("moed_governor_state", "1 for the governor's current state", labels=["state"])
+    for name in GOVERNOR_STATES:
+        state.add_metric([name], 1 if gov["state"] == name else 0)
+    yield state
+    profile = GaugeMetricFamily("moed_governor_profile", "1 for the governor's profile", labels=["profile"])
+    profile.add_metric([str(gov.get("profile"))], 1)
+    yield profile
+    limits = gov.get("limits") if isinstance(gov.get("limits"), dict) else {}
+    for key, name, doc in _KNOB_METRICS:
+        if (value := _number(limits.get(key))) is not None:
+            yield GaugeMetricFamily(name, doc, value=value)
+    if (cap := _number(gov.get("power_cap_w"))) is not None:
+        yield GaugeMetricFamily("moed_governor_power_cap_watts", "the power cap set with governor_set", value=cap)
 
 
 def _finished_metrics(finished: Any) -> Iterator[Metric]:

@@ -257,3 +257,21 @@ def test_models_root_and_stop_with_a_stream_open(fake):
         gw.stop()  # cuts the open stream: its request is cancelled on the daemon
     s.close()
     wait_until(lambda: "cancel" in fake.types() and not fake.active, timeout=10)
+
+
+def test_governor_metrics_when_the_daemon_has_one(fake):
+    from fakedaemon import STATUS
+
+    governor = {"state": "SAVER", "profile": "auto", "power_cap_w": 40.0,
+                "limits": {"batch_ceiling": 2, "prefetch_depth": 0, "cache_budget_bytes": 1 << 20,
+                           "pace_steps_per_s": None}}
+    fake.on("status", lambda r: r.ok({**STATUS, "governor": governor}))
+    with gateway(fake.endpoint) as gw:
+        text = http("GET", gw.url + "/metrics").body.decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("moed_governor_state", (("state", "SAVER"),))] == 1
+    assert samples[("moed_governor_state", (("state", "PERFORMANCE"),))] == 0
+    assert samples[("moed_governor_batch_ceiling", ())] == 2 and samples[("moed_governor_prefetch_depth", ())] == 0
+    assert samples[("moed_governor_power_cap_watts", ())] == 40
+    assert ("moed_governor_pace_steps_per_second", ()) not in samples  # no cap: no sample
