@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", help="a store folder (made by `moed convert`) or a store's name (`moed list`)")
     p.add_argument("prompt")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temp", type=float, default=0.0)
+    p.add_argument("--temperature", "--temp", dest="temp", type=float, default=0.0,
+                   help="sampling temperature (0: greedy); `--temp` for short, as in moectl")
     p.add_argument("--top-p", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--min-p", type=float, default=0.0)
