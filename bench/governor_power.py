@@ -183,7 +183,8 @@ def cap_run(store: str, budget: str, args: argparse.Namespace, meter: Meter) -> 
         def sample() -> None:
             while not stop.is_set():
                 e, t = meter.energy_j(), time.monotonic()
-                stop.wait(10.0)
+                if stop.wait(10.0):
+                    break  # the load ended inside this window: it is not a capped window
                 with d.client() as c:
                     gov = c.governor_get()
                 windows.append({"t": round(t - t_cap, 1), "avg_w": _avg(meter, e, t),

@@ -51,6 +51,7 @@ from .jobs import Job, JobError, Key, Model, charge_step
 from .limits import Limits
 from .engine.quarantine import Quarantine
 from .logs import event
+from .observing import EngineRates, Observer, expert_map, request_rows
 from .persistence import StateFiles
 
 if TYPE_CHECKING:
@@ -61,11 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Emit = Callable[[Key, str, dict[str, Any]], None]
 Loader = Callable[[EngineConfig], "Engine"]
-# observe(active=, queue_len=, decode_tok_s=, steps_per_s=, hit_rate=, bytes_read=): the engine's figures for a
-# governor (governing.py), called between steps at most every OBSERVE_S and whenever the load changes
-Observer = Callable[..., None]
-OBSERVE_S = 0.25
-RATE_WINDOW_S = 3.0  # decode tok/s, steps/s and hit rate are measured over about this long
 DEFAULT_CONTEXT = 4096  # when the model config has no max_position_embeddings
 PREFILL_BATCH = 8  # prompts prefilled together (mlx-lm's default)
 WAIT_SLICE_S = 1.0  # the longest an idle loop sleeps before looking again
@@ -78,12 +74,10 @@ class Scheduler:
                  observer: Observer | None = None):
         """`loader` builds the engine from the engine config (default engine.model.load_engine); `budget_policy`
         decides the cache budget from moment to moment (default: IdleKeepAlive from keep_alive_s and
-        idle_cache_budget); `observer` receives the engine's figures (see Observer)."""
+        idle_cache_budget); `observer` receives the engine's figures (observing.EngineRates)."""
         self.config, self._emit, self._on_exit, self._loader = config, emit, on_exit, loader
-        self._observer = observer
-        self._samples: deque[tuple[float, int, int, int, int]] = deque()  # (t, steps, tokens, hits, lookups)
+        self._rates = EngineRates(observer) if observer is not None else None
         self._decoded = 0  # decode tokens generated
-        self._observed: tuple[float, int, int] = (0.0, -1, -1)  # (when, active, queued) last reported
         self.controls = Handover(config)
         self.fatal: str | None = None
         self._files = StateFiles(config)
@@ -202,28 +196,12 @@ class Scheduler:
                 self._step()
 
     def _observe(self) -> None:
-        """Hand the observer the load and the rates over the last RATE_WINDOW_S (cheap; skipped when nothing is
-        due)."""
-        if self._observer is None or self._engine is None:
-            return
-        now, active, queued = time.monotonic(), len(self._active), len(self._waiting)
-        last_t, last_active, last_queued = self._observed
-        if now - last_t < OBSERVE_S and (active > 0) == (last_active > 0) and (queued > 0) == (last_queued > 0):
-            return
-        self._observed = (now, active, queued)
-        c = self.engine.cache.stats()
-        self._samples.append((now, self._steps, self._decoded, c.hits + c.inflight_hits,
-                              c.hits + c.inflight_hits + c.misses))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
-            self._samples.popleft()
-        t0, s0, d0, h0, l0 = self._samples[0]
-        span = now - t0
-        rates: dict[str, float | None] = {"decode_tok_s": None, "steps_per_s": None, "hit_rate": None}
-        if span > 0 and self._steps > s0:
-            rates.update(decode_tok_s=(self._decoded - d0) / span, steps_per_s=(self._steps - s0) / span)
-        if c.hits + c.inflight_hits + c.misses > l0:
-            rates["hit_rate"] = (c.hits + c.inflight_hits - h0) / (c.hits + c.inflight_hits + c.misses - l0)
-        self._observer(active=active, queue_len=queued, bytes_read=self.engine.reader.stats().bytes_read, **rates)
+        """The engine's figures for the observer (observing.py), when one is set."""
+        if self._rates is not None and self._engine is not None:
+            eng = self._engine
+            self._rates.observe(active=len(self._active), queued=len(self._waiting), steps=self._steps,
+                                decoded=self._decoded, cache=eng.cache.stats,
+                                bytes_read=lambda: eng.reader.stats().bytes_read)
 
     def _wait(self, until: float | None, most: float) -> None:
         """Sleep until `until` (monotonic; None = no time of its own), at most `most` seconds, or until something
@@ -499,22 +477,9 @@ class Scheduler:
     # -- what ps and status show --------------------------------------------------------------------------
     def _publish_requests(self) -> None:
         """Each held request's state and token counts for ps; the expert map too when it is due (status)."""
-        rows = [(j.key, "queued", len(j.prompt), 0) for j in self._waiting]
-        rows += [(j.key, "decoding" if j.first_token_ns else "prefilling", len(j.prompt), j.generated)
-                 for j in self._active.values()]
-        self.controls.publish_requests(rows)
+        self.controls.publish_requests(request_rows(self._waiting, self._active.values()))
         if self._engine is not None and self.controls.experts_due():
-            self.controls.publish_experts(self._expert_map())
-
-    def _expert_map(self) -> dict[str, Any]:
-        """Every MoE layer's resident experts and their heat (ExpertCache.heat_map), for status `experts`."""
-        heat = self.engine.cache.heat_map()
-        layers = []
-        for pos, entry in enumerate(self.engine.manifest.layers):  # the cache keys layers by store position
-            resident = heat.get(pos, [])
-            layers.append({"layer": entry.index, "num_experts": entry.num_experts,
-                           "resident": [e for e, _ in resident], "heat": [round(h, 4) for _, h in resident]})
-        return {"layers": layers}
+            self.controls.publish_experts(expert_map(self._engine))
 
     def _fail_everything(self, code: str, message: str) -> None:
         keys = self.controls.failing()

@@ -124,7 +124,7 @@ class GovernorConfig:
                                   _num(0.1, 600))
     pace_gain: float = _key(0.5, "power-cap controller gain (log steps/s per relative power error), (0, 1.5]",
                             _num(1e-3, 1.5))
-    pace_max_steps_per_s: float = _key(200.0, "the controller's cap is released above this, "
+    pace_max_steps_per_s: float = _key(5000.0, "the controller's cap is released above this, "
                                        f">= {MIN_PACE_STEPS_PER_S}", _num(MIN_PACE_STEPS_PER_S))
 
     def __post_init__(self) -> None:

@@ -113,12 +113,18 @@ class CacheLaw:
         return budget, why
 
 
+# The pace a loop achieves lags the cap it is given (each paced step also pays the loop's own work), so the cap
+# may run ahead of the measured steps/s by this much: at 1.25 a GPU run settled 7 % under its power cap with the
+# cap pinned at the clamp (docs/performance.md, the governor on the lent GPU).
+WINDUP_HEADROOM = 2.0
+
+
 @dataclass
 class PaceLaw:
     """A steps/s cap: the state's fixed cap, and a power-cap controller that multiplies its cap by
     exp(gain × (cap_w − P) / cap_w) every `pace_interval_s` from the measured average power P.
 
-    Anti-windup: the controller's cap never rises above 1.25× the measured steps/s (when known) nor above
+    Anti-windup: the controller's cap never rises above WINDUP_HEADROOM × the measured steps/s (when known) nor above
     `pace_max_steps_per_s`; at that top with power under the cap it is released (None). It never goes below the
     least cap that keeps pauses under a second."""
 
@@ -147,7 +153,7 @@ class PaceLaw:
     def _adjust(self, power: float, cap_w: float, steps: float | None, cfg: GovernorConfig) -> None:
         top = cfg.pace_max_steps_per_s
         if steps is not None and steps > 0:
-            top = min(top, max(MIN_PACE_STEPS_PER_S, 1.25 * steps))
+            top = min(top, max(MIN_PACE_STEPS_PER_S, WINDUP_HEADROOM * steps))
         current = self.cap if self.cap is not None else top
         factor = math.exp(max(-0.7, min(0.4, cfg.pace_gain * (cap_w - power) / cap_w)))
         new = min(top, max(MIN_PACE_STEPS_PER_S, current * factor))

@@ -247,12 +247,15 @@ class ExpertCache:
             for i, err in failed.items():
                 self.quarantine.add(layer, int(experts[i]), err)
                 slots[i] = SKIP
-        skipped = int(np.sum(slots < 0))
-        slots[slots < 0] = -1
-        self._use([layer], slots[slots >= 0])
+        skipped = 0
+        if failed or blocked is not None:  # quarantined experts: no slot, not counted as used
+            skipped = int(np.sum(slots < 0))
+            slots[slots < 0] = -1
+            self._use([layer], slots[slots >= 0])
+        else:
+            self._use([layer], slots)
         self._usage.add(layer, experts)
-        self._counters.add(hits=hits - len(inflight), inflight_hits=len(inflight),
-                           misses=len(experts) - hits - skipped, wait_seconds=waited, acquires=1)
+        self._counters.acquired(hits - len(inflight), len(inflight), len(experts) - hits - skipped, waited)
         probe.lap(Phase.COUNTED, t)
         return slots
 

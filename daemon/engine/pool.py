@@ -108,8 +108,7 @@ class SlotPool:
             self.policy.forget(slot)
             return e
         self.table.loaded(slot)
-        self._counters.add(bytes_loaded=self.layout.record_bytes)
-        self._counters.set(used_bytes=len(self.table.where) * self.expert_bytes)
+        self._counters.loaded(self.layout.record_bytes, len(self.table.where) * self.expert_bytes)
         return None
 
     def reap(self) -> None:
@@ -181,4 +180,4 @@ class SlotPool:
         if self.table.evict(slot):
             self._invalidate()  # a layer's rows or table, handed out by lookup, no longer hold
         wasted = self.policy.forget(slot)
-        self._counters.add(evictions=1, prefetch_wasted=int(wasted))
+        self._counters.evicted(bool(wasted))
