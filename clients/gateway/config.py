@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..keys import ClientKey
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435  # next to Ollama's 11434, so both can run on one machine
 _LOOPBACK_NAMES = ("localhost",)
@@ -33,6 +35,7 @@ class GatewayConfig:
     timeout_s: the longest silence allowed from the daemon within one request (it sends progress while queued).
     status_max_age_s: how old a daemon status snapshot may be before a request or /metrics refreshes it.
     max_body_bytes: larger request bodies get 413.
+    curve: the CURVE key for a tcp endpoint (None: $MOED_CLIENT_KEY, as every client; clients/keys.py).
     """
 
     endpoint: str | None = None
@@ -44,6 +47,7 @@ class GatewayConfig:
     timeout_s: float = 120.0
     status_max_age_s: float = 1.0
     max_body_bytes: int = 4 << 20
+    curve: ClientKey | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
