@@ -2,7 +2,8 @@
 
 A daemon on tcp with `moed keys` files: no key or an unknown key never gets an answer (DaemonUnavailable), a
 `client` key generates and reads status but gets `forbidden` on every control request, an `admin` key shuts the
-daemon down. Without keys a tcp daemon refuses to start (exit 2). As root, a second local user (made with
+daemon down, and the daemon's own HTTP gateway serves through a key of its own. Without keys a tcp daemon
+refuses to start (exit 2). As root, a second local user (made with
 useradd) can neither enter the ipc socket's folder nor read a client key, and gets no answer on tcp without one.
 """
 
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,7 @@ def keydir():
 def daemon(model_dir, keydir):
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     with InProcess(model_dir("qwen3_moe", "store-mlx"), wait=False, endpoint=endpoint, context_limit=256,
+                   http=f"127.0.0.1:{_free_port()}",
                    curve_server_key=str(keydir / "server.key"),
                    curve_allowed_clients=str(keydir / "allowed_clients")) as d:
         with Client(endpoint, curve=_key(keydir, "boss"), timeout=60) as c:
@@ -132,6 +135,14 @@ def test_a_client_added_while_serving_connects_without_restart(daemon: InProcess
     assert _keys(["client", "carol", "--dir", str(keydir)]) == 0
     with Client(daemon.endpoint, curve=_key(keydir, "carol"), timeout=30) as c:
         assert c.health().ok
+
+
+def test_the_daemons_own_http_gateway_connects_with_a_key_of_its_own(daemon: InProcess):
+    req = urllib.request.Request(f"{daemon.daemon.http_url}/v1/completions", json.dumps(
+        {"model": "qwen3_moe-store-mlx", "prompt": "Once upon", "max_tokens": 3}).encode(),
+        {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.loads(r.read())["usage"]["completion_tokens"] == 3
 
 
 def test_moectl_key_file(daemon: InProcess, keydir: Path, capsys: pytest.CaptureFixture[str]):
