@@ -8,6 +8,7 @@ a gateway never starts.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -96,11 +97,20 @@ def parse_bind(text: str) -> tuple[str, int]:
 
 
 def read_api_key(path: str | Path) -> str:
-    """The API key in a file (surrounding whitespace stripped). Raises GatewayConfigError if unreadable or empty."""
+    """The API key in a file (surrounding whitespace stripped).
+
+    Raises:
+        GatewayConfigError: the file is unreadable, empty, or readable by other users (a key is private, like the
+            CURVE keys of `moed keys`: chmod 600 it).
+    """
     try:
         key = Path(path).read_text(encoding="utf-8").strip()
+        mode = os.stat(path).st_mode & 0o777
     except OSError as e:
         raise GatewayConfigError(f"cannot read the API key file {path}: {e.strerror or e}") from None
     if not key:
         raise GatewayConfigError(f"the API key file {path} is empty")
+    if mode & 0o077:
+        raise GatewayConfigError(f"the API key file {path} has mode {mode:04o}: other users could read the key; "
+                                 f"`chmod 600 {path}`")
     return key
