@@ -103,6 +103,21 @@ def test_tcp_without_keys_refuses_to_start(model_dir, caplog: pytest.LogCaptureF
     assert "moed keys server" in caplog.text
 
 
+def test_serve_check_names_the_missing_keys_and_flags_point_at_them(model_dir, keydir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]):
+    from moed.daemon.cli import main
+
+    monkeypatch.setenv(keys.ENV_KEYS_DIR, str(tmp_path))  # empty: no default keys
+    argv = ["serve", str(model_dir("qwen3_moe", "store-mlx")), "--endpoint", f"tcp://127.0.0.1:{_free_port()}",
+            "--check"]
+    assert main(argv) == 2
+    assert "moed keys server" in capsys.readouterr().err
+    assert main([*argv, "--curve-server-key", str(keydir / "server.key"),
+                 "--curve-allowed-clients", str(keydir / "allowed_clients")]) == 0
+    assert main(["serve", *argv[1:2], "--check"]) == 0  # ipc needs no keys
+
+
 def test_no_key_and_an_unknown_key_get_no_answer(daemon: InProcess, keydir: Path):
     with Client(daemon.endpoint, timeout=5) as c, pytest.raises(DaemonUnavailable, match="CURVE key"):
         c.status()
