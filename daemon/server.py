@@ -4,8 +4,9 @@ It runs on one thread (the main thread under `moed serve`) and never computes: e
 protocol.parse_request; errors, hello, status, health, cancel, ps, shutdown and governor_* are answered right away from
 state the scheduler publishes; a generate request is handed to the scheduler (which may refuse it: loading,
 shutting_down, busy). Control requests (shutdown, governor_set, clear_quarantine, cancel by job) are answered
-`forbidden` unless the connection is trusted: every ipc connection, on tcp an admin CURVE key (access.py). Replies from the scheduler arrive on a queue, with a byte on a socketpair to wake the poll,
-and go out through the Outbox (seq numbers, slow clients, dead clients; see delivery.py).
+`forbidden` unless the connection is trusted: every ipc connection, on tcp an admin CURVE key (access.py).
+Replies from the scheduler arrive on a queue, with a byte on a socketpair to wake the poll, and go out through the
+Outbox (seq numbers, slow clients, dead clients; see delivery.py).
 
 Shutdown (a shutdown request, a signal, or the scheduler dying): the scheduler drains, the loop keeps answering
 (generate gets shutting_down) until the scheduler has stopped and every final went out or `flush_s` passed.
