@@ -79,6 +79,8 @@ class Access:
         """
         if not endpoint.startswith("tcp://"):
             return cls()
+        if not zmq.has("curve"):
+            raise KeyFileError("this libzmq was built without CURVE, which a tcp endpoint needs; use ipc")
         sc = config.server
         key_path = Path(sc.curve_server_key).expanduser() if sc.curve_server_key else server_key_path()
         list_path = (Path(sc.curve_allowed_clients).expanduser() if sc.curve_allowed_clients

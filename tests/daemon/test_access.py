@@ -32,6 +32,7 @@ from moed.daemon.commands import keys as keys_command
 from moed.daemon.serving import EXIT_CONFIG, Daemon
 
 OTHER_USER = "moedtest"
+pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq was built without CURVE")
 
 
 def _free_port() -> int:
