@@ -14,7 +14,8 @@ How it runs
   a stream allows at most `timeout` seconds of silence between two messages (the daemon sends progress while the
   request queues and prefills, so a long queue is not a timeout, a hung daemon is).
 - A socket monitor turns a dropped connection (daemon exit, missed heartbeats) into DaemonUnavailable for every
-  request in flight, at once instead of at their deadlines.
+  request in flight, at once instead of at their deadlines; so does a refused CURVE handshake before hello.
+- A tcp endpoint needs CURVE (keys.py): `curve=` or $MOED_CLIENT_KEY gives the client's key and the daemon's.
 - Requests are validated locally with protocol.parse_request before they are sent: a typo in a parameter raises
   InvalidParams at the call, and no frame over the size limit ever reaches the daemon (which would drop it).
 """
@@ -38,12 +39,15 @@ from . import errors, protocol
 from .endpoints import default_endpoint, ipc_path
 from .errors import DaemonUnavailable, MoedError, ProtocolViolation, Timeout
 from .events import Health, Hello, RequestInfo, Result, Status
+from .keys import ENV_CLIENT_KEY, ClientKey, client_key_from_env
 from .stream import Stream
 
 log = logging.getLogger("moed.client")
 
 HEARTBEAT_IVL_MS = 2000  # ZMTP pings; ~3 missed intervals mean the daemon is gone (serving.md)
 HEARTBEAT_TIMEOUT_MS = 6000
+# a CURVE handshake refused (unknown key) or impossible (no key for a CURVE daemon, or one for a plain daemon)
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 _RECENT = 4096  # how many finished / abandoned request ids to remember, to classify late replies
 
 _Item = dict[str, Any] | MoedError
@@ -89,9 +93,15 @@ class _Call:
 class AsyncClient:
     """A client of the moed daemon; see the module docstring. Use `async with AsyncClient() as c:` or close()."""
 
-    def __init__(self, endpoint: str | None = None, *, timeout: float = 30.0, name: str = "moed-client") -> None:
-        """endpoint: a ZeroMQ endpoint (default: endpoints.default_endpoint()); timeout: seconds, see module doc."""
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 30.0, name: str = "moed-client",
+                 curve: ClientKey | None = None) -> None:
+        """endpoint: a ZeroMQ endpoint (default: endpoints.default_endpoint()); timeout: seconds, see module doc;
+        curve: the CURVE key for a tcp endpoint (keys.load_client_key; None: the file named by $MOED_CLIENT_KEY,
+        if set, for tcp). Raises keys.KeyFileError when $MOED_CLIENT_KEY names an unusable file."""
         self.endpoint = endpoint or default_endpoint()
+        if curve is None and self.endpoint.startswith("tcp://"):
+            curve = client_key_from_env()
+        self.curve = curve
         self.timeout = timeout
         self.name = name
         self.server: Hello | None = None  # the daemon's hello answer, once connected
@@ -337,15 +347,17 @@ class AsyncClient:
             self.server = Hello.from_wire(result)
 
     def _open_socket(self) -> None:
-        path = ipc_path(self.endpoint)
-        if path is not None and not path.exists():
-            raise DaemonUnavailable(f"no daemon at {self.endpoint}: {path} does not exist (is `moed serve` running?)")
+        self._check_ipc_path()
         sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
+        if self.curve is not None:
+            sock.curve_serverkey = self.curve.server
+            sock.curve_publickey = self.curve.public
+            sock.curve_secretkey = self.curve.secret
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | _HANDSHAKE_FAILED)
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError as e:
@@ -355,6 +367,29 @@ class AsyncClient:
         self._sock = sock
         self._tasks = [asyncio.create_task(self._receive(sock)), asyncio.create_task(self._watch(sock, monitor))]
 
+    def _check_ipc_path(self) -> None:
+        """Fail at once when an ipc socket file is missing or belongs to a folder this user may not enter."""
+        path = ipc_path(self.endpoint)
+        if path is None:
+            return
+        try:
+            path.stat()
+        except PermissionError:
+            raise DaemonUnavailable(f"cannot reach the daemon at {self.endpoint}: permission denied (its socket is "
+                                    f"private to the user who runs it)") from None
+        except OSError:
+            raise DaemonUnavailable(f"no daemon at {self.endpoint}: {path} does not exist (is `moed serve` "
+                                    f"running?)") from None
+
+    def _handshake_failed(self) -> DaemonUnavailable:
+        """A tcp connection dropped or refused before hello: almost always a missing or unknown CURVE key."""
+        if self.curve is None:
+            return DaemonUnavailable(f"the daemon at {self.endpoint} refused the connection: a tcp endpoint needs "
+                                     f"a CURVE key (moectl --key-file FILE, or ${ENV_CLIENT_KEY}; `moed keys`)")
+        return DaemonUnavailable(f"the daemon at {self.endpoint} refused the connection with this client's CURVE key "
+                                 f"{self.curve.public.decode()} (not in its allowed clients, or made for another "
+                                 f"daemon; `moed keys client NAME`)")
+
     async def _watch(self, sock: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket) -> None:
         """Fail everything in flight when the connection drops (the next call says hello again), and fail a hello
         at once when the connection is refused (a stale socket file, a closed port) instead of at its deadline."""
@@ -362,11 +397,14 @@ class AsyncClient:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
                 if event["event"] == zmq.EVENT_DISCONNECTED:
-                    self.server = None
-                    self._fail_all(DaemonUnavailable(f"the daemon at {self.endpoint} closed the connection"))
+                    before_hello, self.server = self.server is None, None
+                    self._fail_all(self._handshake_failed() if before_hello and self.endpoint.startswith("tcp://")
+                                   else DaemonUnavailable(f"the daemon at {self.endpoint} closed the connection"))
                 elif event["event"] == zmq.EVENT_CONNECT_RETRIED and self.server is None:
                     self._fail_all(DaemonUnavailable(f"nothing is listening at {self.endpoint} "
                                                       f"(is `moed serve` running?)"))
+                elif event["event"] & _HANDSHAKE_FAILED and self.server is None:
+                    self._fail_all(self._handshake_failed())
         except zmq.ZMQError:
             pass
         finally:

@@ -1,6 +1,6 @@
 """moectl: talk to a running moed daemon from the shell (status, health, ps, generate, chat, cancel, shutdown).
 
-    moectl [--endpoint E] [--timeout S] [--wait S] COMMAND [options]   (these may also follow COMMAND)
+    moectl [--endpoint E] [--key-file F] [--timeout S] [--wait S] COMMAND [options]   (these may also follow COMMAND)
 
 Each command is one `cmd_*` function below; its docstring gives the request it sends, the reply it prints and
 its usage. Text goes to stdout, statistics, progress and errors to stderr; --json prints one JSON object instead.
@@ -22,6 +22,7 @@ from .cli_governor import GovernorUsage, add_arguments as governor_arguments, cm
 from .cli_output import ProgressLine, print_json, ps_table, stats_line, status_rows, table
 from .errors import Busy, DaemonUnavailable, MoedError, RequestError, Timeout
 from .events import Chunk, Progress, Result
+from .keys import KeyFileError, load_client_key
 from .sync import Client, SyncStream
 
 EXIT_OK, EXIT_REQUEST, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_BUSY, EXIT_TIMEOUT, EXIT_INTERRUPTED = (
@@ -240,6 +241,8 @@ def _connection_options(p: argparse.ArgumentParser, defaults: bool) -> None:
                    help="daemon endpoint (default: $MOED_ENDPOINT, else the per-user ipc socket)")
     p.add_argument("--timeout", type=float, default=30.0 if defaults else argparse.SUPPRESS,
                    help="seconds to wait for a reply; for streams, the longest silence (default 30)")
+    p.add_argument("--key-file", default=None if defaults else argparse.SUPPRESS, metavar="FILE",
+                   help="CURVE key file for a tcp endpoint (`moed keys client NAME`; default: $MOED_CLIENT_KEY)")
     p.add_argument("--wait", type=float, default=0.0 if defaults else argparse.SUPPRESS, metavar="S",
                    help="first wait up to S seconds for the daemon to be ready (default 0: don't wait)")
 
@@ -284,7 +287,8 @@ COMMANDS: dict[str, Command] = {
 def exit_code(e: BaseException) -> int:
     """The exit code for an exception from a command."""
     for cls, code in ((Busy, EXIT_BUSY), (DaemonUnavailable, EXIT_UNAVAILABLE), (Timeout, EXIT_TIMEOUT),
-                      (KeyboardInterrupt, EXIT_INTERRUPTED), (UsageError, EXIT_USAGE), (GovernorUsage, EXIT_USAGE)):
+                      (KeyboardInterrupt, EXIT_INTERRUPTED), (UsageError, EXIT_USAGE), (GovernorUsage, EXIT_USAGE),
+                      (KeyFileError, EXIT_USAGE)):
         if isinstance(e, cls):
             return code
     return EXIT_REQUEST
@@ -296,12 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2); returned so tests can call main()
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
-        with Client(args.endpoint, timeout=args.timeout, name="moectl") as client:
+        curve = load_client_key(args.key_file) if args.key_file else None
+        with Client(args.endpoint, timeout=args.timeout, name="moectl", curve=curve) as client:
             if args.wait > 0:
                 wait_ready(client, args.wait)
             rc: int = args.run(client, args)
             return rc
-    except (MoedError, KeyboardInterrupt, UsageError, GovernorUsage) as e:
+    except (MoedError, KeyboardInterrupt, UsageError, GovernorUsage, KeyFileError) as e:
         print(f"moectl: {_describe(e)}", file=sys.stderr)
         return exit_code(e)
     except BrokenPipeError:  # `moectl status | head`: the reader left; end quietly, as Unix tools do

@@ -12,6 +12,7 @@
         ├── NotAvailable         code not_available (e.g. no governor)
         ├── Loading              code loading
         ├── ShuttingDown         code shutting_down
+        ├── Forbidden            code forbidden (a control request without the admin role)
         └── UnsupportedVersion   code unsupported_version
 Any other code (or one this client does not know) raises plain RequestError, so a person still sees the message.
 """
@@ -79,6 +80,11 @@ class ShuttingDown(RequestError):
     """The daemon is stopping and admits no new work."""
 
 
+class Forbidden(RequestError):
+    """A control request (shutdown, governor_set, clear_quarantine, cancel by job) from a connection that may not
+    control the daemon: on tcp, a CURVE key without the admin role."""
+
+
 class UnsupportedVersion(RequestError):
     """The daemon speaks none of this client's protocol versions."""
 
@@ -86,7 +92,7 @@ class UnsupportedVersion(RequestError):
 ERROR_CLASSES: dict[str, type[RequestError]] = {
     "busy": Busy, "invalid_params": InvalidParams, "context_overflow": ContextOverflow, "not_found": NotFound,
     "not_available": NotAvailable, "loading": Loading, "shutting_down": ShuttingDown,
-    "unsupported_version": UnsupportedVersion,
+    "unsupported_version": UnsupportedVersion, "forbidden": Forbidden,
 }
 
 

@@ -88,6 +88,8 @@ ERROR_CODES: dict[str, str] = {
     "not_available": "the feature is not available in this daemon (e.g. the governor)",
     "loading": "the model is still loading; retry when status says ready",
     "shutting_down": "the daemon is stopping and admits no new work",
+    "forbidden": "a control request from a connection not allowed to control the daemon (tcp: a key without the "
+                 "admin role)",
     "slow_client": "the client did not read its stream fast enough and its request was failed",
     "store_error": "an expert could not be read or failed its checksum",
     "internal": "an unexpected error in the daemon; the message says what, the daemon keeps serving",

@@ -18,6 +18,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from .aio import AsyncClient
 from .errors import MoedError
 from .events import Event, Result
+from .keys import ClientKey
 from .stream import Stream
 
 P = ParamSpec("P")
@@ -38,8 +39,9 @@ def _blocking(method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, 
 class Client:
     """A blocking client of the moed daemon (see AsyncClient for the semantics). Use `with Client() as c:`."""
 
-    def __init__(self, endpoint: str | None = None, *, timeout: float = 30.0, name: str = "moed-client") -> None:
-        self._async = AsyncClient(endpoint, timeout=timeout, name=name)
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 30.0, name: str = "moed-client",
+                 curve: ClientKey | None = None) -> None:
+        self._async = AsyncClient(endpoint, timeout=timeout, name=name, curve=curve)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="moed-client-loop", daemon=True)
         self._thread.start()

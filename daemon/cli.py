@@ -9,7 +9,7 @@ import sys
 
 # Subcommand modules, in the order `moed --help` lists them.
 COMMANDS = ("demo", "make_test_model", "convert", "pull", "list", "generate", "inspect", "bench", "serve", "gateway",
-            "service")
+            "service", "keys")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@
     [scheduler]  max_batch, queue_limit, context_limit, prefill_step, progress_interval_s, keep_alive_s,
                  idle_cache_budget, drain_timeout_s
     [server]     endpoint, state_dir, send_hwm, heartbeat_s, slow_client_bytes, slow_client_s, http,
-                 http_api_key_file
+                 http_api_key_file, curve_server_key, curve_allowed_clients
     [log]        log_level, log_file, log_max_bytes, log_backups
     [governor]   governor, governor_profile, sensor_trace; and the governor's own thresholds and laws (file only:
                  every key of moed.governor.GovernorConfig but `profile`, validated there; docs/governor.md)
@@ -171,6 +171,12 @@ class ServerConfig:
                      lambda v: _check_http(v))
     http_api_key_file: str = _key("", "a file holding the API key HTTP clients must send (`Authorization: Bearer "
                                   "KEY`); required when `http` is not a loopback address")
+    curve_server_key: str = _key("", "the daemon's CURVE keypair file (`moed keys server`), required by a tcp "
+                                 "endpoint; empty = server.key in the keys folder (docs/daemon.md, Access)",
+                                 _PlainPath("file"))
+    curve_allowed_clients: str = _key("", "the CURVE clients a tcp endpoint accepts, with their roles (`moed keys "
+                                      "client NAME [--admin]`); empty = allowed_clients in the keys folder",
+                                      _PlainPath("file"))
 
 
 @dataclass(frozen=True)

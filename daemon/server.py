@@ -3,8 +3,10 @@
 It runs on one thread (the main thread under `moed serve`) and never computes: each frame is checked with
 protocol.parse_request; errors, hello, status, health, cancel, ps, shutdown and governor_* are answered right away from
 state the scheduler publishes; a generate request is handed to the scheduler (which may refuse it: loading,
-shutting_down, busy). Replies from the scheduler arrive on a queue, with a byte on a socketpair to wake the poll,
-and go out through the Outbox (seq numbers, slow clients, dead clients; see delivery.py).
+shutting_down, busy). Control requests (shutdown, governor_set, clear_quarantine, cancel by job) are answered
+`forbidden` unless the connection is trusted: every ipc connection, on tcp an admin CURVE key (access.py).
+Replies from the scheduler arrive on a queue, with a byte on a socketpair to wake the poll, and go out through the
+Outbox (seq numbers, slow clients, dead clients; see delivery.py).
 
 Shutdown (a shutdown request, a signal, or the scheduler dying): the scheduler drains, the loop keeps answering
 (generate gets shutting_down) until the scheduler has stopped and every final went out or `flush_s` passed.
@@ -30,6 +32,7 @@ from .logs import event
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from .access import Access
     from .governing import Governing
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,30 @@ def version() -> str:
         return "unknown"
 
 
+# requests that change the daemon for everyone: only trusted connections (access.py) may send them
+CONTROL = ("shutdown", "governor_set", "clear_quarantine")
+
+
+def _is_control(req: dict[str, Any]) -> bool:
+    """A control request: CONTROL, or a cancel of any connection's request by daemon-wide id."""
+    return req["type"] in CONTROL or (req["type"] == "cancel" and req["params"].get("job") is not None)
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The User-Id the ZAP handler gave the message's connection ("" when none)."""
+    try:
+        return str(frame.get("User-Id") or "")
+    except zmq.ZMQError:
+        return ""
+
+
 class Server:
     def __init__(self, sock: zmq.Socket, scheduler_factory: Callable[..., Scheduler], *, slow_bytes: int,
-                 slow_s: float, drain_timeout_s: float, governor: Governing | None = None):
+                 slow_s: float, drain_timeout_s: float, governor: Governing | None = None,
+                 access: Access | None = None):
+        """access: who may send control requests (access.py); None = every connection (ipc)."""
         self._sock = sock
+        self._access = access if access is not None and access.curve else None
         self._governor = governor
         self._replies: queue.SimpleQueue[tuple[Key, str, dict[str, Any]]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -128,10 +151,17 @@ class Server:
     def _receive(self) -> None:
         for _ in range(RECV_BATCH):
             try:
-                frames = self._sock.recv_multipart(flags=zmq.NOBLOCK)
+                if self._access is None:
+                    frames = self._sock.recv_multipart(flags=zmq.NOBLOCK)
+                    admin, user = True, ""
+                else:  # CURVE: the ZAP handler named the key on each message (User-Id)
+                    parts = self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    frames = [p.bytes for p in parts]
+                    user = _user_id(parts[-1])
+                    admin = self._access.is_admin(user)
             except zmq.Again:
                 return
-            self._handle(frames[0], frames[1:])
+            self._handle(frames[0], frames[1:], admin=admin, user=user)
 
     def _drain_wake(self) -> None:
         try:
@@ -171,7 +201,8 @@ class Server:
         return time.monotonic() - self._stopped_at > FLUSH_S
 
     # -- requests ---------------------------------------------------------------------------------------------
-    def _handle(self, client: bytes, body: list[bytes]) -> None:
+    def _handle(self, client: bytes, body: list[bytes], *, admin: bool = True, user: str = "") -> None:
+        """One request frame. admin: the connection may send control requests (CONTROL); user: its key's name."""
         if len(body) != 1:
             self._error(client, None, "malformed", f"a request is one frame, got {len(body)} frames after the "
                         f"identity (use a DEALER socket without an empty delimiter)")
@@ -183,12 +214,22 @@ class Server:
             return
         self._v = req["v"]
         try:
+            if not admin and _is_control(req):
+                self._forbidden(client, req, user)
+                return
             self._handlers[req["type"]](client, req)
         except Exception as e:  # noqa: BLE001 - a handler bug answers one request, it never stops the daemon
             log.exception("handler failed")
             self._error(client, req["id"], "internal", f"{req['type']} failed: {type(e).__name__}: {e}")
         finally:
             self._v = protocol.HELLO_VERSION
+
+    def _forbidden(self, client: bytes, req: dict[str, Any], user: str) -> None:
+        what = "cancel by job" if req["type"] == "cancel" else req["type"]
+        event(log, logging.WARNING, "forbidden", type=what, client=client.hex(), key=user)
+        self._error(client, req["id"], "forbidden", f"{what} is a control request: only the daemon's own user (ipc) "
+                    f"or a CURVE key with the admin role (`moed keys client NAME --admin`) may send it; key "
+                    f"{user!r} is not admin")
 
     def _reply(self, client: bytes, rid: str, result: dict[str, Any]) -> None:
         self._outbox.send_once(client, rid, "ok", result, self._v)
@@ -248,8 +289,8 @@ class Server:
                         f"(ids are per connection)")
 
     def _cancel_job(self, client: bytes, req: dict[str, Any]) -> None:
-        """Cancel by daemon-wide id (ps), whichever connection sent the request: every connection to the socket is
-        the daemon's own user (its folder is 0700), so it may stop any of their requests."""
+        """Cancel by daemon-wide id (ps), whichever connection sent the request: a control request, so only the
+        daemon's own user (ipc: the socket's folder is 0700) or an admin key (tcp) gets here."""
         job = req["params"]["job"]
         key = self.controls.key_of(job)
         if key is None:

@@ -2,10 +2,11 @@
 
     Daemon(config).serve() -> exit code      # blocks; `moed serve` runs it on the main thread, tests on another
 
-Order at start: private runtime folder -> lock (exit 3 if another daemon holds it) -> bind -> the scheduler thread
-starts loading the model (status says `loading`, then `ready`) -> the socket loop serves. With `http` set, the HTTP
-gateway (http_gateway.py; its config is checked before the lock is taken) starts right after the bind, before the
-model loads, and stops once the socket loop has finished. At the end: drain, save the cache statistics
+Order at start: access (a tcp endpoint without CURVE keys exits 2; access.py) -> private runtime folder -> lock
+(exit 3 if another daemon holds it) -> bind -> the scheduler thread starts loading the model (status says
+`loading`, then `ready`) -> the socket loop serves. With `http` set, the HTTP gateway (http_gateway.py; its config
+is checked before the lock is taken; on tcp it connects with a key of its own, role client) starts right after the
+bind, before the model loads, and stops once the socket loop has finished. At the end: drain, save the cache statistics
 (scheduler), stop the gateway, close the socket (LINGER 0), remove the socket file and the lock.
 
 Threads: the caller's thread runs the socket loop (it owns the ZeroMQ socket); `moed-scheduler` owns MLX; the
@@ -23,7 +24,10 @@ import zmq
 
 from moed.clients.endpoints import check_ipc_endpoint, default_endpoint, ipc_path
 
+from moed.clients.keys import KeyFileError
+
 from . import http_gateway
+from .access import Access
 from .budget_policy import BudgetPolicy
 from .config import ConfigError, DaemonConfig
 from .governing import GovernedBudget, Governing
@@ -54,13 +58,20 @@ class Daemon:
         self.http_url: str | None = None  # where the HTTP gateway serves, once it does
 
     def serve(self) -> int:
-        """Run until shut down. Returns 0 (clean), 1 (fatal error), 2 (bad runtime folder, HTTP or governor
-        settings), 3 (endpoint in use)."""
+        """Run until shut down. Returns 0 (clean), 1 (fatal error), 2 (bad runtime folder, HTTP, governor
+        settings or CURVE keys), 3 (endpoint in use)."""
         try:
             gateway = http_gateway.gateway_config(self.config, self.endpoint)
         except ConfigError as e:
             log.error("%s", e)
             return EXIT_CONFIG
+        try:
+            access = Access.for_endpoint(self.config, self.endpoint)
+        except KeyFileError as e:
+            log.error("%s", e)
+            return EXIT_CONFIG
+        if gateway is not None:
+            gateway = gateway.replace(curve=access.guest_key())
         try:
             governing = self._governing()
         except (OSError, ValueError) as e:  # a missing or malformed sensor trace, an unreadable store
@@ -78,8 +89,9 @@ class Daemon:
             log.error("cannot use %s: %s", self.endpoint, e)
             return EXIT_CONFIG
         try:
-            return self._serve_locked(gateway, governing)
+            return self._serve_locked(gateway, governing, access)
         finally:
+            access.stop()
             if governing is not None:
                 governing.stop()
             lock.release()
@@ -94,11 +106,13 @@ class Daemon:
         return Governing.create(self.config, read_manifest(self.config.engine.store))
 
     def _serve_locked(self, gateway: http_gateway.GatewayConfig | None = None,
-                      governing: Governing | None = None) -> int:
+                      governing: Governing | None = None, access: Access | None = None) -> int:
+        access = access or Access()
         ctx: zmq.Context = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         try:
             self._configure(sock)
+            access.secure(sock)
             try:
                 sock.bind(self.endpoint)
             except zmq.ZMQError as e:
@@ -114,7 +128,7 @@ class Daemon:
                                                                     observer),
                             slow_bytes=self.config.server.slow_client_bytes,
                             slow_s=self.config.server.slow_client_s, drain_timeout_s=sc.drain_timeout_s,
-                            governor=governing)
+                            governor=governing, access=access)
             if governing is not None:
                 governing.start(server.controls)
             with self._lock:

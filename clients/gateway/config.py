@@ -8,9 +8,12 @@ a gateway never starts.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from ..keys import ClientKey
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435  # next to Ollama's 11434, so both can run on one machine
@@ -33,6 +36,7 @@ class GatewayConfig:
     timeout_s: the longest silence allowed from the daemon within one request (it sends progress while queued).
     status_max_age_s: how old a daemon status snapshot may be before a request or /metrics refreshes it.
     max_body_bytes: larger request bodies get 413.
+    curve: the CURVE key for a tcp endpoint (None: $MOED_CLIENT_KEY, as every client; clients/keys.py).
     """
 
     endpoint: str | None = None
@@ -44,6 +48,7 @@ class GatewayConfig:
     timeout_s: float = 120.0
     status_max_age_s: float = 1.0
     max_body_bytes: int = 4 << 20
+    curve: ClientKey | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -92,11 +97,20 @@ def parse_bind(text: str) -> tuple[str, int]:
 
 
 def read_api_key(path: str | Path) -> str:
-    """The API key in a file (surrounding whitespace stripped). Raises GatewayConfigError if unreadable or empty."""
+    """The API key in a file (surrounding whitespace stripped).
+
+    Raises:
+        GatewayConfigError: the file is unreadable, empty, or readable by other users (a key is private, like the
+            CURVE keys of `moed keys`: chmod 600 it).
+    """
     try:
         key = Path(path).read_text(encoding="utf-8").strip()
+        mode = os.stat(path).st_mode & 0o777
     except OSError as e:
         raise GatewayConfigError(f"cannot read the API key file {path}: {e.strerror or e}") from None
     if not key:
         raise GatewayConfigError(f"the API key file {path} is empty")
+    if mode & 0o077:
+        raise GatewayConfigError(f"the API key file {path} has mode {mode:04o}: other users could read the key; "
+                                 f"`chmod 600 {path}`")
     return key

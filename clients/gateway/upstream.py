@@ -30,7 +30,8 @@ class Upstream:
     """The daemon as the gateway sees it. Create and use on the gateway's event loop."""
 
     def __init__(self, config: GatewayConfig) -> None:
-        self.client = AsyncClient(config.endpoint, timeout=config.timeout_s, name="moed-gateway")
+        self.client = AsyncClient(config.endpoint, timeout=config.timeout_s, name="moed-gateway",
+                                  curve=config.curve)
         self._model_name = config.model_name
         self._max_age = config.status_max_age_s
         self._status: Status | None = None

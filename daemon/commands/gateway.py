@@ -1,7 +1,7 @@
 """`moed gateway`: serve the OpenAI and Ollama HTTP APIs and Prometheus metrics for a running daemon.
 
-    moed gateway [--endpoint ENDPOINT] [--http [HOST:]PORT] [--api-key-file FILE] [--cors-origin ORIGIN ...]
-                 [--model-name NAME] [--log-level info]
+    moed gateway [--endpoint ENDPOINT] [--key-file FILE] [--http [HOST:]PORT] [--api-key-file FILE]
+                 [--cors-origin ORIGIN ...] [--model-name NAME] [--log-level info]
 
 The gateway is a client of the daemon (moed.clients.gateway, docs/gateway.md): it talks the ZeroMQ protocol to
 ENDPOINT (default: the clients' default endpoint) and serves HTTP on HOST:PORT (default 127.0.0.1:11435). A HOST
@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http", default="11435", metavar="[HOST:]PORT", help="where to serve HTTP (default 11435 on "
                    "127.0.0.1)")
     p.add_argument("--api-key-file", metavar="FILE", help="a file holding the API key clients must send")
+    p.add_argument("--key-file", metavar="FILE", help="the CURVE key file for a tcp endpoint (`moed keys client "
+                   "NAME`; default: $MOED_CLIENT_KEY)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from ORIGIN (`*` for any); repeatable; default: no CORS")
     p.add_argument("--model-name", default="", help="the name to serve the model under (default: the store's "
@@ -36,13 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from moed.clients.gateway import GatewayConfig, GatewayConfigError, parse_bind, read_api_key
     from moed.clients.gateway import run as serve
+    from moed.clients.keys import KeyFileError, load_client_key
 
     try:
         host, port = parse_bind(args.http)
         key = read_api_key(args.api_key_file) if args.api_key_file else None
+        curve = load_client_key(args.key_file) if args.key_file else None
         config = GatewayConfig(endpoint=args.endpoint, host=host, port=port, api_key=key,
-                               cors_origins=tuple(args.cors_origin), model_name=args.model_name)
-    except GatewayConfigError as e:
+                               cors_origins=tuple(args.cors_origin), model_name=args.model_name, curve=curve)
+    except (GatewayConfigError, KeyFileError) as e:
         print(f"moed gateway: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -25,6 +25,7 @@ SERVE_FLAGS = {
     "--log-level": "log_level", "--log-file": "log_file",
     "--governor": "governor", "--governor-profile": "governor_profile", "--sensor-trace": "sensor_trace",
     "--http": "http", "--http-api-key-file": "http_api_key_file",
+    "--curve-server-key": "curve_server_key", "--curve-allowed-clients": "curve_allowed_clients",
 }
 ALIASES = {"--cache-policy": ("--policy",)}  # older spellings still accepted
 

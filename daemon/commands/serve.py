@@ -43,7 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moed.clients.endpoints import default_endpoint
+    from moed.clients.keys import KeyFileError
+
     from .. import http_gateway
+    from ..access import Access
     from ..config import ConfigError, as_toml, check_with_store, load_config
     from ..logs import setup_logging
 
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         config = _resolve_store(load_config(args.config, flags=flags))
         warnings = check_with_store(config)
         http_gateway.gateway_config(config)  # the key file and the access rule, before anything binds
-    except ConfigError as e:
+        Access.for_endpoint(config, config.server.endpoint or default_endpoint())  # tcp: the CURVE key files
+    except (ConfigError, KeyFileError) as e:
         print(f"moed serve: {e}", file=sys.stderr)
         return 2
     for w in warnings:  # the daemon's log repeats them when the engine loads

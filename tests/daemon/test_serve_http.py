@@ -52,6 +52,10 @@ def test_http_keys_are_validated_with_the_key_named(tmp_path: Path):
     with pytest.raises(ConfigError, match="cannot read the API key file"):
         gateway_config(c)
     (tmp_path / "key").write_text("  s3cret\n")
+    (tmp_path / "key").chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        gateway_config(c)
+    (tmp_path / "key").chmod(0o600)
     gw = gateway_config(c, "ipc:///tmp/x.sock")
     assert gw is not None and (gw.host, gw.port, gw.api_key, gw.endpoint) == ("::", 8080, "s3cret", "ipc:///tmp/x.sock")
 
@@ -68,6 +72,7 @@ def test_serve_refuses_http_off_loopback_without_a_key_before_binding(model_dir)
 # -- the gateway in the daemon ---------------------------------------------------------------------------------------
 def test_the_daemon_serves_http_while_it_runs_and_stops_it_at_shutdown(model_dir, tmp_path: Path):
     (tmp_path / "key").write_text("k1")
+    (tmp_path / "key").chmod(0o600)
     port = free_port()
     with InProcess(model_dir("qwen3_moe", "store-mlx"), http=f"127.0.0.1:{port}",
                    http_api_key_file=str(tmp_path / "key")) as d:

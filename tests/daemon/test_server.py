@@ -415,8 +415,14 @@ def test_tcp_on_loopback(store, monkeypatch, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with InProcess(store, endpoint=f"tcp://127.0.0.1:{port}") as d:
-        c = Conn(d.endpoint)
+    from moed.clients import keys
+
+    keys.make_server_key(tmp_path)
+    key = keys.load_client_key(keys.make_client_key("t", folder=tmp_path))  # tcp needs CURVE (test_access.py)
+    with InProcess(store, endpoint=f"tcp://127.0.0.1:{port}", wait=False,
+                   curve_server_key=str(tmp_path / "server.key"),
+                   curve_allowed_clients=str(tmp_path / "allowed_clients")) as d:
+        c = Conn(d.endpoint, CURVE_SERVERKEY=key.server, CURVE_PUBLICKEY=key.public, CURVE_SECRETKEY=key.secret)
         try:
             assert c.result("hello", {"versions": [1]})["version"] == 1
             from pathlib import Path

@@ -68,6 +68,10 @@ def test_cli_refuses_non_loopback_without_key(capsys, tmp_path):
 def test_read_api_key(tmp_path):
     f = tmp_path / "key"
     f.write_text("  s3cret \n")
+    f.chmod(0o644)
+    with pytest.raises(GatewayConfigError, match="chmod 600"):  # a key others can read is no key
+        read_api_key(f)
+    f.chmod(0o600)
     assert read_api_key(f) == "s3cret"
     with pytest.raises(GatewayConfigError, match="cannot read"):
         read_api_key(tmp_path / "missing")
