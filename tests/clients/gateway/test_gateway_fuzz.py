@@ -93,8 +93,9 @@ def check_answer(method: str, path: str, r: Reply) -> None:
 
 # -- JSON bodies ------------------------------------------------------------------------------------------------------
 huge = st.sampled_from([2**63, 2**64, -2**63 - 1, 10**30, -10**30, 1e308, -1e308, 1e-320])
+surrogates = st.sampled_from(["\ud800", "a\udfffb", "\udc80" * 3])  # JSON may escape them; UTF-8 cannot carry them
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | huge | st.floats(allow_nan=True)
-           | st.text(max_size=12))
+           | st.text(max_size=12) | surrogates)
 junk = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids,
                                                                                        max_size=4), max_leaves=10)
 good = {
@@ -120,7 +121,8 @@ def bodies(draw: st.DrawFn, route: str = "") -> dict[str, Any]:
     if draw(st.sampled_from([True] * 9 + [False])) == route.endswith("chat/completions") or route == "/api/chat":
         body["messages"] = draw(st.lists(message, max_size=3))
     else:
-        body["prompt"] = draw(st.text(max_size=30) | st.lists(st.text(max_size=10), min_size=1, max_size=2))
+        body["prompt"] = draw(st.text(max_size=30) | surrogates
+                              | st.lists(st.text(max_size=10), min_size=1, max_size=2))
     for key in draw(st.sets(st.sampled_from(sorted(good)), max_size=5)):
         body[key] = draw(good[key])
     for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2, 3]))):  # mostly well-formed, so many reach the daemon
