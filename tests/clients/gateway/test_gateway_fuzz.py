@@ -6,8 +6,10 @@ replaced by wrong types, huge numbers, NaN and infinities, nested junk and unkno
 JSON at all: truncated documents, invalid UTF-8, deep nesting, bodies just over the size limit, JSON that is not an
 object. Then random paths and methods. Each answer must be: a status below 500, or 503 (with Retry-After); an
 error as the route's API writes it (OpenAI's `{"error": {message, type, param, code}}`, Ollama's
-`{"error": "..."}` under /api/); a success as JSON, server-sent events of JSON, NDJSON or the route's text. After
-the run a normal request still works and no HTTP request is left counted in flight.
+`{"error": "..."}` under /api/); a success as JSON, server-sent events of JSON, NDJSON or the route's text. Raw
+bytes on the socket (well-made requests spliced with random bytes, cut short, with odd headers or pipelined) get
+no 5xx either, and a request the gateway could read whole is answered. After the run a normal request still works
+and no HTTP request is left counted in flight.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import re
+import socket
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -195,6 +199,70 @@ paths = st.one_of(
        body=st.none() | st.builds(lambda b: json.dumps(b).encode(), bodies()))
 def test_random_paths_and_methods(gw, method, path, body):
     check_answer(method, path, call(gw, method, path, body))
+
+
+# -- raw bytes on the socket ------------------------------------------------------------------------------------------
+def _request(method: str, path: str, body: bytes, extra: list[bytes]) -> bytes:
+    head = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Content-Type: application/json",
+            b"Content-Length: %d" % len(body), *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+headers_junk = st.lists(st.sampled_from([
+    b"Content-Length: 5", b"Content-Length: -1", b"Content-Length: 99999999999", b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: gzip", b"Connection: close", b"Expect: 100-continue", b"X-" + b"a" * 9000 + b": 1",
+    b"Bad Header", b": empty", b"Authorization: Bearer \xff\xfe"]), max_size=2)
+
+
+@st.composite
+def raw_requests(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """A well-made HTTP request for a POST route (asking the gateway to close after answering), then spliced
+    with random bytes, given odd headers, followed by another request, or cut short; and whether it was cut."""
+    route = draw(st.sampled_from(POST_ROUTES))
+    raw = _request(draw(st.sampled_from(["POST", "GET", "POST "])), route, json.dumps(draw(bodies(route))).encode(),
+                   [b"Connection: close", *draw(headers_junk)])
+    how = draw(st.sampled_from(["as is", "cut", "splice", "pipelined"]))
+    if how == "cut":
+        raw = raw[:draw(st.integers(0, len(raw) - 1))]
+    elif how == "splice":
+        at = draw(st.integers(0, len(raw)))
+        raw = raw[:at] + draw(st.binary(min_size=1, max_size=16)) + raw[at:]
+    elif how == "pipelined":
+        raw += _request("GET", "/v1/models", b"", [])
+    return raw, how == "cut"
+
+
+def exchange(port: int, raw: bytes, cut: bool) -> tuple[bytes, bool]:
+    """Send raw bytes, read until the gateway closes; (what came back, whether the gateway had to be told that no
+    more bytes come). A cut request is followed by EOF at once (aiohttp then drops the connection, answered or not);
+    a whole one gets 3 s to be answered and closed (Connection: close) before the EOF is sent."""
+    answer, waited = b"", cut
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        s.sendall(raw)
+        if cut:
+            s.shutdown(socket.SHUT_WR)
+        while True:
+            try:
+                piece = s.recv(65536)
+            except TimeoutError:  # the gateway waits for bytes a spliced Content-Length promised
+                s.shutdown(socket.SHUT_WR)
+                waited = True
+                continue
+            if not piece:
+                return answer, waited
+            answer += piece
+
+
+@fuzz(400)
+@given(request=raw_requests())
+def test_raw_bytes_on_the_socket(gw, request):
+    raw, cut = request
+    answer, waited = exchange(gw.port, raw, cut)
+    statuses = [int(m) for m in re.findall(rb"^HTTP/1\.[01] (\d{3}) ", answer, re.M)]
+    assert statuses or waited, (raw[:200], answer[:200])  # a request it could read whole is answered
+    assert all(code < 500 or code == 503 for code in statuses), (raw[:200], answer[:300])
+    if currently_in_test_context():
+        event(f"{'cut' if cut else 'waited' if waited else 'whole'}: statuses {sorted(set(statuses))}")
 
 
 @pytest.mark.parametrize("route", POST_ROUTES)
