@@ -18,11 +18,12 @@ threads (/proc/PID/task). Then `--clients` threads, each with its own DEALER con
 
 A sampler reads the daemon's RSS, fds and threads every second. Afterwards, with every client gone: the daemon
 must be idle (no request active or queued), every request that was read to the end must have exactly one final
-(seq 0, 1, 2, ... with no gap; nothing after it), every greedy answer that ended with `length` or `stop` must equal
-the solo answer's first max_tokens tokens and a cancelled one a prefix of it, RSS must stay within dense weights
-+ cache budget + the fixed overhead (RSS_OVERHEAD_BYTES, as README.md states the bound), and fds and threads must
-be back to their baseline. The solo answers are computed again at the end and must not have changed. The exit
-status is 1 when an invariant fails.
+(seq 0, 1, 2, ... with no gap; nothing after it), the daemon's own count of the finals it sent (status `finished`)
+must match what the clients received plus at most one per abandoned request, every greedy answer that ended with
+`length` or `stop` must equal the solo answer's first max_tokens tokens, a cancelled one (and what an abandoned
+one got before the cut) a prefix of it, RSS must stay within dense weights + cache budget + the fixed overhead
+(RSS_OVERHEAD_BYTES, as README.md states the bound), and fds and threads must be back to their baseline. The solo
+answers are computed again at the end and must not have changed. The exit status is 1 when an invariant fails.
 
 Why the solo answer of (prompt, n) is the first n tokens of the prompt's solo run of --max-tokens: greedy decode
 of one request does not depend on max_tokens until it stops, so one solo run per prompt covers every n.
@@ -336,6 +337,7 @@ def soak(store: str, args: argparse.Namespace) -> dict[str, Any]:
         warm_up(endpoint, args, vocab)
         time.sleep(2.0)
         baseline = proc_sample(daemon.pid)
+        finished_before = unary(endpoint, "status")["result"].get("finished")
         sampler = Sampler(daemon.pid)
         sampler.start()
         t0 = time.monotonic()
@@ -350,8 +352,9 @@ def soak(store: str, args: argparse.Namespace) -> dict[str, Any]:
         sampler.stop()
         answers_after = solo(endpoint, args.max_tokens)
         budget = int(status["cache"]["budget_bytes"])
-        return report(store, args, clients, answers, answers_after, baseline, after, sampler.samples, status,
-                      bound_bytes(store, budget), wall)
+        record = report(store, args, clients, answers, answers_after, baseline, after, sampler.samples, status,
+                        bound_bytes(store, budget), wall)
+        return daemon_count(record, clients, finished_before, status.get("finished"))
     finally:
         daemon.terminate()
         try:
@@ -377,6 +380,31 @@ def _wait_ready(endpoint: str, daemon: subprocess.Popen[bytes], folder: Path, ti
     raise TimeoutError("the daemon did not become ready")
 
 
+def daemon_count(record: dict[str, Any], clients: list[Client], before: dict[str, int] | None,
+                 after: dict[str, int] | None) -> dict[str, Any]:
+    """Adds the daemon's own count of the finals it sent during the soak (status `finished`, by outcome): at least
+    what the clients received, per outcome, plus one for each abandoned request the daemon had answered at least once
+    and at most one for each abandoned request (one dropped with its connection before it arrived is not counted).
+    Refused requests (`busy`) are answered before the scheduler counts anything, so they are left out."""
+    if before is None or after is None:  # a daemon that does not report `finished`
+        record["daemon_finished"] = None
+        return record
+    seen: Counter[str] = Counter()
+    for kind_outcome, n in record["requests"]["outcomes"].items():
+        if (outcome := kind_outcome.split(":", 1)[1]) != "busy":
+            seen[outcome] += n
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    abandoned = [r for c in clients for r in c.disconnected]
+    extra = sum(delta.values()) - sum(seen.values())
+    heard = sum(1 for r in abandoned if r.seq > 0)
+    ok = all(delta.get(o, 0) >= n for o, n in seen.items()) and heard <= extra <= len(abandoned)
+    record["daemon_finished"] = {"during_soak": dict(sorted(delta.items())), "received_by_clients": dict(seen),
+                                 "abandoned": len(abandoned), "abandoned_after_a_reply": heard}
+    record["invariants"]["daemon_counted_one_final_each"] = ok
+    record["ok"] = record["ok"] and ok
+    return record
+
+
 def report(store: str, args: argparse.Namespace, clients: list[Client], answers: list[dict[str, Any]],
            answers_after: list[dict[str, Any]], baseline: dict[str, int], after: dict[str, int],
            samples: list[list[float]], status: dict[str, Any], bound: dict[str, int], wall: float) -> dict[str, Any]:
@@ -386,6 +414,10 @@ def report(store: str, args: argparse.Namespace, clients: list[Client], answers:
     outcomes: Counter[str] = Counter()
     problems: list[str] = []
     greedy_checked = 0
+    for r in (r for c in clients for r in c.disconnected):  # what came before the cut must be right too
+        solo_tokens = answers[r.prompt]["tokens"][:r.max_tokens]
+        for p in r.problems + ([] if r.tokens == solo_tokens[:len(r.tokens)] else ["tokens not a prefix of solo"]):
+            problems.append(f"{r.rid} ({r.kind}, prompt {r.prompt}, max_tokens {r.max_tokens}): {p}")
     for r in done:
         outcome, problem = check(r, answers)
         outcomes[f"{r.kind}:{outcome}"] += 1
@@ -414,7 +446,6 @@ def report(store: str, args: argparse.Namespace, clients: list[Client], answers:
         "requests": {"total": sum(kinds.values()), "by_kind": dict(kinds), "outcomes": dict(sorted(outcomes.items())),
                      "greedy_checked": int(greedy_checked), "tokens_streamed": tokens,
                      "tokens_per_s": round(tokens / wall, 1) if wall else None},
-        "daemon_finished": status.get("finished"),
         "memory": {**bound, "rss_baseline_bytes": baseline["rss"], "rss_max_bytes": rss_max,
                    "rss_end_bytes": after["rss"], "vm_hwm_bytes": after["hwm"]},
         "fds": {"baseline": baseline["fds"], "end": after["fds"], "max": max([s[2] for s in samples] or [0])},

@@ -55,6 +55,9 @@ def test_a_short_soak_on_the_tiny_store(model_dir, tmp_path):
     assert sum(n for k, n in req["outcomes"].items() if k.startswith("poison:")) == req["by_kind"]["poison"]
     assert all(k == "poison:invalid_params" for k in req["outcomes"] if k.startswith("poison:"))
     assert req["greedy_checked"] > 0
+    counted = record["daemon_finished"]  # the daemon's own count of the finals it sent during the soak
+    assert counted["abandoned"] == req["by_kind"].get("disconnect", 0)
+    assert counted["during_soak"]["invalid_params"] >= req["by_kind"]["poison"]
     mem = record["memory"]
     assert mem["bound_bytes"] == mem["dense_bytes"] + mem["cache_budget_bytes"] + mem["overhead_bytes"]
     assert 0 < mem["rss_max_bytes"] <= mem["bound_bytes"]
