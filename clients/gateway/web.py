@@ -30,6 +30,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError) as e:
         raise invalid(f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:  # json nests by recursion: `[[[[...` a few thousand deep, well under the size limit
+        raise invalid("the request body is not valid JSON: nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object", code="invalid_json")
     return body

@@ -14,7 +14,7 @@ from moed.clients import protocol
 from moed.clients.protocol import ProtocolError
 
 # per test, not a global profile: other test modules keep their own settings
-PROPERTY = settings(max_examples=200, deadline=None)
+PROPERTY = settings(max_examples=500, deadline=None)  # 6 properties: 3000 cases, a few seconds
 
 FLOATS = {"temperature": (0.0, 100.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0)}
 INTS = {"max_tokens": (1, protocol.MAX_TOKENS_LIMIT), "top_k": (0, 1 << 20)}

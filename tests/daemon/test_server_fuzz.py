@@ -1,4 +1,4 @@
-"""Property test: hundreds of malformed, odd and valid frames against one running daemon.
+"""Property test: a thousand malformed, odd and valid frames against one running daemon.
 
 Whatever arrives — bytes that are not msgpack, msgpack that is not a map, maps with wrong or missing fields,
 wrong types, unknown request types, oversize frames, several frames, prompts over the context limit — the daemon
@@ -97,7 +97,7 @@ def served(model_dir):
         c.close()
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(parts=frames)
 def test_every_frame_gets_exactly_its_documented_final(served, parts):
     _, conn, _ = served
