@@ -23,8 +23,10 @@ cannot be bound.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from .options import SERVE_FLAGS, add_flags, given
 
@@ -89,7 +91,7 @@ def _resolve_store(config: DaemonConfig) -> DaemonConfig:
     return config if str(path) == config.engine.store else config.replace(store=str(path))
 
 
-def _serve(config: DaemonConfig) -> int:
+def _serve(config: DaemonConfig) -> NoReturn:
     from ..runtime import install_signal_handlers
     from ..serving import Daemon
 
@@ -100,4 +102,12 @@ def _serve(config: DaemonConfig) -> int:
         daemon.shutdown(f"signal {name}", immediate=count > 1)
 
     install_signal_handlers(on_signal)
-    return daemon.serve()
+    rc = daemon.serve()
+    # The daemon has drained, saved its state and closed its socket. End the process here rather than through
+    # the interpreter's teardown: at teardown, native threads of MLX's runtime can still be joinable when their
+    # C++ objects are destroyed, which aborts the process (SIGABRT, "terminate called without an active
+    # exception") and turns a clean exit 0 into -6 now and then.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
