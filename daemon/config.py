@@ -272,7 +272,10 @@ def _check_trace(path: str) -> None:
 
     try:
         load_trace(path)
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise ConfigError(f"`governor.sensor_trace` {path}: {e.strerror or e} (give a JSONL trace file; "
+                          f"docs/governor.md, trace format)") from None
+    except ValueError as e:
         raise ConfigError(f"`governor.sensor_trace` {path}: {e}") from None
 
 
