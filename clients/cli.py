@@ -20,7 +20,7 @@ from . import exitcodes
 from .chat_repl import run_repl
 from .cli_governor import GovernorUsage, add_arguments as governor_arguments, cmd_governor
 from .cli_output import ProgressLine, print_json, ps_table, stats_line, status_rows, table
-from .errors import Busy, DaemonUnavailable, MoedError, RequestError, Timeout
+from .errors import Busy, DaemonUnavailable, MoedError, Timeout
 from .events import Chunk, Progress, Result
 from .keys import KeyFileError, load_client_key
 from .sync import Client, SyncStream

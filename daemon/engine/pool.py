@@ -17,7 +17,7 @@ import numpy as np
 from ..store.format import RecordLayout
 from .banks import SlotBanks
 from .sink import DEMAND, Uploads
-from .slot_policy import FREE, LOADING, READY, RETIRED, SlotPolicy
+from .slot_policy import FREE, READY, RETIRED, SlotPolicy
 from .slots import Key, SlotTable
 from .stats import Counters
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from fakedaemon import FakeDaemon, FakeRequest, gen_result, slow_generate, wait_until
+from fakedaemon import FakeDaemon, FakeRequest, gen_result, slow_generate
 from fakedaemon import fake_daemon  # noqa: F401  (the `fake` fixture)
 
 from moed.clients.cli import main

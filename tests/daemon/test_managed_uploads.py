@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 
-import mlx.core as mx
 import pytest
 from mlx_lm import load as mlx_load
 
