@@ -39,6 +39,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _sampling_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the sampling options, checked by the wire protocol's own rules (the ranges the daemon
+    enforces, docs/protocol.md), before anything loads; None if nothing."""
+    from moed.clients import protocol
+
+    params = {"prompt": args.prompt, "max_tokens": args.max_tokens, "temperature": args.temp, "top_k": args.top_k,
+              "min_p": args.min_p, "seed": args.seed, **({"top_p": args.top_p} if args.top_p else {})}
+    try:
+        protocol.parse_request(protocol.pack(protocol.request("cli", "generate", params)))
+    except protocol.ProtocolError as e:
+        return e.message
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import engine_config
     from ..engine.generate import GenerationStats, generate
@@ -46,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     from ..store.format import StoreError
     from ..store.registry import resolve_store
 
+    problem = _sampling_problem(args)
+    if problem:
+        print(f"moed generate: {problem}", file=sys.stderr)
+        return 2
     try:  # ConfigError and BudgetError are ValueErrors
         engine = load_engine(engine_config(resolve_store(args.store), **given(args, ENGINE_FLAGS)))
     except (StoreError, ValueError) as e:

@@ -75,6 +75,8 @@ class Prepared:
 
 def load_source_config(src: Path) -> dict[str, Any]:
     """config.json as mlx-lm reads it (generation_config's eos_token_id merged in, tagged floats decoded)."""
+    if not src.is_dir():
+        raise ConvertError(f"{src} is not a folder: give a checkpoint folder (mlx-lm or Hugging Face layout)")
     if not (src / "config.json").is_file():
         raise ConvertError(f"{src / 'config.json'} is missing: not a model checkpoint")
     try:

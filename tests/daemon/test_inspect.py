@@ -38,3 +38,13 @@ def test_a_flipped_byte_fails_verify(model_dir, capsys, tmp_path):
 def test_not_a_store_is_a_usage_error(tmp_path, capsys):
     assert moed_main(["inspect", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_silly_values_are_refused_before_anything_loads(model_dir, capsys, tmp_path):
+    store = str(model_dir("qwen3_moe", "store-mlx"))
+    for argv, says in ((["--max-tokens", "-3"], "`max_tokens`"), (["--temp", "-1"], "`temperature`"),
+                       (["--top-k", "-2"], "`top_k`")):
+        assert moed_main(["generate", store, "hi", *argv]) == 2
+        assert says in capsys.readouterr().err
+    assert moed_main(["convert", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
+    assert "is not a folder" in capsys.readouterr().err
