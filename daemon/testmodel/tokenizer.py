@@ -36,10 +36,14 @@ def corpus_files() -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".txt"))
 
 
+def _corpus_folder_text(name: str) -> str:
+    """The text of one corpus file."""
+    return resources.files(__package__).joinpath("corpus").joinpath(name).read_text(encoding="utf-8")
+
+
 def corpus_text() -> str:
     """The whole corpus: every corpus/*.txt, in file-name order, separated by a blank line."""
-    folder = resources.files(__package__).joinpath("corpus")
-    parts = [folder.joinpath(name).read_text(encoding="utf-8").strip() for name in corpus_files()]
+    parts = [_corpus_folder_text(name).strip() for name in corpus_files()]
     return "\n\n".join(parts) + "\n"
 
 
