@@ -89,7 +89,7 @@ def wait_speculating(conn: Conn, timeout: float = 60.0) -> dict:
 @pytest.mark.parametrize("budget", ["100%", "25%"])
 def test_greedy_quote_equals_without_speculation_and_mlx_lm_with_drafts_accepted(tiny, budget):
     checkpoint, store = tiny
-    prompt, n = tiny_quote(), 96
+    prompt, n = tiny_quote(), 120
     reference = mlx_tokens(checkpoint, prompt, n)
     with InProcess(store, cache_budget=budget) as d:
         c = Conn(d.endpoint)
@@ -279,3 +279,22 @@ def test_a_failing_expert_ends_only_the_lane_request(tiny):
             assert len(toks) == result["generated_tokens"] > 0
         finally:
             c.close()
+
+
+def test_moectl_generate_speculate_flags(tiny, capsys):
+    import json
+
+    from moed.clients.cli import main as moectl
+
+    _, store = tiny
+    with InProcess(store) as d:
+        base = ["--endpoint", d.endpoint, "generate", tiny_quote(), "--max-tokens", "120"]
+        assert moectl(base + ["--no-speculate", "--json"]) == 0
+        off = json.loads(capsys.readouterr().out)
+        assert off["draft_tokens"] == 0 and off["verify_passes"] == off["generated_tokens"]
+        assert moectl(base + ["--speculate", "--json"]) == 0
+        on = json.loads(capsys.readouterr().out)
+        assert on["text"] == off["text"] and on["accepted_tokens"] > 0
+        assert moectl(base) == 0
+        out, err = capsys.readouterr()
+        assert out.rstrip("\n") == on["text"] and "drafts accepted" in err  # how many varies: K adapts to timing
