@@ -298,3 +298,23 @@ def test_moectl_generate_speculate_flags(tiny, capsys):
         assert moectl(base) == 0
         out, err = capsys.readouterr()
         assert out.rstrip("\n") == on["text"] and "drafts accepted" in err  # how many varies: K adapts to timing
+
+
+def test_draft_model_speculation_and_its_settings(tiny):
+    from moed.daemon.config import ConfigError
+
+    checkpoint, store = tiny
+    prompt = tiny_quote()
+    with InProcess(store, speculate="draft", draft_model=str(checkpoint)) as d:  # the model drafts for itself
+        c = Conn(d.endpoint)
+        try:
+            plain, _ = generate(c, prompt=prompt, max_tokens=48, speculate=False)
+            spec, on = generate(c, prompt=prompt, max_tokens=48)
+            assert c.result("status")["speculation"]["mode"] == "draft"
+        finally:
+            c.close()
+    assert spec == plain and on["accepted_tokens"] > 0
+    with pytest.raises(ConfigError, match="no `draft_model`"):
+        InProcess(store, speculate="draft")
+    with pytest.raises(ConfigError, match="used only with speculate = draft"):
+        InProcess(store, draft_model=str(checkpoint))
