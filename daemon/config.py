@@ -268,6 +268,10 @@ def check_with_store(config: DaemonConfig) -> list[str]:
         if b.warning:
             warnings.append(f"`{KEYS[key][0]}.{key}`: {b.warning}")
     _check_trace(config.governor.sensor_trace)
+    draft = config.scheduler.draft_model
+    if config.scheduler.speculate == "draft" and not (Path(draft).expanduser() / "config.json").is_file():
+        raise ConfigError(f"`scheduler.draft_model` {draft}: no config.json there (give an mlx-lm checkpoint folder "
+                          f"whose tokenizer is the served model's)")
     return warnings
 
 

@@ -368,9 +368,8 @@ class Scheduler:
         eng = self.engine
         if self._limits.pace is not None:
             self._next_step_at = time.monotonic() + 1.0 / self._limits.pace
-        if self._solo is None and self._speculation is not None and len(self._active) == 1 and not self._waiting:
-            ((uid, job),) = self._active.items()  # decoding alone: speculate if it may
-            self._solo = self._speculation.enter(self.bg, uid, job) if self._speculation.wants(job) else None
+        if self._solo is None and self._speculation is not None and len(self._active) == 1:
+            self._enter_solo()  # whoever waits now waits for the ceiling: admission ran just before
         if self._solo is not None:
             self._solo_step(self._solo)
             return
@@ -437,12 +436,29 @@ class Scheduler:
             self._end_ok(job, done)
 
     # -- the solo lane (solo_lane.py) ------------------------------------------------------------------------
+    def _enter_solo(self) -> None:
+        """The one request in the batch decodes alone: move it into the solo lane if it may speculate."""
+        assert self._speculation is not None
+        ((uid, job),) = self._active.items()
+        if not self._speculation.wants(job):
+            return
+        try:
+            self._solo = self._speculation.enter(self.bg, uid, job)
+        except Exception as e:  # noqa: BLE001 - the row may be half moved: end its request, not the daemon
+            self._remove(job)
+            self._end_error(job, *self._failure(e))
+
     def _leave_solo(self) -> None:
         """Put the solo lane's request back into the batch (someone else is about to join it)."""
         assert self._solo is not None
-        lane, self._solo = self._solo, None
-        job = lane.job
-        uid = lane.leave(self.bg)
+        lane, job = self._solo, self._solo.job
+        try:
+            uid = lane.leave(self.bg)
+        except Exception as e:  # noqa: BLE001 - as in _enter_solo
+            self._remove(job)
+            self._end_error(job, *self._failure(e))
+            return
+        self._solo = None
         del self._active[lane.uid]
         self._active[uid], self._uid_of[job.key] = job, uid
         job.speculating = False
