@@ -8,7 +8,6 @@ import json
 import logging
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 from mlx_lm import load as mlx_load
 from mlx_lm.generate import stream_generate

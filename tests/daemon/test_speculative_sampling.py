@@ -115,7 +115,7 @@ def test_sampled_speculative_tokens_keep_the_models_distribution(model_dir):
 
     from moed.daemon.config import engine_config
     from moed.daemon.engine.drafters import ModelDrafter, load_draft_model
-    from moed.daemon.engine.generate import _prefill
+    from moed.daemon.engine.speculative_loop import prefill
     from moed.daemon.engine.model import load_engine
     from moed.daemon.engine.speculative import Speculator, make_picker
     from moed.daemon.speculation import SpeculationConfig
@@ -138,7 +138,7 @@ def test_sampled_speculative_tokens_keep_the_models_distribution(model_dir):
     with load_engine(engine_config(model_dir("qwen3_moe", "store-mlx"), cache_budget="100%",
                                    read_mode="buffered")) as eng:
         prompt_cache = make_prompt_cache(eng.model)
-        _prefill(eng.model, prompt_cache, ids)  # the prompt; t0 is the pending token
+        prefill(eng.model, prompt_cache, ids)  # the prompt; t0 is the pending token
         for seed in SEEDS:
             cache = make_prompt_cache(eng.model)
             for mine, done in zip(cache, prompt_cache):
