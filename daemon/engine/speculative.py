@@ -20,7 +20,8 @@ API, for the engine's loop (generate.py) and the daemon's scheduler alike (one r
     spec.plain(token, seconds)                                   #   which the caller may run pipelined)
     spec.draft_tokens, spec.accepted_tokens, spec.passes         # counters (plain steps count as passes)
 
-The cache must be trimmable (`cache_trimmable(cache)`); where it is not, decode plainly (`Speculator` refuses).
+The cache must be trimmable: check `cache_trimmable(cache)` first, and decode plainly where it is not (a pass's
+rejected rows could not be taken back).
 """
 
 from __future__ import annotations
