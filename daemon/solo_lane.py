@@ -7,12 +7,15 @@ scheduler speculates for a request only while it is the only one in the batch, a
 admitted beside it:
 
     lane = SoloLane.enter(bg, uid, job, speculator, model)  # takes the row out of the batch with its KV cache
-    p = lane.step()          # one verification pass: p.tokens (1..K+1, never past max_tokens), p.drafted, ...
+    p = lane.step()          # one pass: p.tokens (1..K+1, never past max_tokens), p.drafted, p.accepted, ...
     uid = lane.leave(bg)     # the row back in the batch with its cache, decoding on where the lane stopped
 
 The scheduler runs one pass per loop iteration, so cancels, limits, intake and the pace cap land between passes
 as between batch steps (a pass is one step), and it calls `leave` before it admits anyone else. The Speculator
 (engine/speculative.py) lives on the Job, so its adaptive K keeps what it learned across visits to the lane.
+Where adaptive K chooses 0 (drafts not accepted, or verification not cheaper), passes are plain steps pipelined
+as the batch's are: the next step is queued before the current token is read back, and the run lasts while K stays
+0 (engine/speculative_loop.py does the same), so a request that backed off decodes at the batch's speed.
 
 Exactness. Taking the row out: the batch has already fed the last emitted token into the row's cache and sampled
 the one after it; the lane trims that token from the cache and feeds it again as row 0 of its first pass, so it
@@ -20,8 +23,9 @@ decides the next token itself (the batch's draw is dropped). Row r of a pass is 
 index + r: greedy picks the argmax, a sampled request draws with the key from (seed, index + r) (jobs.py), exactly
 the draw batched decoding makes for that position. Drafts are point masses, so the emitted tokens are the tokens
 decoding without speculation would give (engine/speculative.py). Putting the row back: the lane's last token (not
-yet in the cache) is inserted as a one-token prompt with the cache, and the request's KeyedSampler index is set to
-its next position, so the batch draws on with the same keys.
+yet in the cache; a queued plain step is dropped and its input trimmed from the cache) is inserted as a one-token
+prompt with the cache, and the request's KeyedSampler index is set to its next position, so the batch draws on
+with the same keys.
 
 Failures stay this request's, as in the batch (isolation.py): the model runs through `Watched`, which collects the
 quarantine's reports; a report on a position the pass emitted from spoils the request (`Pass.spoiled`), one on a
@@ -32,8 +36,9 @@ is kept on the request (`job.failure`), as guard_sampler does.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Container
+from typing import TYPE_CHECKING, Any, Callable, Container
 
 import mlx.core as mx
 
@@ -118,10 +123,15 @@ class SoloLane:
     """One request decoding alone with speculation; see the module docstring."""
 
     def __init__(self, job: Job, uid: int, cache: list[Any], context: list[int], speculator: Speculator,
-                 model: Watched, stream: Any):
+                 model: Watched, stream: Any, clock: Callable[[], float] = time.perf_counter):
         self.job, self.uid, self.cache, self.context = job, uid, cache, context
-        self.speculator, self.model, self.stream = speculator, model, stream
+        self.speculator, self.model, self.stream, self.clock = speculator, model, stream, clock
         self.picker = picker_for(job)
+        # a plain run in flight: the next token, queued but not read back (its input, context[-1], is in the
+        # cache); the K decided at the end of a run, for the pass after it; when the last plain token came
+        self.pending: mx.array | None = None
+        self.k: int | None = None
+        self.tic = 0.0
 
     @classmethod
     def enter(cls, bg: BatchGenerator, uid: int, job: Job, speculator: Speculator, model: Watched) -> SoloLane:
@@ -139,13 +149,44 @@ class SoloLane:
         return int(self.job.params["max_tokens"]) - self.job.generated
 
     def step(self) -> Pass:
-        """One verification pass (at most `remaining` tokens). Raises what the model raises."""
-        s = self.speculator
-        drafted, accepted = s.draft_tokens, s.accepted_tokens
+        """One pass, as the request's adaptive K decides: a verification pass of K drafts, or (K = 0) one plain
+        step of a pipelined run. At most `remaining` tokens. Raises what the model raises."""
+        s, limit = self.speculator, self.remaining
+        if self.pending is None:
+            k, self.k = (s.choose(limit) if self.k is None else self.k), None
+            if k > 0:
+                drafted, accepted = s.draft_tokens, s.accepted_tokens
+                with mx.stream(self.stream):
+                    tokens = s.step(self.model, self.cache, self.picker, self.job.generated, limit, k=k)
+                self.context += tokens
+                return Pass(tokens, s.draft_tokens - drafted, s.accepted_tokens - accepted,
+                            self.model.spoiled(len(tokens)))
+            self.pending = self._plain(mx.array([self.context[-1]], dtype=mx.uint32), self.job.generated)
+            self.tic = self.clock()
+        return Pass([self._plain_token(limit)], 0, 0, self.model.spoiled(1))
+
+    def _plain_token(self, limit: int) -> int:
+        """The plain run's next token; the step after it is queued first while K stays 0 (as mlx-lm's loop and
+        the batch do: the device computes it while the host reads this one back and routes it)."""
+        s, pending, index = self.speculator, self.pending, self.job.generated
+        assert pending is not None
+        k = s.choose(limit - 1) if limit > 1 else 0  # the decision for the token after this one
+        self.pending = self._plain(pending, index + 1) if limit > 1 and k == 0 else None
+        self.k = None if self.pending is not None or limit <= 1 else k
+        token = int(pending.item())
+        now = self.clock()
+        s.plain(token, now - self.tic)
+        self.tic = now
+        self.context.append(token)  # in the cache if a step on it is queued; else fed by the next pass
+        return token
+
+    def _plain(self, y: mx.array, index: int) -> mx.array:
+        """Queue one plain step on token y ([1], maybe not computed yet): the next token at `index`, lazily."""
         with mx.stream(self.stream):
-            tokens = s.step(self.model, self.cache, self.picker, self.job.generated, self.remaining)
-        self.context += tokens
-        return Pass(tokens, s.draft_tokens - drafted, s.accepted_tokens - accepted, self.model.spoiled(len(tokens)))
+            logits = self.model(y[None], cache=self.cache)[:, -1, :]
+            token = self.picker(logits - mx.logsumexp(logits, axis=-1, keepdims=True), index)
+        mx.async_eval(token)
+        return token
 
     def routed(self, p: Pass, eos: Container[int]) -> list[tuple[int, bool, bool]]:
         """The pass's tokens as the scheduler feeds them: (token, is end-of-sequence, is the max_tokens-th). Call
@@ -156,6 +197,10 @@ class SoloLane:
     def leave(self, bg: BatchGenerator) -> int:
         """Put the row back into the batch with its cache; returns its new uid. The lane is spent."""
         job = self.job
+        if self.pending is not None:  # drop the queued step: the batch feeds its input token again
+            for c in self.cache:
+                c.trim(1)
+            self.pending = None
         if job.keyed is not None:
             job.keyed.index = job.generated  # the batch's first draw is the token at this position
         job.prefilled = 0  # the one-token prompt is all the batch will process for it

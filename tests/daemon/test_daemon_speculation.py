@@ -5,13 +5,13 @@ drafts accepted; a speculating request joined by three others gets its solo toke
 again once alone; seeded sampling is the same with and without; cancel frees the lane's row; stop strings and
 max_tokens land on the exact token even where a pass accepts several; a failing expert ends only the lane's
 request. On the tiny random model (its greedy text falls into loops that prompt lookup predicts) and, where it is
-there, the trained fixture (it quotes). K is fixed (no adaptation) here: adaptive K follows measured pass times,
-which would make how many drafts are checked, and so whether any is accepted, depend on the machine's load.
+there, the trained fixture (it quotes). K follows a fixed script here (verification passes of 4 and 2 drafts
+between pipelined plain runs): adaptive K follows measured pass times, which would make how many drafts are checked,
+and so whether any is accepted, depend on the machine's load.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from pathlib import Path
 
@@ -44,13 +44,19 @@ def trained_store(trained_checkpoint, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def fixed_k(monkeypatch):
-    """Every pass drafts up to max_draft tokens (see the module docstring)."""
-    from moed.daemon import solo_lane
-    from moed.daemon.speculation import SpeculationConfig
+K_SCRIPT = (4, 4, 0, 0, 0, 2, 0, 4)  # each request's decisions, repeated: passes of K drafts and plain runs
 
-    monkeypatch.setattr(solo_lane, "SpeculationConfig", functools.partial(SpeculationConfig, adaptive=False))
+
+@pytest.fixture(autouse=True)
+def scripted_k(monkeypatch):
+    """Each request's adaptive K decides by K_SCRIPT instead (see the module docstring)."""
+    from moed.daemon.engine.adaptive import AdaptiveK
+
+    def choose(self) -> int:
+        self._script_at = getattr(self, "_script_at", -1) + 1
+        return K_SCRIPT[self._script_at % len(K_SCRIPT)]
+
+    monkeypatch.setattr(AdaptiveK, "choose", choose)
 
 
 def tiny_quote() -> str:
