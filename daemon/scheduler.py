@@ -445,8 +445,7 @@ class Scheduler:
         try:
             self._solo = self._speculation.enter(self.bg, uid, job)
         except Exception as e:  # noqa: BLE001 - the row may be half moved: end its request, not the daemon
-            self._remove(job)
-            self._end_error(job, *self._failure(e))
+            self._fail_one(job, e)
 
     def _leave_solo(self) -> None:
         """Put the solo lane's request back into the batch (someone else is about to join it)."""
@@ -455,8 +454,7 @@ class Scheduler:
         try:
             uid = lane.leave(self.bg)
         except Exception as e:  # noqa: BLE001 - as in _enter_solo
-            self._remove(job)
-            self._end_error(job, *self._failure(e))
+            self._fail_one(job, e)
             return
         self._solo = None
         del self._active[lane.uid]
@@ -471,8 +469,7 @@ class Scheduler:
         try:
             p = lane.step()
         except Exception as e:  # noqa: BLE001 - a failed pass fails its request, not the daemon
-            self._remove(job)
-            self._end_error(job, *self._failure(e))
+            self._fail_one(job, e)
             self._publish_counts()
             return
         self._steps += 1
@@ -520,6 +517,10 @@ class Scheduler:
             return "store_error", f"{e} (check the store with `moed inspect STORE --verify`)"
         log.exception("step failed")
         return "internal", f"generation failed: {type(e).__name__}: {e}"
+
+    def _fail_one(self, job: Job, e: Exception) -> None:
+        self._remove(job)
+        self._end_error(job, *self._failure(e))
 
     def _fail_batch(self, e: Exception) -> None:
         code, msg = self._failure(e)
