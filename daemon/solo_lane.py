@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Pass:
-    """One verification pass of the lane: the tokens it emitted (the last not yet in the cache), the draft tokens
-    it checked and accepted, and the quarantine report that spoiled it (None: clean)."""
+    """One pass of the lane (a verification pass, or a plain step of a pipelined run): the tokens it emitted, the
+    draft tokens it checked and accepted, and the quarantine report that spoiled it (None: clean)."""
 
     tokens: list[int]
     drafted: int
