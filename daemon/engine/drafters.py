@@ -144,12 +144,14 @@ class ModelDrafter:
     def propose(self, k: int) -> list[int]:
         if k <= 0 or not self._pending:
             return []
-        y, out = mx.array(self._pending)[None], []
-        for i in range(k):
+        y, steps = mx.array(self._pending)[None], []
+        for _ in range(k):  # each step queued on the previous one's lazy token: one read-back for all k
             logits = self.draft.model(y, cache=self._cache)[:, -1, :]  # [1, vocab]
-            token = int(mx.argmax(logits, axis=-1).item())
-            out.append(token)
-            y = mx.array([[token]])
+            token = mx.argmax(logits, axis=-1)  # [1]
+            mx.async_eval(token)
+            steps.append(token)
+            y = token[None]  # [1, 1]
+        out = [int(t) for t in mx.concatenate(steps).tolist()]
         self._pending, self._proposal, self._fed = [], out, k - 1
         return out
 
