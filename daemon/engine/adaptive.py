@@ -2,7 +2,9 @@
 
 Per pass the controller learns two things:
 - the acceptance rate a: the chance that a draft token is accepted given the ones before it were, as decayed
-  counts (recent passes weigh more) over a weak prior;
+  counts (recent passes weigh more) over a weak prior; also per kind of draft (`kind`: for prompt lookup the
+  length of the matched n-gram, as a 3-token match is a much better guess than a 1-token one), each kind's
+  estimate drawn towards the overall one until it has counts of its own;
 - the cost of a pass of r rows (drafting included) relative to a plain one-row step, as a moving average of the
   measured seconds per row count; a row count not measured yet is extrapolated linearly from the measured ones.
   The cost is measured, not assumed: MLX's CPU kernels cost about linearly in rows, a GPU's barely, and a streaming
@@ -14,12 +16,16 @@ K = 0 is a plain step. Having backed off to 0, it probes with a small K now and 
 probes keep failing), so a request whose text turns repetitive later is noticed.
 
     ctl = AdaptiveK(max_draft=4)
-    k = ctl.choose()
+    k = ctl.choose(kind)                    # kind: None, or what the drafter says about its next guess
     ... draft up to k tokens, verify them in one pass taking `seconds` ...
-    ctl.record(drafted=len(drafts), accepted=n, seconds=seconds)
+    ctl.record(drafted=len(drafts), accepted=n, seconds=seconds, kind=kind)
 """
 
 from __future__ import annotations
+
+from typing import Hashable
+
+KIND_WEIGHT = 1.0  # pseudo-counts of the overall acceptance in a kind's estimate
 
 
 class AdaptiveK:
@@ -36,6 +42,7 @@ class AdaptiveK:
         self.probe_start, self.probe_max, self.base_after = probe_start, probe_max, base_after
         self._hits = 0.0  # decayed accepted draft tokens
         self._trials = 0.0  # decayed draft tokens whose fate was decided (accepted, or the first rejected)
+        self._kinds: dict[Hashable, list[float]] = {}  # kind -> [decayed hits, decayed trials]
         self._seconds: dict[int, float] = {}  # rows -> moving average of a pass's seconds
         self._plain_run = 0  # plain steps chosen in a row since the last probe
         self._probe_every = probe_start
@@ -47,6 +54,13 @@ class AdaptiveK:
         """The estimated chance that a draft token is accepted (given the previous ones were)."""
         return (self._hits + self.prior_accept * self.prior_weight) / (self._trials + self.prior_weight)
 
+    def acceptance_of(self, kind: Hashable | None) -> float:
+        """The estimate for one kind of draft, drawn towards the overall one (KIND_WEIGHT pseudo-counts)."""
+        if kind is None or kind not in self._kinds:
+            return self.acceptance
+        hits, trials = self._kinds[kind]
+        return (hits + self.acceptance * KIND_WEIGHT) / (trials + KIND_WEIGHT)
+
     def cost(self, rows: int) -> float:
         """A pass of `rows` rows in units of a plain one-row step (1.0 for rows == 1)."""
         base = self._base_seconds()
@@ -56,9 +70,9 @@ class AdaptiveK:
             return self._seconds[rows] / base
         return 1.0 + self._slope(base) * (rows - 1)
 
-    def expected_tokens(self, k: int) -> float:
+    def expected_tokens(self, k: int, kind: Hashable | None = None) -> float:
         """E(K): tokens one pass of k drafts emits on average (accepted drafts plus the target's own one)."""
-        a = min(self.acceptance, 0.999)
+        a = min(self.acceptance_of(kind), 0.999)
         return (1.0 - a ** (k + 1)) / (1.0 - a)
 
     def _base_seconds(self) -> float | None:
@@ -79,20 +93,20 @@ class AdaptiveK:
         return max(0.0, sum(x * y for x, y in pts) / sum(x * x for x, _ in pts))
 
     # -- decisions ------------------------------------------------------------------------------------------------
-    def best(self) -> int:
+    def best(self, kind: Hashable | None = None) -> int:
         """The K maximising expected tokens per unit time now (the smaller K on a tie)."""
-        scores = [self.expected_tokens(k) / self.cost(k + 1) for k in range(self.max_draft + 1)]
+        scores = [self.expected_tokens(k, kind) / self.cost(k + 1) for k in range(self.max_draft + 1)]
         top = max(scores)
         return next(k for k, s in enumerate(scores) if s >= top * (1 - 1e-9))
 
-    def choose(self) -> int:
-        """K for the next pass (0: a plain step)."""
+    def choose(self, kind: Hashable | None = None) -> int:
+        """K for the next pass (0: a plain step), for drafts of this kind (None: any)."""
         if not self.adaptive or self.max_draft == 0:
             return self.max_draft
         self._passes += 1
         if 1 not in self._seconds and self._passes >= self.base_after:
             return 0  # costs are relative to a plain step: measure one (a drafter that always has drafts never does)
-        k = self.best()
+        k = self.best(kind)
         if k > 0:
             self._plain_run, self._probe_every = 0, self.probe_start
             return k
@@ -103,12 +117,16 @@ class AdaptiveK:
             return min(2, self.max_draft)
         return 0
 
-    def record(self, drafted: int, accepted: int, seconds: float) -> None:
-        """What a pass did: drafts checked, drafts accepted, its seconds (drafting included)."""
+    def record(self, drafted: int, accepted: int, seconds: float, kind: Hashable | None = None) -> None:
+        """What a pass did: drafts checked, drafts accepted, its seconds (drafting included), the drafts' kind."""
         if drafted > 0:
             decided = accepted + (1 if accepted < drafted else 0)
             self._hits = self.decay * self._hits + accepted
             self._trials = self.decay * self._trials + decided
+            if kind is not None:
+                counts = self._kinds.setdefault(kind, [0.0, 0.0])
+                counts[0] = self.decay * counts[0] + accepted
+                counts[1] = self.decay * counts[1] + decided
         rows = drafted + 1
         old = self._seconds.get(rows)
         w = self.time_weight

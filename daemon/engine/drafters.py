@@ -10,7 +10,9 @@ A drafter follows one request's context (prompt + every emitted token):
     drafts = d.propose(4)                           # up to 4 tokens continuing the context (maybe fewer, maybe none)
     d.accept(emitted)                               # the tokens the pass emitted: accepted drafts + one more
 
-`accept` must follow every pass, `propose` or not (a plain step's one token too).
+`accept` must follow every pass, `propose` or not (a plain step's one token too). A drafter may also have
+`kind()`: what it can say about its next proposal before making it (prompt lookup: the matched n-gram's length, 0
+for no proposal), which adaptive K keeps acceptance rates by.
 """
 
 from __future__ import annotations
@@ -67,19 +69,27 @@ class PromptLookup:
         self._indexed = max(self._indexed, end)
 
     def propose(self, k: int) -> list[int]:
-        toks, size = self._tokens, len(self._tokens)
-        if k <= 0 or size < 2:
+        n, j = self._match()
+        if k <= 0 or n == 0:
             return []
+        toks, size, out = self._tokens, len(self._tokens), []
+        for i in range(k):  # positions past the context repeat the period (j + 1 .. size - 1)
+            src = j + 1 + i
+            out.append(toks[src] if src < size else out[src - size])
+        return out
+
+    def kind(self) -> int:
+        """The length of the suffix a proposal would match now (0: none): longer matches are better guesses."""
+        return self._match()[0]
+
+    def _match(self) -> tuple[int, int]:
+        """(n, end position of the latest earlier occurrence) of the longest matching suffix; (0, -1) if none."""
+        toks, size = self._tokens, len(self._tokens)
         for n in range(min(self.ngram_max, size - 1), self.ngram_min - 1, -1):
             j = self._index.get(tuple(toks[size - n:]))
-            if j is None:
-                continue
-            out: list[int] = []
-            for i in range(k):  # positions past the context repeat the period (j + 1 .. size - 1)
-                src = j + 1 + i
-                out.append(toks[src] if src < size else out[src - size])
-            return out
-        return []
+            if j is not None:
+                return n, j
+        return 0, -1
 
 
 @dataclass
@@ -144,12 +154,14 @@ class ModelDrafter:
     def propose(self, k: int) -> list[int]:
         if k <= 0 or not self._pending:
             return []
-        y, out = mx.array(self._pending)[None], []
-        for i in range(k):
+        y, steps = mx.array(self._pending)[None], []
+        for _ in range(k):  # each step queued on the previous one's lazy token: one read-back for all k
             logits = self.draft.model(y, cache=self._cache)[:, -1, :]  # [1, vocab]
-            token = int(mx.argmax(logits, axis=-1).item())
-            out.append(token)
-            y = mx.array([[token]])
+            token = mx.argmax(logits, axis=-1)  # [1]
+            mx.async_eval(token)
+            steps.append(token)
+            y = token[None]  # [1, 1]
+        out = [int(t) for t in mx.concatenate(steps).tolist()]
         self._pending, self._proposal, self._fed = [], out, k - 1
         return out
 

@@ -159,8 +159,16 @@ class Speculator:
         self.last = int(context[-1])
 
     def choose(self, limit: int) -> int:
-        """The adaptive K for the next pass, at most limit - 1 (0: a plain step). Each call is one decision."""
-        return min(self.controller.choose(), max(0, limit - 1))
+        """The adaptive K for the next pass, at most limit - 1 (0: a plain step). Each call is one decision; a
+        drafter that has nothing to propose now (kind 0) gets 0 without asking the controller."""
+        kind = self._kind()
+        if kind == 0 or limit <= 1:
+            return 0
+        return min(self.controller.choose(kind), limit - 1)
+
+    def _kind(self):
+        kind = getattr(self.drafter, "kind", None)
+        return kind() if kind is not None else None
 
     def step(self, model: nn.Module, cache: list[Any], pick: Picker, index: int, limit: int,
              k: int | None = None) -> list[int]:
@@ -168,11 +176,12 @@ class Speculator:
         last of which is not in the cache yet. `index`: tokens generated so far (the key index of row 0); `limit`:
         the most tokens the request may still emit (>= 1); `k`: a K already chosen (by `choose`), else chosen now."""
         t0 = self.clock()
+        kind = self._kind()
         k = self.choose(limit) if k is None else min(k, max(0, limit - 1))
         drafts = self.drafter.propose(k) if k > 0 else []
         tokens, accepted = verify(model, cache, self.last, drafts, pick, index)
         self.drafter.accept(tokens)
-        self.controller.record(len(drafts), accepted, self.clock() - t0)
+        self.controller.record(len(drafts), accepted, self.clock() - t0, kind)
         self.passes += 1
         self.draft_tokens += len(drafts)
         self.accepted_tokens += accepted

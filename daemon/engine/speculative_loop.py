@@ -37,11 +37,14 @@ def speculative_tokens(model: nn.Module, ids: list[int], max_tokens: int, picker
                        make_speculator: Callable[[list[Any]], Speculator | None], stats: Any = None,
                        clock: Callable[[], float] = time.perf_counter) -> Iterator[int]:
     """Generated token ids: at most max_tokens (no limit if negative); the caller stops at end of sequence.
+    Raises ValueError for an empty prompt.
 
     make_speculator(cache) gives the request's Speculator for its new KV cache, or None to decode plainly.
     `stats` (a GenerationStats or LoopStats) gets draft_tokens, accepted_tokens and verify_passes (forward passes
     that emitted tokens, the one ending prefill included) as they change.
     """
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens")
     stats = stats if stats is not None else LoopStats()
     limit = max_tokens if max_tokens >= 0 else 1 << 62
     cache = make_prompt_cache(model)

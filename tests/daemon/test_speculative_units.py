@@ -134,6 +134,28 @@ def test_adaptive_k_probes_again_after_backing_off_and_returns_when_drafts_start
     assert chosen[-10:] == [4] * 10
 
 
+def test_adaptive_k_keeps_acceptance_per_kind_of_draft():
+    # prompt lookup: 1-token matches are always rejected, 3-token matches always accepted
+    ctl = AdaptiveK(4)
+    for i in range(60):
+        kind = 1 if i % 2 else 3
+        k = ctl.choose(kind)
+        ctl.record(k, k if kind == 3 else 0, 1.0 + 0.1 * (k + 1), kind)
+    assert ctl.acceptance_of(1) < 0.2 < 0.8 < ctl.acceptance_of(3)
+    assert ctl.best(1) == 0 and ctl.best(3) == 4
+    assert ctl.acceptance_of(2) == ctl.acceptance  # no counts of its own yet
+
+
+def test_lookup_kind_is_the_matched_length():
+    d = PromptLookup(3, 1)
+    d.start([1, 2, 3, 9, 1, 2, 3])
+    assert d.kind() == 3
+    d.accept([7])
+    assert d.kind() == 0 and d.propose(2) == []
+    d.accept([2])
+    assert d.kind() == 1
+
+
 def test_adaptive_k_expected_tokens_and_fixed_k():
     ctl = AdaptiveK(4, prior_accept=0.5, prior_weight=1.0)
     assert ctl.expected_tokens(0) == pytest.approx(1.0)
