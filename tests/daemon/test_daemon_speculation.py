@@ -52,7 +52,7 @@ def scripted_k(monkeypatch):
     """Each request's adaptive K decides by K_SCRIPT instead (see the module docstring)."""
     from moed.daemon.engine.adaptive import AdaptiveK
 
-    def choose(self) -> int:
+    def choose(self, kind=None) -> int:
         self._script_at = getattr(self, "_script_at", -1) + 1
         return K_SCRIPT[self._script_at % len(K_SCRIPT)]
 
