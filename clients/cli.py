@@ -70,14 +70,17 @@ def cmd_generate(client: Client, args: argparse.Namespace) -> int:
     request is queued or prefilling, a progress line shows on stderr (at a terminal). --no-stream prints the text
     only at the end (the request still streams, so --timeout stays a silence limit); --json prints the result
     with its text as one JSON object.
+    --no-speculate turns speculative decoding off for this request, --speculate asks for it where the daemon allows
+    it (param `speculate`, protocol version 3; the tokens are the same either way); the stats then add the drafts
+    accepted per pass.
     Usage: moectl generate [PROMPT | -] [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--min-p P]
-           [--seed S] [--stop S ...] [--no-stream] [--json]
+           [--seed S] [--stop S ...] [--speculate | --no-speculate] [--no-stream] [--json]
     """
-    result = _run_stream(client.generate(_prompt(args), **_sampling(args)), args)
+    result = _run_stream(client.generate(_prompt(args), **_sampling(args, client)), args)
     if args.json:
         print_json(result.as_dict())
     else:
-        print(stats_line(result), file=sys.stderr)
+        print(stats_line(result) + _speculation_note(result), file=sys.stderr)
     return EXIT_OK
 
 
@@ -93,19 +96,20 @@ def cmd_chat(client: Client, args: argparse.Namespace) -> int:
     """
     history = [{"role": "system", "content": args.system}] if args.system else []
     if args.messages:
-        result = _run_stream(client.chat(history + [_message(m) for m in args.messages], **_sampling(args)), args)
+        messages = history + [_message(m) for m in args.messages]
+        result = _run_stream(client.chat(messages, **_sampling(args, client)), args)
         if args.json:
             print_json(result.as_dict())
         else:
-            print(stats_line(result), file=sys.stderr)
+            print(stats_line(result) + _speculation_note(result), file=sys.stderr)
         return EXIT_OK
 
     def turn(messages: list[dict[str, str]]) -> Result:
-        result = _run_stream(client.chat(messages, **_sampling(args)), args)
+        result = _run_stream(client.chat(messages, **_sampling(args, client)), args)
         if args.json:
             print_json(result.as_dict())
         else:
-            print(stats_line(result), file=sys.stderr)
+            print(stats_line(result) + _speculation_note(result), file=sys.stderr)
         return result
 
     return run_repl(client, args, turn)
@@ -196,10 +200,24 @@ def _message(arg: str) -> dict[str, str]:
     return {"role": "user", "content": arg}
 
 
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampling options given on the command line (the daemon's defaults apply to the others)."""
-    names = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+def _sampling(args: argparse.Namespace, client: Client) -> dict[str, Any]:
+    """The sampling options given on the command line (the daemon's defaults apply to the others). With
+    --speculate / --no-speculate, hello comes first: the request is checked against the version the daemon
+    speaks (`speculate` needs version 3), not the version 1 of a request framed before hello."""
+    names = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "speculate")
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if "speculate" in given and client.async_client.server is None:
+        client.hello()
+    return given
+
+
+def _speculation_note(r: Result) -> str:
+    """The stats line's speculation part: drafts accepted and tokens per decode pass (none if it never drafted)."""
+    drafted, accepted, passes = (r.raw.get(k) for k in ("draft_tokens", "accepted_tokens", "verify_passes"))
+    if not isinstance(drafted, int) or not drafted or not isinstance(accepted, int) or not isinstance(passes, int):
+        return ""
+    return (f" | speculation: {accepted} of {drafted} drafts accepted, "
+            f"{r.generated_tokens / max(passes, 1):.2f} tokens per pass")
 
 
 # -- parser and entry point -----------------------------------------------------------------------------------------
@@ -260,6 +278,9 @@ def _generate_options(p: argparse.ArgumentParser, chat: bool) -> None:
     p.add_argument("--min-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", metavar="S", help="a stop string (repeat for several)")
+    p.add_argument("--speculate", action=argparse.BooleanOptionalAction, default=None,
+                   help="speculative decoding for this request: --no-speculate turns it off, --speculate asks for it "
+                        "where the daemon allows it (default: the daemon's setting; the tokens are the same)")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
     p.add_argument("--json", action="store_true", help="print the result (text and stats) as one JSON object")
 

@@ -14,7 +14,7 @@ Daemon -> client (replies to request `id`; `seq` counts 0, 1, 2, ... per request
     {"v": 1, "id": str, "seq": int, "type": "final", "status": "error", "error": {"code": str, "message": str, ...}}
 Every request gets exactly one `final`; progress and chunks come only before it, and only for `generate`.
 A reply carries the `v` of its request. Version 2 adds the `ps` request, `cancel`'s `job` param and `status`'s
-`detail` param (SINCE below); a version 1 request never uses them.
+`detail` param; version 3 adds `generate`'s `speculate` param (SINCE below); an older request never uses them.
 
 This module needs only the standard library and msgpack: clients import it without MLX.
 """
@@ -27,8 +27,8 @@ from typing import Any, TypeGuard
 
 import msgpack  # type: ignore[import-untyped]  # no stubs; wrapped in pack/unpack below
 
-VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 HELLO_VERSION = 1  # every daemon accepts hello with v 1, so negotiation always works
 
 # -- limits --------------------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ REQUEST_TYPES = ("hello", "generate", "cancel", "status", "health", "shutdown", 
                  "clear_quarantine")
 # What a version added: request types, and (type, param) pairs; a request of an older `v` may not use them.
 SINCE: dict[str | tuple[str, str], int] = {"ps": 2, "clear_quarantine": 2, ("cancel", "job"): 2,
-                                           ("status", "detail"): 2}
+                                           ("status", "detail"): 2, ("generate", "speculate"): 3}
 STATUS_DETAILS = ("experts",)  # what `status` can be asked to add with `detail`
 REQUEST_STATES = ("queued", "prefilling", "decoding")  # a request's state in `ps` and status `requests`
 JOB_ID_CHARS = 64  # a daemon-wide request id (ps `id`, cancel `job`)
@@ -157,8 +157,9 @@ def parse_request(frame: bytes) -> dict[str, Any]:
         raise ProtocolError("invalid_params", f"`params` must be a map, got {type(params).__name__}", rid)
     newer = sorted(str(k) for k in params if SINCE.get((type_, k), 1) > v)
     if newer:
+        need = max(SINCE[(type_, k)] for k in newer)
         raise ProtocolError("invalid_params", f"unknown field(s) {newer} in version {v}: they need protocol "
-                            f"version {VERSION}", rid)
+                            f"version {need}", rid)
     try:
         params = _VALIDATORS[type_](params)
     except ProtocolError as e:
@@ -204,7 +205,7 @@ def _known(p: dict[str, Any], allowed: tuple[str, ...]) -> None:
 
 
 GENERATE_FIELDS = ("prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
-                   "stream")
+                   "stream", "speculate")
 
 
 def _generate(p: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +225,9 @@ def _generate(p: dict[str, Any]) -> dict[str, Any]:
     stream = p.get("stream", True)
     if not isinstance(stream, bool):
         raise _fail("stream", "a boolean", stream)
+    speculate = p.get("speculate")
+    if speculate is not None and not isinstance(speculate, bool):
+        raise _fail("speculate", "a boolean or null", speculate)
     return {
         "prompt": prompt, "messages": messages,
         "max_tokens": _int(p, "max_tokens", 256, 1, MAX_TOKENS_LIMIT),
@@ -232,7 +236,7 @@ def _generate(p: dict[str, Any]) -> dict[str, Any]:
         "top_k": _int(p, "top_k", 0, 0, 1 << 20),
         "min_p": _float(p, "min_p", 0.0, 0.0, 1.0),
         "seed": _int(p, "seed", None, 0, 2**63 - 1, nullable=True),
-        "stop": stop, "stream": stream,
+        "stop": stop, "stream": stream, "speculate": speculate,
     }
 
 

@@ -2,7 +2,7 @@
 
     [engine]     store, cache_budget, read_mode, read_threads, cache_policy, prefetch_depth
     [scheduler]  max_batch, queue_limit, context_limit, prefill_step, progress_interval_s, keep_alive_s,
-                 idle_cache_budget, drain_timeout_s
+                 idle_cache_budget, drain_timeout_s, speculate, draft_model
     [server]     endpoint, state_dir, send_hwm, heartbeat_s, slow_client_bytes, slow_client_s, http,
                  http_api_key_file, curve_server_key, curve_allowed_clients
     [log]        log_level, log_file, log_max_bytes, log_backups
@@ -148,6 +148,12 @@ class SchedulerConfig:
     idle_cache_budget: str = _key("10%", "the cache budget while idle (same forms as cache_budget)", _budget)
     drain_timeout_s: float = _key(10.0, "on shutdown, seconds running requests may continue before they end "
                                   "with done reason `shutdown`", _between(0, 3600.0))
+    speculate: str = _key("lookup", "speculative decoding of a request that decodes alone: `lookup` (drafts from "
+                          "n-gram matches in its context), `draft` (drafts from draft_model) or `off`; the tokens are "
+                          "the same either way, a request's `speculate` param may turn it off (docs/daemon.md)",
+                          _one_of("off", "lookup", "draft"))
+    draft_model: str = _key("", "the draft model for speculate = `draft`: an mlx-lm checkpoint folder sharing the "
+                            "served model's tokenizer", _PlainPath("dir"))
 
 
 @dataclass(frozen=True)
@@ -262,6 +268,10 @@ def check_with_store(config: DaemonConfig) -> list[str]:
         if b.warning:
             warnings.append(f"`{KEYS[key][0]}.{key}`: {b.warning}")
     _check_trace(config.governor.sensor_trace)
+    draft = config.scheduler.draft_model
+    if config.scheduler.speculate == "draft" and not (Path(draft).expanduser() / "config.json").is_file():
+        raise ConfigError(f"`scheduler.draft_model` {draft}: no config.json there (give an mlx-lm checkpoint folder "
+                          f"whose tokenizer is the served model's)")
     return warnings
 
 
@@ -425,7 +435,18 @@ def _build(base: DaemonConfig, values: Mapping[str, tuple[Any, str]]) -> DaemonC
                           governor_policy=base.governor_policy)
     _check_endpoint(config.server.endpoint)
     _check_http_key(config.server)
+    _check_draft(config.scheduler)
     return config
+
+
+def _check_draft(sc: SchedulerConfig) -> None:
+    """speculate = draft needs a draft model, and a draft model is used by nothing else."""
+    if sc.speculate == "draft" and not sc.draft_model:
+        raise ConfigError("`scheduler.speculate` is `draft` but no `draft_model` is set: give an mlx-lm checkpoint "
+                          "folder sharing the served model's tokenizer (--draft-model PATH), or speculate = lookup")
+    if sc.draft_model and sc.speculate != "draft":
+        raise ConfigError(f"`scheduler.draft_model` is set but `speculate` is `{sc.speculate}`: the draft model is "
+                          f"used only with speculate = draft")
 
 
 def _check_http(value: str) -> str | None:

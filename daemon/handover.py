@@ -22,7 +22,9 @@ from .jobs import JobError, Key
 from .limits import Limits
 
 Intake = tuple[Key, dict[str, Any], int]  # (key, validated params, arrival time in monotonic ns)
-RequestRow = tuple[Key, str, int, int]  # (key, state queued|prefilling|decoding, prompt tokens, tokens generated)
+# (key, state queued|prefilling|decoding, prompt tokens, tokens generated, speculation figures: observing.py)
+RequestRow = tuple[Key, str, int, int, dict[str, Any]]
+NO_SPECULATION = {"speculating": False, "verify_passes": 0, "accepted_tokens": 0}  # a request not yet published
 EXPERTS_EVERY_S = 1.0  # the expert map is recomputed at most this often ...
 EXPERTS_WANTED_S = 10.0  # ... and only while someone asked for it this recently
 
@@ -69,7 +71,9 @@ class Handover:
         self._next_job = 1
         self._jobs: dict[Key, tuple[str, str, float]] = {}  # key -> (daemon-wide id, client name, arrival)
         self._by_job: dict[str, Key] = {}
-        self._rows: dict[Key, tuple[str, int, int]] = {}
+        self._rows: dict[Key, tuple[str, int, int, dict[str, Any]]] = {}
+        self._speculation: dict[str, Any] = {"mode": config.scheduler.speculate, "passes": 0, "drafted": 0,
+                                             "accepted": 0, "tokens": 0, "entered": 0}
         self._experts: dict[str, Any] = {"layers": []}
         self._experts_at = 0.0  # when the scheduler last published the expert map (monotonic)
         self._experts_wanted_at: float | None = None
@@ -171,7 +175,8 @@ class Handover:
                     "model_type": self._model_type, "store": self._store,
                     "active": self._n_active, "queued": self._n_waiting + len(self._inbox),
                     "max_batch": self._limits.max_batch, "queue_limit": self._queue_limit,
-                    "context_limit": self._context_limit, "finished": dict(self._finished)}
+                    "context_limit": self._context_limit, "finished": dict(self._finished),
+                    "speculation": dict(self._speculation)}
             cache, final, traffic = self._cache, dict(self._final_cache), dict(self._traffic)
             quarantine = self._quarantine
         snap["cache"] = {**(cache.stats().as_dict() if cache is not None else final), **traffic}
@@ -305,9 +310,9 @@ class Handover:
         with self._lock:
             out = []
             for key, (job_id, client, since) in self._jobs.items():
-                state, prompt, generated = self._rows.get(key, ("queued", 0, 0))
+                state, prompt, generated, spec = self._rows.get(key, ("queued", 0, 0, NO_SPECULATION))
                 out.append({"id": job_id, "client": client, "state": state, "prompt_tokens": prompt,
-                            "generated_tokens": generated, "age_s": round(now - since, 3)})
+                            "generated_tokens": generated, "age_s": round(now - since, 3), **spec})
             return out
 
     def want_experts(self) -> dict[str, Any]:
@@ -325,8 +330,13 @@ class Handover:
     def publish_requests(self, rows: list[RequestRow]) -> None:
         """The state of the scheduler's requests now (those it holds; requests not in it count as queued)."""
         with self._lock:
-            self._rows = {key: (state, prompt, generated) for key, state, prompt, generated in rows
+            self._rows = {key: (state, prompt, generated, spec) for key, state, prompt, generated, spec in rows
                           if key in self._jobs}
+
+    def publish_speculation(self, counters: dict[str, Any]) -> None:
+        """The daemon-wide speculation counters (status `speculation`)."""
+        with self._lock:
+            self._speculation = dict(counters)
 
     def experts_due(self) -> bool:
         """True when the expert map was asked for lately and the published one is at least a second old."""

@@ -14,14 +14,16 @@ a Job guarantees:
 - Sampling: mlx-lm's make_sampler, guarded (isolation.py): a sampler error ends this request alone. Each sampled
   token uses a key derived from (seed, token index) alone, so a request's tokens depend on its seed and its own
   logits, never on what else shares the batch (rows of a batch are computed independently; see scheduler.py). A
-  request without a seed gets a random one, reported in stats.
+  request without a seed gets a random one, reported in stats. The key's index is the token's generated position
+  (`KeyedSampler.index`), which the solo lane (solo_lane.py) sets before each draw of a verify pass, so a request
+  draws the same tokens with or without speculation.
 - Stats: the timing fields of the protocol, plus this request's share of the cache hits, misses and bytes read
-  of every step it took part in (scheduler.py decides the shares).
+  of every step it took part in (scheduler.py decides the shares), and its decode passes, draft tokens checked
+  and accepted (speculative decoding: solo_lane.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -115,22 +117,37 @@ def derive_seed(seed: int, index: int) -> int:
     return z ^ (z >> 31)
 
 
-def make_job_sampler(params: dict[str, Any], seed: int,
-                     failure: SamplerFailure | None = None) -> Callable[[mx.array], mx.array] | None:
-    """mlx-lm's sampler for the request, seeded per token; None for greedy (the batch's shared argmax). With
-    `failure`, guarded: an error is kept there instead of raised (isolation.guard_sampler)."""
+class KeyedSampler:
+    """mlx-lm's sampler for one request; the draw for generated position `index` uses the key derived from
+    (seed, index) alone. Each call draws at `index`, then moves it on by one: batched decoding calls it once per
+    token in order, and the solo lane sets `index` before each position of a verify pass."""
+
+    def __init__(self, inner: Callable[[mx.array], mx.array], seed: int) -> None:
+        self.inner, self.seed, self.index = inner, seed, 0
+
+    def __call__(self, logprobs: mx.array) -> mx.array:  # logprobs: [1, vocab] (this request's row)
+        # The global key is set right before mlx-lm's categorical draw: this thread is MLX's only user.
+        mx.random.seed(derive_seed(self.seed, self.index))
+        self.index += 1
+        return self.inner(logprobs)
+
+
+def keyed_sampler(params: dict[str, Any], seed: int) -> KeyedSampler | None:
+    """The request's keyed sampler; None for greedy (the batch's shared argmax)."""
     if params["temperature"] == 0:
         return None
-    inner = make_sampler(temp=params["temperature"], top_p=params["top_p"], min_p=params["min_p"],
-                         top_k=params["top_k"])
-    index = itertools.count()
+    return KeyedSampler(make_sampler(temp=params["temperature"], top_p=params["top_p"], min_p=params["min_p"],
+                                     top_k=params["top_k"]), seed)
 
-    def sample(logprobs: mx.array) -> mx.array:  # logprobs: [1, vocab] (this request's row)
-        # The global key is set right before mlx-lm's categorical draw: this thread is MLX's only user.
-        mx.random.seed(derive_seed(seed, next(index)))
-        return inner(logprobs)
 
-    return sample if failure is None else guard_sampler(sample, failure)
+def make_job_sampler(params: dict[str, Any], seed: int,
+                     failure: SamplerFailure | None = None) -> Callable[[mx.array], mx.array] | None:
+    """mlx-lm's sampler for the request, seeded per token (KeyedSampler); None for greedy. With `failure`,
+    guarded: an error is kept there instead of raised (isolation.guard_sampler)."""
+    sample = keyed_sampler(params, seed)
+    if sample is None or failure is None:
+        return sample
+    return guard_sampler(sample, failure)
 
 
 @dataclass
@@ -156,11 +173,20 @@ class Job:
     text: list[str] = field(default_factory=list)  # kept only when not streaming
     _stop_state: Any = None
     failure: SamplerFailure = field(default_factory=SamplerFailure)
+    keyed: KeyedSampler | None = None  # the unguarded sampler inside `sampler` (its index is the next position)
+    speculate: bool = False  # this request may decode with speculation when alone (solo_lane.py)
+    speculating: bool = False  # it does now
+    verify_passes: int = 0  # decode forward passes that produced its tokens (batched steps included)
+    draft_tokens: int = 0  # draft tokens its verify passes checked
+    accepted_tokens: int = 0  # of those, accepted
+    speculator: Any = None  # its engine.speculative.Speculator, kept between visits to the solo lane
 
     @classmethod
     def create(cls, key: Key, params: dict[str, Any], received_ns: int, tokenizer: Any,
-               context_limit: int | Model) -> Job:
-        """Check and tokenize a validated generate request (any thread: it touches no MLX state).
+               context_limit: int | Model, speculation: str = "off") -> Job:
+        """Check and tokenize a validated generate request (any thread: it touches no MLX state). `speculation`
+        is the daemon's speculate setting: the request's own `speculate` param may turn it off, or on unless the
+        daemon's setting is `off`.
 
         Raises:
             JobError: invalid_params (see check_params and encode_request) or context_overflow.
@@ -178,8 +204,11 @@ class Job:
         seed = params["seed"] if params["seed"] is not None else secrets.randbits(63)
         stops = TextStateMachine({"normal": [(s, None) for s in params["stop"]]}) if params["stop"] else None
         failure = SamplerFailure()
-        job = cls(key, params, prompt, received_ns, seed, make_job_sampler(params, seed, failure),
-                  tokenizer.detokenizer, stops, failure=failure)
+        keyed = keyed_sampler(params, seed)
+        asked = params.get("speculate")
+        job = cls(key, params, prompt, received_ns, seed, guard_sampler(keyed, failure) if keyed else None,
+                  tokenizer.detokenizer, stops, failure=failure, keyed=keyed,
+                  speculate=speculation != "off" and asked is not False)
         job._stop_state = stops.make_state() if stops else None
         return job
 
@@ -240,7 +269,8 @@ class Job:
             "decode_ns": (now - first) if self.first_token_ns else 0,
             "total_ns": now - self.received_ns,
             "cache_hits": self.cache_hits, "cache_misses": self.cache_misses, "bytes_read": self.bytes_read,
-            "seed": self.seed,
+            "verify_passes": self.verify_passes, "draft_tokens": self.draft_tokens,
+            "accepted_tokens": self.accepted_tokens, "seed": self.seed,
         }
         if not self.stream:
             out["text"] = "".join(self.text)

@@ -57,11 +57,18 @@ class EngineRates:
         self._observer(active=active, queue_len=queued, bytes_read=bytes_read(), **rates)
 
 
-def request_rows(waiting: Iterable[Job], active: Iterable[Job]) -> list[tuple[Key, str, int, int]]:
-    """(key, state, prompt tokens, tokens so far) of every request the scheduler holds, queued ones first."""
-    rows = [(j.key, "queued", len(j.prompt), 0) for j in waiting]
-    rows += [(j.key, "decoding" if j.first_token_ns else "prefilling", len(j.prompt), j.generated) for j in active]
+def request_rows(waiting: Iterable[Job], active: Iterable[Job]) -> list[tuple[Key, str, int, int, dict[str, Any]]]:
+    """(key, state, prompt tokens, tokens so far, speculation figures) of every request the scheduler holds, queued
+    ones first."""
+    rows = [(j.key, "queued", len(j.prompt), 0, speculation_row(j)) for j in waiting]
+    rows += [(j.key, "decoding" if j.first_token_ns else "prefilling", len(j.prompt), j.generated, speculation_row(j))
+             for j in active]
     return rows
+
+
+def speculation_row(job: Job) -> dict[str, Any]:
+    """A request's speculation figures for ps: whether it speculates now, its decode passes and accepted drafts."""
+    return {"speculating": job.speculating, "verify_passes": job.verify_passes, "accepted_tokens": job.accepted_tokens}
 
 
 def expert_map(engine: Engine) -> dict[str, Any]:

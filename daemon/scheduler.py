@@ -8,10 +8,13 @@ One loop; each pass is a step boundary:
     cancels    explicit cancel, client gone, slow client: the request leaves the queue or the batch
     controls   the latest Limits (the controls interface, handover.py): batch ceiling, prefetch depth, pace; and
                the cache budget as the budget policy decides it (budget_policy.py: keep-alive shrink, restore)
-    admit      waiting requests join the batch while it is below the ceiling (FIFO)
+    admit      waiting requests join the batch while it is below the ceiling (FIFO); a request in the solo lane
+               goes back into the batch first
     step       one mlx-lm BatchGenerator.next(): a decode step of the running batch, then one prefill chunk of
-               the admitted prompts; a prompt's last chunk moves it into the decode batch. Under a pace cap the
-               loop waits for the step's turn in short slices, going round the other phases meanwhile
+               the admitted prompts; a prompt's last chunk moves it into the decode batch. Or, for a request
+               decoding alone (no other row, no prompt), one speculative verification pass in the solo lane
+               (solo_lane.py), which it enters from the batch. Under a pace cap the loop waits for the step's
+               turn in short slices, going round the other phases meanwhile
     spoiled    a request whose row met a failing expert, or whose sampler raised, ends alone (store_error or
                internal; isolation.py); the rest of the batch goes on with the tokens it would have had alone.
                A step that raises anyway (an error outside a row) still fails the whole batch
@@ -40,7 +43,7 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import budget
 from .budget_policy import BudgetPolicy, IdleKeepAlive
@@ -53,11 +56,14 @@ from .engine.quarantine import Quarantine
 from .logs import event
 from .observing import EngineRates, Observer, expert_map, request_rows
 from .persistence import StateFiles
+from .solo_lane import SoloLane, Speculation
 
 if TYPE_CHECKING:
     from mlx_lm.generate import BatchGenerator, GenerationBatch
 
     from .engine.model import Engine
+    from .engine.stats import CacheStats
+    from .store.reader import ReaderStats
 
 log = logging.getLogger(__name__)
 Emit = Callable[[Key, str, dict[str, Any]], None]
@@ -101,6 +107,8 @@ class Scheduler:
         self._idle_since = time.monotonic()
         self._wake_at: float | None = None  # when the budget policy wants to decide again
         self._next_step_at = 0.0  # the earliest next step under the pace cap
+        self._solo: SoloLane | None = None  # the request decoding alone with speculation, if any
+        self._speculation: Speculation | None = None  # the daemon's speculation setup; None = off
         self._thread = threading.Thread(target=self._run, name="moed-scheduler", daemon=True)
 
     # == any thread ============================================================================================
@@ -162,6 +170,7 @@ class Scheduler:
         quarantine = Quarantine([layer.index for layer in manifest.layers])
         self.engine.cache.quarantine = quarantine  # a failing expert ends only the requests routed to it
         self._tracker = RowTracker(self.engine.model, quarantine)
+        self._speculation = Speculation.load(sc.speculate, sc.draft_model, self.engine, quarantine)
         self._bg = self._new_batch_generator()
         self._context_limit = int(context or DEFAULT_CONTEXT)
         self._model = Model.of(self.engine.tokenizer, manifest.config, self._context_limit)
@@ -258,7 +267,9 @@ class Scheduler:
             if draining:
                 self._reject(key, "shutting_down", "the daemon is shutting down; the request was not started")
                 continue
-            fut = self._tokenizer.submit(Job.create, key, params, received_ns, self.engine.tokenizer, self._model)
+            mode = self._speculation.config.mode if self._speculation is not None else "off"
+            fut = self._tokenizer.submit(Job.create, key, params, received_ns, self.engine.tokenizer, self._model,
+                                         mode)
             fut.add_done_callback(lambda _: self.controls.wake.set())
             self._tokenizing.append((key, fut))
         while self._tokenizing and self._tokenizing[0][1].done():
@@ -312,17 +323,22 @@ class Scheduler:
         return not self._active
 
     def _remove(self, job: Job) -> None:
-        """Take a job out of the queue or the batch (its final is the caller's business)."""
+        """Take a job out of the queue, the batch or the solo lane (its final is the caller's business)."""
         uid = self._uid_of.pop(job.key, None)
         if uid is None:
             self._waiting.remove(job)
+            return
+        if self._solo is not None and self._solo.job is job:
+            self._solo = None  # its KV cache goes with the lane
         else:
-            self.bg.remove([uid])
-            del self._active[uid]
+            self.bg.remove([uid])  # a row the batch already dropped (it finished there) is no longer found
+        del self._active[uid]
 
     # -- admission and progress ---------------------------------------------------------------------------
     def _admit(self) -> None:
         while self._waiting and len(self._active) < self._limits.max_batch:
+            if self._solo is not None:
+                self._leave_solo()
             job = self._waiting.popleft()
             uid = self.bg.insert([job.prompt], max_tokens=[job.params["max_tokens"]], samplers=[job.sampler])[0]
             job.admitted_ns = time.monotonic_ns()
@@ -352,6 +368,11 @@ class Scheduler:
         eng = self.engine
         if self._limits.pace is not None:
             self._next_step_at = time.monotonic() + 1.0 / self._limits.pace
+        if self._solo is None and self._speculation is not None and len(self._active) == 1:
+            self._enter_solo()  # whoever waits now waits for the ceiling: admission ran just before
+        if self._solo is not None:
+            self._solo_step(self._solo)
+            return
         c0, r0 = eng.cache.stats(), eng.reader.stats()
         try:
             prompts, tokens = self.bg.next()
@@ -365,7 +386,6 @@ class Scheduler:
             # blocks already read back on the device, and all of them when a request ends, so its final stats
             # hold its own steps (that read waits for the step in flight)
             eng.cache.flush(keep=1, force=finished)
-        c1, r1 = eng.cache.stats(), eng.reader.stats()
         shares: Counter[int] = Counter()
         for p in prompts:
             job = self._active.get(p.uid)
@@ -376,30 +396,95 @@ class Scheduler:
         for t in tokens:
             if t.uid in self._active:
                 shares[t.uid] += 1
-        self.controls.traffic(bool(prompts), len(tokens), r1.bytes_read - r0.bytes_read)
-        self._decoded += len(tokens)
-        hits = (c1.hits - c0.hits) + (c1.inflight_hits - c0.inflight_hits)
-        charge_step(self._active, shares, cache_hits=hits, cache_misses=c1.misses - c0.misses,
-                    bytes_read=r1.bytes_read - r0.bytes_read)
+                self._active[t.uid].verify_passes += 1
+        self._charge(c0, r0, shares, len(tokens), prefill=bool(prompts))
         self._end_spoiled()
         for t in tokens:
             self._route(t)
         self._publish_counts()
 
+    def _charge(self, c0: CacheStats, r0: ReaderStats, shares: Mapping[int, int], tokens: int, prefill: bool) -> None:
+        """A step's expert traffic since (c0, r0): into status's counters, and split among its requests by the
+        tokens each processed (`shares`: uid -> tokens)."""
+        c1, r1 = self.engine.cache.stats(), self.engine.reader.stats()
+        read = r1.bytes_read - r0.bytes_read
+        self.controls.traffic(prefill, tokens, read)
+        self._decoded += tokens
+        hits = (c1.hits - c0.hits) + (c1.inflight_hits - c0.inflight_hits)
+        charge_step(self._active, shares, cache_hits=hits, cache_misses=c1.misses - c0.misses, bytes_read=read)
+
     def _route(self, r: GenerationBatch.Response) -> None:
         job = self._active.get(r.uid)
-        if job is None:
-            return
-        text, toks, done = job.feed(r.token, eos=r.finish_reason == "stop", last=r.finish_reason == "length")
+        if job is not None:
+            self._deliver(job, [(r.token, r.finish_reason == "stop", r.finish_reason == "length")])
+
+    def _deliver(self, job: Job, tokens: list[tuple[int, bool, bool]]) -> None:
+        """Feed a request its new (token, eos, last) in order, up to the one that ends it; send them as one chunk,
+        then the final if it ended (stop string, text cap, eos, max_tokens)."""
+        texts, toks, done = [], [], None
+        for token, eos, last in tokens:
+            text, new, done = job.feed(token, eos=eos, last=last)
+            texts.append(text)
+            toks += new
+            if done is not None:
+                break
+        text = "".join(texts)
         if job.stream and (text or toks):
             self._emit(job.key, "chunk", {"text": text, "tokens": toks})
-        if done is None:
+        if done is not None:
+            self._remove(job)
+            self._end_ok(job, done)
+
+    # -- the solo lane (solo_lane.py) ------------------------------------------------------------------------
+    def _enter_solo(self) -> None:
+        """The one request in the batch decodes alone: move it into the solo lane if it may speculate."""
+        assert self._speculation is not None
+        ((uid, job),) = self._active.items()
+        if not self._speculation.wants(job):
             return
-        if r.finish_reason is None:  # ended here (stop string, text cap): the batch still holds the row
-            self.bg.remove([r.uid])
-        del self._active[r.uid]
-        self._uid_of.pop(job.key, None)
-        self._end_ok(job, done)
+        try:
+            self._solo = self._speculation.enter(self.bg, uid, job)
+        except Exception as e:  # noqa: BLE001 - the row may be half moved: end its request, not the daemon
+            self._fail_one(job, e)
+
+    def _leave_solo(self) -> None:
+        """Put the solo lane's request back into the batch (someone else is about to join it)."""
+        assert self._solo is not None
+        lane, job = self._solo, self._solo.job
+        try:
+            uid = lane.leave(self.bg)
+        except Exception as e:  # noqa: BLE001 - as in _enter_solo
+            self._fail_one(job, e)
+            return
+        self._solo = None
+        del self._active[lane.uid]
+        self._active[uid], self._uid_of[job.key] = job, uid
+        job.speculating = False
+
+    def _solo_step(self, lane: SoloLane) -> None:
+        """One verification pass: charge it to the request, then route its tokens as one chunk."""
+        assert self._speculation is not None and self._tracker is not None
+        eng, job, uid = self.engine, lane.job, lane.uid
+        c0, r0 = eng.cache.stats(), eng.reader.stats()
+        try:
+            p = lane.step()
+        except Exception as e:  # noqa: BLE001 - a failed pass fails its request, not the daemon
+            self._fail_one(job, e)
+            self._publish_counts()
+            return
+        self._steps += 1
+        routed = lane.routed(p, self.engine.tokenizer.eos_token_ids)
+        if self._steps % 8 == 0 or routed[-1][1] or routed[-1][2]:
+            eng.cache.flush(keep=0, force=routed[-1][1] or routed[-1][2])  # as in _step; nothing is in flight
+        self._charge(c0, r0, {uid: len(p.tokens)}, len(p.tokens), prefill=False)
+        self._speculation.count(job, p)
+        self.controls.publish_speculation(self._speculation.counters)  # before a final: status may follow it
+        if p.spoiled is not None:
+            self._tracker.spoiled[uid] = p.spoiled
+        self._end_spoiled()
+        if uid in self._active:
+            self._deliver(job, routed)
+        self._publish_counts()
 
     def _end_spoiled(self) -> None:
         """End, alone, the requests a failing expert or their own sampler spoiled in this step (isolation.py)."""
@@ -423,15 +508,22 @@ class Scheduler:
                 log.error("request %s: sampling failed: %s: %s", job.key[1], type(e).__name__, e)
                 self._end_error(job, "internal", f"sampling failed for this request: {type(e).__name__}: {e}")
 
-    def _fail_batch(self, e: Exception) -> None:
+    def _failure(self, e: Exception) -> tuple[str, str]:
+        """The error code and message for requests a failed step takes down (logged here)."""
         from .store.format import StoreError
 
         if isinstance(e, StoreError):
-            code, msg = "store_error", f"{e} (check the store with `moed inspect STORE --verify`)"
             log.error("step failed: %s", e)
-        else:
-            code, msg = "internal", f"generation failed: {type(e).__name__}: {e}"
-            log.exception("step failed")
+            return "store_error", f"{e} (check the store with `moed inspect STORE --verify`)"
+        log.exception("step failed")
+        return "internal", f"generation failed: {type(e).__name__}: {e}"
+
+    def _fail_one(self, job: Job, e: Exception) -> None:
+        self._remove(job)
+        self._end_error(job, *self._failure(e))
+
+    def _fail_batch(self, e: Exception) -> None:
+        code, msg = self._failure(e)
         jobs = list(self._active.values())
         if self._tracker is not None:
             self._tracker.take()  # rows of the failed generator: every one of them fails here anyway
@@ -483,6 +575,7 @@ class Scheduler:
 
     def _fail_everything(self, code: str, message: str) -> None:
         keys = self.controls.failing()
+        self._solo = None
         self._active.clear()
         self._waiting.clear()
         for key in keys:
@@ -497,6 +590,7 @@ class Scheduler:
                 self._files.save_at_exit(self._engine, self.controls.snapshot())
             except Exception:  # noqa: BLE001 - saving statistics must not turn a clean exit into a crash
                 log.exception("could not save the cache statistics")
+            self._solo = self._speculation = None
             if self._bg is not None:
                 self._bg.close()
             self._engine.close()

@@ -22,6 +22,7 @@ SERVE_FLAGS = {
     "--store": "store", "--endpoint": "endpoint", **ENGINE_FLAGS,
     "--max-batch": "max_batch", "--queue-limit": "queue_limit", "--context-limit": "context_limit",
     "--keep-alive": "keep_alive_s", "--idle-cache-budget": "idle_cache_budget",
+    "--speculate": "speculate", "--draft-model": "draft_model",
     "--log-level": "log_level", "--log-file": "log_file",
     "--governor": "governor", "--governor-profile": "governor_profile", "--sensor-trace": "sensor_trace",
     "--http": "http", "--http-api-key-file": "http_api_key_file",

@@ -7,7 +7,7 @@ import pytest
 from fakedaemon import STATUS, FakeDaemon, slow_generate
 from fakedaemon import fake_daemon  # noqa: F401  (the `fake` fixture)
 
-from moed.clients import Client, NotAvailable, NotFound, RequestInfo
+from moed.clients import Client, NotAvailable, NotFound, RequestInfo, protocol
 
 
 def test_status_detail_and_ps_go_out_as_version_2(fake: FakeDaemon):
@@ -19,9 +19,10 @@ def test_status_detail_and_ps_go_out_as_version_2(fake: FakeDaemon):
         with pytest.raises(NotFound):
             c.cancel_job("99")
     sent = [(r["type"], r["v"], r["params"]) for r in fake.requests]
-    assert sent == [("hello", 1, {"versions": [1, 2], "client": "moed-client"}),
-                    ("status", 2, {"detail": ["experts"]}), ("status", 2, {"detail": []}), ("ps", 2, {}),
-                    ("cancel", 2, {"target": None, "job": "99"})]
+    v = protocol.VERSION
+    assert sent == [("hello", 1, {"versions": list(protocol.SUPPORTED_VERSIONS), "client": "moed-client"}),
+                    ("status", v, {"detail": ["experts"]}), ("status", v, {"detail": []}), ("ps", v, {}),
+                    ("cancel", v, {"target": None, "job": "99"})]
 
 
 def test_ps_rows_are_typed_and_cancel_job_reaches_another_connection(fake: FakeDaemon):

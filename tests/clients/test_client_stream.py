@@ -9,7 +9,7 @@ import pytest
 from fakedaemon import FakeDaemon, FakeRequest, arun, gen_result, slow_generate, wait_until
 from fakedaemon import fake_daemon  # noqa: F401  (the `fake` fixture)
 
-from moed.clients import AsyncClient, Chunk, NotFound, Progress, Result
+from moed.clients import AsyncClient, Chunk, NotFound, Progress, Result, protocol
 
 HELLO_WORLD = [Progress("queued", 0), Progress("prefilling", 0), Chunk("Hello", (9,)), Chunk(" world", (10,))]
 
@@ -172,7 +172,7 @@ def test_unary_calls(fake: FakeDaemon):
     async def main() -> None:
         async with AsyncClient(fake.endpoint, timeout=5) as c:
             hello = await c.hello()
-            assert hello.version == 2 and hello.limits["max_message_bytes"] == 1 << 20
+            assert hello.version == protocol.VERSION and hello.limits["max_message_bytes"] == 1 << 20
             assert c.server == hello
             assert (await c.health()).ok
             status = await c.status()
@@ -181,5 +181,6 @@ def test_unary_calls(fake: FakeDaemon):
 
     arun(main())
     assert fake.types() == ["hello", "hello", "health", "status", "shutdown"]
-    assert fake.requests[0]["params"] == {"versions": [1, 2], "client": "moed-client"}
-    assert [r["v"] for r in fake.requests] == [1, 1, 2, 2, 2]  # hello in version 1, the rest in the one agreed
+    assert fake.requests[0]["params"] == {"versions": list(protocol.SUPPORTED_VERSIONS), "client": "moed-client"}
+    v = protocol.VERSION
+    assert [r["v"] for r in fake.requests] == [1, 1, v, v, v]  # hello in version 1, the rest in the one agreed

@@ -46,7 +46,7 @@ def test_generate_streams_text_to_stdout_and_stats_to_stderr(fake: FakeDaemon, c
     params = fake.requests[-1]["params"]
     assert params | {"stop": None} == {
         "prompt": "Once upon", "messages": None, "max_tokens": 7, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
-        "min_p": 0.05, "seed": 11, "stop": None, "stream": True}
+        "min_p": 0.05, "seed": 11, "stop": None, "stream": True, "speculate": None}
     assert params["stop"] == ["\n\n", "END"]
 
 

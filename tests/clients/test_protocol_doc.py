@@ -180,17 +180,22 @@ def test_hello_cancel_and_status_params_match():
         parse("status", {"detail": ["everything"]})
 
 
-def test_version_2_additions_match_and_are_refused_in_version_1():
-    added = column("Version 2", "since")
+def test_version_additions_match_and_are_refused_in_older_versions():
+    added = column("Version 2", "since") + column("Version 3", "since")
     assert added == [k if isinstance(k, str) else ".".join(k) for k in protocol.SINCE]
-    assert set(protocol.SINCE.values()) == {2}
-    v1 = {"ps": ("ps", {}, "unknown_type"), "clear_quarantine": ("clear_quarantine", {}, "unknown_type"),
-          ("cancel", "job"): ("cancel", {"job": "1"}, "invalid_params"),
-          ("status", "detail"): ("status", {"detail": []}, "invalid_params")}
-    for since, (type_, params, code) in v1.items():
-        with pytest.raises(protocol.ProtocolError) as e:
-            protocol.parse_request(protocol.pack(protocol.request("r", type_, params, v=1)))
-        assert e.value.code == code and e.value.request_id == "r" and "version 2" in e.value.message, since
+    assert [protocol.SINCE[k] for k in protocol.SINCE] == [2] * len(column("Version 2", "since")) + [3] * len(
+        column("Version 3", "since"))
+    older = {"ps": ("ps", {}, "unknown_type"), "clear_quarantine": ("clear_quarantine", {}, "unknown_type"),
+             ("cancel", "job"): ("cancel", {"job": "1"}, "invalid_params"),
+             ("status", "detail"): ("status", {"detail": []}, "invalid_params"),
+             ("generate", "speculate"): ("generate", {"prompt": "x", "speculate": False}, "invalid_params")}
+    assert set(older) == set(protocol.SINCE)
+    for since, (type_, params, code) in older.items():
+        for v in range(1, protocol.SINCE[since]):
+            with pytest.raises(protocol.ProtocolError) as e:
+                protocol.parse_request(protocol.pack(protocol.request("r", type_, params, v=v)))
+            assert e.value.code == code and e.value.request_id == "r", since
+            assert f"version {protocol.SINCE[since]}" in e.value.message, since
     assert parse("cancel", {"target": "a"}) == protocol.parse_request(
         protocol.pack(protocol.request("t", "cancel", {"target": "a"}, v=1)))["params"]
 

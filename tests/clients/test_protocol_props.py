@@ -19,7 +19,8 @@ PROPERTY = settings(max_examples=500, deadline=None)  # 6 properties: 3000 cases
 FLOATS = {"temperature": (0.0, 100.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0)}
 INTS = {"max_tokens": (1, protocol.MAX_TOKENS_LIMIT), "top_k": (0, 1 << 20)}
 DEFAULTS: dict[str, Any] = {"prompt": None, "messages": None, "max_tokens": 256, "temperature": 0.0, "top_p": 1.0,
-                             "top_k": 0, "min_p": 0.0, "seed": None, "stop": [], "stream": True}
+                             "top_k": 0, "min_p": 0.0, "seed": None, "stop": [], "stream": True,
+                             "speculate": None}
 
 text = st.text(min_size=1, max_size=40)
 message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
@@ -30,6 +31,7 @@ OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
     "seed": st.none() | st.integers(0, 2**63 - 1),
     "stop": st.lists(st.text(min_size=1, max_size=protocol.MAX_STOP_CHARS), max_size=protocol.MAX_STOP_STRINGS),
     "stream": st.booleans(),
+    "speculate": st.none() | st.booleans(),
 }
 
 
@@ -161,7 +163,7 @@ def test_reply_builders_round_trip(rid: str, seq: int, state: str, pos: int, txt
 
 
 def test_unsupported_version_and_negotiation() -> None:
-    for v in (0, 3, True, 1.0, "1", None):
+    for v in (0, protocol.VERSION + 1, True, 1.0, "1", None):
         frame = protocol.pack({"v": v, "id": "x", "type": "status", "params": {}})
         try:
             protocol.parse_request(frame)
@@ -170,7 +172,7 @@ def test_unsupported_version_and_negotiation() -> None:
             assert e.extra == {"versions": list(protocol.SUPPORTED_VERSIONS)}
         else:
             raise AssertionError(v)
-    assert protocol.negotiate([1, 2, 3]) == 2 and protocol.negotiate([1]) == 1
+    assert protocol.negotiate([1, 2, 3, 4]) == 3 and protocol.negotiate([1, 2]) == 2 and protocol.negotiate([1]) == 1
     try:
         protocol.negotiate([7])
     except ProtocolError as e:

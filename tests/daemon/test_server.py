@@ -85,7 +85,7 @@ def test_hello_status_health(conn):
     assert status["state"] == "ready" and status["max_batch"] == 8 and status["cache"]["budget_bytes"] > 0
     assert conn.result("health") == {"ok": True, "state": "ready"}
     final = conn.call("hello", {"versions": [7]})[-1]
-    assert final["error"]["code"] == "unsupported_version" and final["error"]["versions"] == [1, 2]
+    assert final["error"]["code"] == "unsupported_version" and final["error"]["versions"] == list(P.SUPPORTED_VERSIONS)
 
 
 def test_generate_streams_then_one_final_with_stats(conn, engine_tokens):

@@ -1,0 +1,266 @@
+"""The solo lane: speculative decoding for the one request decoding alone, beside mlx-lm's continuous batch.
+
+Why alone: the rows of mlx-lm's BatchGenerator share one KV offset, so a verification pass (several positions per
+row, each row accepting a different number) cannot be trimmed per row inside the batch; and while several rows
+decode, batching already amortises each MoE layer's expert reads and host synchronisation over them. So the
+scheduler speculates for a request only while it is the only one in the batch, already decoding, with no prompt
+admitted beside it:
+
+    lane = SoloLane.enter(bg, uid, job, speculator, model)  # takes the row out of the batch with its KV cache
+    p = lane.step()          # one pass: p.tokens (1..K+1, never past max_tokens), p.drafted, p.accepted, ...
+    uid = lane.leave(bg)     # the row back in the batch with its cache, decoding on where the lane stopped
+
+The scheduler runs one pass per loop iteration, so cancels, limits, intake and the pace cap land between passes
+as between batch steps (a pass is one step), and it calls `leave` before it admits anyone else. The Speculator
+(engine/speculative.py) lives on the Job, so its adaptive K keeps what it learned across visits to the lane.
+Where adaptive K chooses 0 (drafts not accepted, or verification not cheaper), passes are plain steps pipelined
+as the batch's are: the next step is queued before the current token is read back, and the run lasts while K stays
+0 (engine/speculative_loop.py does the same), so a request that backed off decodes at the batch's speed.
+
+Exactness. Taking the row out: the batch has already fed the last emitted token into the row's cache and sampled
+the one after it; the lane trims that token from the cache and feeds it again as row 0 of its first pass, so it
+decides the next token itself (the batch's draw is dropped). Row r of a pass is the token at generated position
+index + r: greedy picks the argmax, a sampled request draws with the key from (seed, index + r) (jobs.py), exactly
+the draw batched decoding makes for that position. Drafts are point masses, so the emitted tokens are the tokens
+decoding without speculation would give (engine/speculative.py). Putting the row back: the lane's last token (not
+yet in the cache; a queued plain step is dropped and its input trimmed from the cache) is inserted as a one-token
+prompt with the cache, and the request's KeyedSampler index is set to its next position, so the batch draws on
+with the same keys.
+
+Failures stay this request's, as in the batch (isolation.py): the model runs through `Watched`, which collects the
+quarantine's reports; a report on a position the pass emitted from spoils the request (`Pass.spoiled`), one on a
+rejected draft's position does not (that row's output is discarded and its cache entries trimmed). A sampler error
+is kept on the request (`job.failure`), as guard_sampler does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Container
+
+import mlx.core as mx
+
+from .engine.drafters import DraftModel, load_draft_model, make_drafter
+from .engine.speculative import GreedyPicker, KeyedPicker, Speculator, cache_trimmable
+from .isolation import Spoil
+from .speculation import SpeculationConfig
+
+if TYPE_CHECKING:
+    from mlx_lm.generate import BatchGenerator
+
+    from .engine.model import Engine
+    from .engine.quarantine import Quarantine
+    from .jobs import Job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pass:
+    """One pass of the lane (a verification pass, or a plain step of a pipelined run): the tokens it emitted, the
+    draft tokens it checked and accepted, and the quarantine report that spoiled it (None: clean)."""
+
+    tokens: list[int]
+    drafted: int
+    accepted: int
+    spoiled: Spoil | None = None
+
+
+class Watched:
+    """The model as the lane calls it: collects the quarantine's reports of each call (positions computed as zeros
+    because an expert failed) for the lane to pin on the request."""
+
+    def __init__(self, model: Any, quarantine: Quarantine | None):
+        self.model, self.quarantine = model, quarantine
+        self.reports: list[tuple[int, Any, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def __call__(self, inputs: mx.array, cache: Any = None, **kwargs: Any) -> mx.array:
+        if self.quarantine is None:
+            return self.model(inputs, cache=cache, **kwargs)
+        self.quarantine.take_poisoned()  # left by a call that raised
+        out = self.model(inputs, cache=cache, **kwargs)
+        self.reports += self.quarantine.take_poisoned()
+        return out
+
+    def spoiled(self, positions: int) -> Spoil | None:
+        """The first report that hit one of the first `positions` positions of the calls since the last ask."""
+        reports, self.reports = self.reports, []
+        for layer, experts, mask in reports:
+            if bool(mask.reshape(-1)[:positions].any()):
+                assert self.quarantine is not None, "reports come from the quarantine"
+                return self.quarantine.describe(layer, experts)
+        return None
+
+
+class _GuardedPicker:
+    """The request's picker; an error is kept on the request and the argmax returned in its place (never emitted:
+    the scheduler ends the request first), as isolation.guard_sampler does for batched rows."""
+
+    def __init__(self, picker: GreedyPicker | KeyedPicker, job: Job):
+        self.picker, self.job = picker, job
+
+    def __call__(self, logprobs: mx.array, first_index: int) -> mx.array:
+        if self.job.failure.error is None:
+            try:
+                return self.picker(logprobs, first_index)
+            except Exception as e:  # noqa: BLE001 - this request's error, not the daemon's
+                self.job.failure.error = e
+        return mx.argmax(logprobs, axis=-1)
+
+
+def picker_for(job: Job) -> _GuardedPicker:
+    """Greedy, or the request's own sampler keyed by (seed, position): the draws batched decoding makes."""
+    inner = GreedyPicker() if job.keyed is None else KeyedPicker(job.keyed.inner, job.seed)
+    return _GuardedPicker(inner, job)
+
+
+class SoloLane:
+    """One request decoding alone with speculation; see the module docstring."""
+
+    def __init__(self, job: Job, uid: int, cache: list[Any], context: list[int], speculator: Speculator,
+                 model: Watched, stream: Any, clock: Callable[[], float] = time.perf_counter):
+        self.job, self.uid, self.cache, self.context = job, uid, cache, context
+        self.speculator, self.model, self.stream, self.clock = speculator, model, stream, clock
+        self.picker = picker_for(job)
+        # a plain run in flight: the next token, queued but not read back (its input, context[-1], is in the
+        # cache); the K decided at the end of a run, for the pass after it; when the last plain token came
+        self.pending: mx.array | None = None
+        self.k: int | None = None
+        self.tic = 0.0
+
+    @classmethod
+    def enter(cls, bg: BatchGenerator, uid: int, job: Job, speculator: Speculator, model: Watched) -> SoloLane:
+        """Take decoding row `uid` out of the batch with its KV cache; the lane goes on from its last token."""
+        cache, tokens = bg.remove([uid], return_prompt_caches=True)[uid]
+        context = [int(t) for t in tokens]  # prompt + emitted tokens: all in the cache
+        for c in cache:
+            c.trim(1)  # the last token is fed again as the first pass's row 0
+        speculator.start(context)
+        return cls(job, uid, cache, context, speculator, model, bg.stream)
+
+    @property
+    def remaining(self) -> int:
+        """Tokens the request may still emit."""
+        return int(self.job.params["max_tokens"]) - self.job.generated
+
+    def step(self) -> Pass:
+        """One pass, as the request's adaptive K decides: a verification pass of K drafts, or (K = 0) one plain
+        step of a pipelined run. At most `remaining` tokens. Raises what the model raises."""
+        s, limit = self.speculator, self.remaining
+        if self.pending is None:
+            k, self.k = (s.choose(limit) if self.k is None else self.k), None
+            if k > 0:
+                drafted, accepted = s.draft_tokens, s.accepted_tokens
+                with mx.stream(self.stream):
+                    tokens = s.step(self.model, self.cache, self.picker, self.job.generated, limit, k=k)
+                self.context += tokens
+                return Pass(tokens, s.draft_tokens - drafted, s.accepted_tokens - accepted,
+                            self.model.spoiled(len(tokens)))
+            self.pending = self._plain(mx.array([self.context[-1]], dtype=mx.uint32), self.job.generated)
+            self.tic = self.clock()
+        return Pass([self._plain_token(limit)], 0, 0, self.model.spoiled(1))
+
+    def _plain_token(self, limit: int) -> int:
+        """The plain run's next token; the step after it is queued first while K stays 0 (as mlx-lm's loop and
+        the batch do: the device computes it while the host reads this one back and routes it)."""
+        s, pending, index = self.speculator, self.pending, self.job.generated
+        assert pending is not None
+        k = s.choose(limit - 1) if limit > 1 else 0  # the decision for the token after this one
+        self.pending = self._plain(pending, index + 1) if limit > 1 and k == 0 else None
+        self.k = None if self.pending is not None or limit <= 1 else k
+        token = int(pending.item())
+        now = self.clock()
+        s.plain(token, now - self.tic)
+        self.tic = now
+        self.context.append(token)  # in the cache if a step on it is queued; else fed by the next pass
+        return token
+
+    def _plain(self, y: mx.array, index: int) -> mx.array:
+        """Queue one plain step on token y ([1], maybe not computed yet): the next token at `index`, lazily."""
+        with mx.stream(self.stream):
+            logits = self.model(y[None], cache=self.cache)[:, -1, :]
+            token = self.picker(logits - mx.logsumexp(logits, axis=-1, keepdims=True), index)
+        mx.async_eval(token)
+        return token
+
+    def routed(self, p: Pass, eos: Container[int]) -> list[tuple[int, bool, bool]]:
+        """The pass's tokens as the scheduler feeds them: (token, is end-of-sequence, is the max_tokens-th). Call
+        before the request is fed them."""
+        first, cap = self.job.generated, int(self.job.params["max_tokens"])
+        return [(t, t in eos, t not in eos and first + j + 1 >= cap) for j, t in enumerate(p.tokens)]
+
+    def leave(self, bg: BatchGenerator) -> int:
+        """Put the row back into the batch with its cache; returns its new uid. The lane is spent."""
+        job = self.job
+        if self.pending is not None:  # drop the queued step: the batch feeds its input token again
+            for c in self.cache:
+                c.trim(1)
+            self.pending = None
+        if job.keyed is not None:
+            job.keyed.index = job.generated  # the batch's first draw is the token at this position
+        job.prefilled = 0  # the one-token prompt is all the batch will process for it
+        uid: int = bg.insert([[self.context[-1]]], max_tokens=[self.remaining], caches=[self.cache],
+                             all_tokens=[self.context[:-1]], samplers=[job.sampler])[0]
+        self.cache = []
+        return uid
+
+
+class Speculation:
+    """The daemon's side of speculation: its setting, the draft model (mode "draft"), the model as the lane calls it,
+    each request's Speculator, and the daemon-wide counters status reports (`counters`)."""
+
+    def __init__(self, mode: str, model: Any, quarantine: Quarantine | None, draft: DraftModel | None = None):
+        self.config = SpeculationConfig(mode=mode, draft_model=draft.path if draft is not None else None)
+        self.model, self.draft = Watched(model, quarantine), draft
+        self.counters = {"mode": mode, "passes": 0, "drafted": 0, "accepted": 0, "tokens": 0, "entered": 0}
+
+    @classmethod
+    def load(cls, mode: str, draft_model: str, engine: Engine, quarantine: Quarantine | None) -> Speculation | None:
+        """The setup for `mode` (the `speculate` key); None for "off" or a model whose KV cache cannot be rewound
+        (said once in the log). Raises what load_draft_model raises for a bad draft model."""
+        from mlx_lm.models.cache import make_prompt_cache
+
+        if mode == "off":
+            return None
+        if not cache_trimmable(make_prompt_cache(engine.model)):
+            log.warning("speculative decoding is off: this model's KV cache cannot be rewound")
+            return None
+        draft = load_draft_model(draft_model, engine.tokenizer) if mode == "draft" else None
+        return cls(mode, engine.model, quarantine, draft)
+
+    def wants(self, job: Job) -> bool:
+        """Whether the request (the only one in the batch) should enter the solo lane now: it may speculate, it is
+        decoding, and it may still emit at least two tokens (room for a draft)."""
+        return bool(job.speculate and job.first_token_ns and job.failure.error is None
+                    and int(job.params["max_tokens"]) - job.generated >= 2)
+
+    def speculator(self, job: Job) -> Speculator:
+        """The request's Speculator (made on its first visit to the lane, kept on the Job after)."""
+        if job.speculator is None:
+            drafter = make_drafter(self.config.mode, ngram_max=self.config.ngram_max, ngram_min=self.config.ngram_min,
+                                   draft=self.draft)
+            job.speculator = Speculator(self.config, drafter)
+        return job.speculator
+
+    def enter(self, bg: BatchGenerator, uid: int, job: Job) -> SoloLane:
+        """Take the request's row out of the batch into a solo lane (SoloLane.enter)."""
+        lane = SoloLane.enter(bg, uid, job, self.speculator(job), self.model)
+        self.counters["entered"] += 1
+        job.speculating = True
+        return lane
+
+    def count(self, job: Job, p: Pass) -> None:
+        """A pass's figures, on the request and daemon-wide."""
+        job.verify_passes += 1
+        job.draft_tokens += p.drafted
+        job.accepted_tokens += p.accepted
+        c = self.counters
+        c["passes"] += 1
+        c["drafted"] += p.drafted
+        c["accepted"] += p.accepted
+        c["tokens"] += len(p.tokens)
