@@ -157,7 +157,7 @@ def save_checkpoint(model: nn.Module, config: dict, out: Path, vocab: int) -> in
     out.mkdir(parents=True, exist_ok=True)
     save_model(out, model)
     index = out / "model.safetensors.index.json"
-    if index.exists() and len(json.loads(index.read_text())["weight_map"]) and _single_shard(index):
+    if index.exists() and _single_shard(index):
         index.unlink()  # one shard: mlx_lm.load reads model*.safetensors without the index
     save_config(config, config_path=out / "config.json")
     write_tokenizer_files(out, vocab, config["max_position_embeddings"])
