@@ -4,8 +4,9 @@ top-8, normalised top-k), on the training part of the bundled corpus, saved as a
     python -m bench.train_fixture OUT_DIR [--steps N] [--max-seconds S] [--note "..."]
 
 AdamW with linear warmup and cosine decay, a fixed seed, a router load-balancing term; a share of the rows are copy
-rows (bench/fixture_data.py). Held-out loss is measured every --eval-every steps; the best weights are kept and
-training stops after --patience evaluations without improvement (or at --steps / --max-seconds). The kept float
+rows (bench/fixture_data.py). Every --eval-every steps the held-out text loss and the held-out copy loss are
+measured; the weights with the lowest mean of the two are kept and training stops after --patience evaluations
+without improvement (or at --steps / --max-seconds). The kept float
 model is quantized with mlx-lm (group 64, routers at 8 bits, other tensors float32) and written to OUT_DIR with
 `training.json`, the training record.
 """
@@ -71,7 +72,6 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     model = fm.build_model(config)
     opt = make_optimizer(tc)
     ev_in, ev_tg = fd.heldout_windows(corpus, tc.seq_len)
-
     cp_rows, cp_mask = fd.heldout_copy_windows(corpus)
     state = [model.state, opt.state, mx.random.state]
     grad_fn = nn.value_and_grad(model, fm.loss_fn)
@@ -96,12 +96,9 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
         ce_acc, n_acc, done = ce_acc + ce.item(), n_acc + 1, i
         last = i == tc.steps or (tc.max_seconds and time.perf_counter() - t1 > tc.max_seconds)
         if i % tc.eval_every == 0 or last:
-            held = fm.heldout_nll(model, ev_in, ev_tg)
-            copy_loss, copy_acc = fm.copy_scores(model, cp_rows, cp_mask)
-            score = (held + copy_loss) / 2  # the selection criterion: both held-out losses
             point = {"step": i, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 1),
-                     "train_loss": round(ce_acc / n_acc, 4), "heldout_loss": round(held, 4),
-                     "heldout_copy_loss": round(copy_loss, 4), "heldout_copy_accuracy": round(copy_acc, 4)}
+                     "train_loss": round(ce_acc / n_acc, 4), **heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask)}
+            score = (point["heldout_loss"] + point["heldout_copy_loss"]) / 2  # the selection criterion
             curve.append(point)
             ce_acc, n_acc = 0.0, 0
             log(json.dumps(point))
@@ -118,7 +115,8 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     record = {
         "seed": tc.seed, "dims": dims.as_dict(), "train_config": asdict(tc),
         "parameters": fm.parameter_count(model),
-        "steps_run": done, "tokens_seen": tokens, "best_step": best["step"], "best_selection_loss": round(best_score, 4), "tokens_seen_at_best": best["tokens"],
+        "steps_run": done, "tokens_seen": tokens, "best_step": best["step"],
+        "best_selection_loss": round(best_score, 4), "tokens_seen_at_best": best["tokens"],
         "stopped_by": "patience" if since_best >= tc.patience else ("max_seconds" if done < tc.steps else "steps"),
         "wall_seconds": round(wall, 1), "first_step_seconds": round(t1 - t0, 1), "loss_curve": curve,
         "corpus": {"train_tokens": int(len(corpus.train)), "heldout_tokens": int(len(corpus.heldout)),
@@ -127,8 +125,15 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     return model, config, record
 
 
+def heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask) -> dict:
+    """The loss curve's held-out measures: text loss, copy loss and copy accuracy."""
+    copy_loss, copy_acc = fm.copy_scores(model, cp_rows, cp_mask)
+    return {"heldout_loss": round(fm.heldout_nll(model, ev_in, ev_tg), 4), "heldout_copy_loss": round(copy_loss, 4),
+            "heldout_copy_accuracy": round(copy_acc, 4)}
+
+
 def evaluate(model, corpus: fd.Corpus, seq_len: int) -> dict:
-    """Held-out perplexity, held-out copy accuracy and expert load of `model`."""
+    """Held-out perplexity and held-out copy accuracy of `model`."""
     ev_in, ev_tg = fd.heldout_windows(corpus, seq_len)
     cp_rows, cp_mask = fd.heldout_copy_windows(corpus)
     return {"heldout_ppl": round(math.exp(fm.heldout_nll(model, ev_in, ev_tg)), 3),
