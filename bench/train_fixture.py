@@ -3,9 +3,10 @@ top-8, normalised top-k), on the training part of the bundled corpus, saved as a
 
     python -m bench.train_fixture OUT_DIR [--steps N] [--max-seconds S] [--note "..."]
 
-AdamW with linear warmup and cosine decay, a fixed seed, a router load-balancing term; a share of the rows are copy
-rows (bench/fixture_data.py). Every --eval-every steps the held-out text loss and the held-out copy loss are
-measured; the weights with the lowest mean of the two are kept and training stops after --patience evaluations
+AdamW with linear warmup and cosine decay, a fixed seed, a router load-balancing term; shares of the rows are copy
+rows of training text and random rows (a random span repeated), the rest plain text (bench/fixture_data.py). Every
+--eval-every steps the held-out text loss and the held-out copy loss are measured; the weights with the lowest
+weighted mean of the two (--copy-select-weight) are kept and training stops after --patience evaluations
 without improvement (or at --steps / --max-seconds). The kept float
 model is quantized with mlx-lm (group 64, routers at 8 bits, other tensors float32) and written to OUT_DIR with
 `training.json`, the training record.
@@ -47,6 +48,9 @@ class TrainConfig:
     aux_coef: float = 0.01
     copy_fraction: float = 0.5
     shuffled_fraction: float = 0.5  # of copy rows: spans in random order, learnable only by copying
+    random_fraction: float = 0.5  # rows of a random span repeated (fresh each step): copying that cannot overfit
+    text_weight: float = 1.0  # loss weight of the training-text rows (plain and copy rows)
+    copy_select_weight: float = 1.0  # weight of the held-out copy loss against the text loss in the selection
     dropout: float = 0.2
     input_noise: float = 0.1
     eval_every: int = 50
@@ -77,8 +81,8 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     grad_fn = nn.value_and_grad(model, fm.loss_fn)
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(inputs, targets):
-        (loss, ce), grads = grad_fn(model, inputs, targets, tc.aux_coef, tc.dropout)
+    def step(inputs, targets, weights):
+        (loss, ce), grads = grad_fn(model, inputs, targets, weights, tc.aux_coef, tc.dropout)
         grads, _ = optim.clip_grad_norm(grads, tc.grad_clip)
         opt.update(model, grads)
         return loss, ce
@@ -86,9 +90,10 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     curve, best, best_score, since_best = [], None, math.inf, 0
     t0, tokens, done, ce_acc, n_acc = time.perf_counter(), 0, 0, 0.0, 0
     for i in range(1, tc.steps + 1):
-        rows = fd.batch(corpus, rng, tc.batch, tc.seq_len, tc.copy_fraction, tc.shuffled_fraction)
+        rows, weights = fd.training_batch(corpus, rng, tc.batch, tc.seq_len, tc.copy_fraction,
+                                          tc.shuffled_fraction, tc.random_fraction, tc.text_weight)
         inputs, targets = fd.add_input_noise(rows, rng, tc.input_noise, dims.vocab)
-        loss, ce = step(mx.array(inputs), mx.array(targets))
+        loss, ce = step(mx.array(inputs), mx.array(targets), mx.array(weights))
         mx.eval(state, loss, ce)
         if i == 1:
             t1 = time.perf_counter()  # after compilation (a fresh GPU machine JIT-compiles for ~2 minutes)
@@ -98,7 +103,7 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
         if i % tc.eval_every == 0 or last:
             point = {"step": i, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 1),
                      "train_loss": round(ce_acc / n_acc, 4), **heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask)}
-            score = (point["heldout_loss"] + point["heldout_copy_loss"]) / 2  # the selection criterion
+            score = selection_score(point, tc.copy_select_weight)
             curve.append(point)
             ce_acc, n_acc = 0.0, 0
             log(json.dumps(point))
@@ -123,6 +128,11 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
                    "copy_separator": fd.SEPARATOR},
     }
     return model, config, record
+
+
+def selection_score(point: dict, copy_weight: float) -> float:
+    """What the kept weights minimise: the weighted mean of the held-out text loss and held-out copy loss."""
+    return (point["heldout_loss"] + copy_weight * point["heldout_copy_loss"]) / (1.0 + copy_weight)
 
 
 def heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask) -> dict:
@@ -171,9 +181,11 @@ def run(out: Path, dims: fm.FixtureDims, tc: TrainConfig, note: str = "", log=pr
         "heldout_copy_accuracy_quantized": q_eval["heldout_copy_accuracy"],
         "heldout_expert_load_float": load,
         "copy_fraction": tc.copy_fraction, "shuffled_copy_fraction": tc.shuffled_fraction,
+        "random_copy_fraction": tc.random_fraction, "text_weight": tc.text_weight,
         "aux_loss_coef": tc.aux_coef, "dropout": tc.dropout, "input_noise": tc.input_noise,
-        "selection": "the kept weights minimise the mean of the held-out text loss and the held-out copy loss "
-                     "(quoted held-out spans, bench/fixture_data.heldout_copy_windows)",
+        "selection": f"the kept weights minimise (held-out text loss + {tc.copy_select_weight} x held-out copy "
+                     f"loss) / {1 + tc.copy_select_weight} (copy loss on quoted held-out spans, "
+                     "bench/fixture_data.heldout_copy_windows)",
         "quantization": {"bits": tc.bits, "group_size": tc.group_size, "router_bits": 8,
                          "other_tensors": "float32"},
         "perplexity_definition": "exp(mean NLL) of every held-out token, teacher-forced in consecutive windows "

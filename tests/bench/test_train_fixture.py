@@ -37,6 +37,26 @@ def test_copy_rows_quote_their_span_after_the_separator(corpus):
         assert quoted
 
 
+def test_random_rows_repeat_a_fresh_span_and_weigh_only_the_repeats(corpus):
+    rng = np.random.default_rng(2)
+    sep = list(corpus.separator)
+    row, w = fd.random_row(corpus, rng, 64)
+    other, _ = fd.random_row(corpus, rng, 64)
+    assert len(row) == 65 and row[0] == corpus.bos and w.shape == (64,) and not np.array_equal(row, other)
+    body = list(row[1:])
+    unit = int(np.argmax(w))  # the first weighted target starts the first repeat
+    assert unit >= 8 + len(sep) and body[unit - len(sep):unit] == sep
+    assert body[unit:] == body[:64 - unit]  # the rest repeats the span and its separator
+    assert (w[:unit] == 0).all() and (w[unit:] == 1).all() and (row[1:] >= 3).sum() >= unit - len(sep)
+
+
+def test_training_batches_weigh_text_rows_and_random_rows_apart(corpus):
+    rows, w = fd.training_batch(corpus, np.random.default_rng(0), 40, 32, 0.5, 0.5, 0.5, text_weight=0.25)
+    assert rows.shape == (40, 33) and w.shape == (40, 32)
+    text = np.all(w == 0.25, axis=1)
+    assert 5 < text.sum() < 35 and all(set(np.unique(r)) <= {0.0, 1.0} for r in w[~text])
+
+
 def test_batches_mix_copy_and_plain_rows_from_the_training_text(corpus):
     rows = fd.batch(corpus, np.random.default_rng(0), 6, 32, copy_fraction=0.0)
     assert rows.shape == (6, 33) and rows.dtype == np.int32 and (rows[:, 0] == corpus.bos).all()
