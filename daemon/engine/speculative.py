@@ -34,7 +34,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
-from ..jobs import derive_seed
+from .keyed import derive_seed
 from ..speculation import SpeculationConfig
 from .adaptive import AdaptiveK
 from .drafters import Drafter

@@ -24,24 +24,6 @@ from moed.clients import protocol as P
 from moed.daemon.testmodel import corpus_text
 from moed.daemon.testmodel.split import heldout_passages
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "trained-moe"
-
-
-# The same names as tests/conftest.py's (made on the fixture's branch); a module's own fixture wins over conftest's.
-@pytest.fixture(scope="session")
-def trained_checkpoint() -> Path:
-    if not (FIXTURE / "config.json").is_file():
-        pytest.skip(f"the trained fixture is not there ({FIXTURE})")
-    return FIXTURE
-
-
-@pytest.fixture(scope="session")
-def trained_store(trained_checkpoint, tmp_path_factory) -> Path:
-    from moed.daemon.store.convert import convert
-
-    out = tmp_path_factory.mktemp("trained") / "store"
-    convert(trained_checkpoint, out, bits=None)  # its own 4-bit quantization kept, as conftest does
-    return out
 
 
 K_SCRIPT = (4, 4, 0, 0, 0, 2, 0, 4)  # each request's decisions, repeated: passes of K drafts and plain runs

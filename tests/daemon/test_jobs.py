@@ -8,7 +8,8 @@ import pytest
 from mlx_lm.utils import load_tokenizer
 
 from moed.clients import protocol as P
-from moed.daemon.jobs import Job, JobError, derive_seed, make_job_sampler
+from moed.daemon.engine.keyed import derive_seed
+from moed.daemon.jobs import Job, JobError, make_job_sampler
 from moed.daemon.jobs import split_by_share
 
 

@@ -20,25 +20,7 @@ from moed.daemon.engine.model import load_engine
 from moed.daemon.speculation import SpeculationConfig
 from moed.daemon.testmodel.split import heldout_passages
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "trained-moe"
 TOKENS = 48
-
-
-# The same names as tests/conftest.py's (made on the fixture's branch); a module's own fixture wins over conftest's.
-@pytest.fixture(scope="session")
-def trained_checkpoint() -> Path:
-    if not (FIXTURE / "config.json").is_file():
-        pytest.skip(f"the trained fixture is not there ({FIXTURE})")
-    return FIXTURE
-
-
-@pytest.fixture(scope="session")
-def trained_store(trained_checkpoint, tmp_path_factory) -> Path:
-    from moed.daemon.store.convert import convert
-
-    out = tmp_path_factory.mktemp("trained") / "store"
-    convert(trained_checkpoint, out, bits=None)  # its own 4-bit quantization kept
-    return out
 
 
 def quote_prompt(chars: int = 500) -> str:
