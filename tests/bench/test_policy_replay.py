@@ -145,3 +145,14 @@ def test_prefetch_counts_and_gaps(tmp_path):
 def test_a_budget_below_one_call_is_refused():
     with pytest.raises(ValueError, match="slots"):
         replay(synthetic(), "lru", 0.01, 0)
+
+
+def test_tuning_picks_on_the_first_half_and_reports_the_second(tmp_path):
+    from bench.routing_tune import DEFAULT, tune
+
+    save_trace(tmp_path / "t.npz", synthetic(tokens=80, seed=6))
+    res = tune([str(tmp_path / "t.npz")], [4.0, 16.0], [0.25], [0, 1], 5)
+    assert res["best"] == max(res["tuning_scores"], key=res["tuning_scores"].get)
+    assert {DEFAULT, "lru", "belady", res["best"]} <= set(res["report_scores"])
+    assert res["report"]["part"] == "report" and res["tuning"]["part"] == "tune"
+    assert res["report_scores"]["belady"] >= res["report_scores"]["lru"]
