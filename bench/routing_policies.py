@@ -6,7 +6,7 @@ ready ones, never a pinned or busy one), `enter` (a read landed in a slot, deman
 was emptied) and `used` (the distinct slots of a call were used, in order). A call `c` is token * layers + layer.
 
 - "moed-lfu[@H]", "moed-lru": moed.daemon.engine.slot_policy.SlotPolicy itself, with its half-life of H tokens
-  (H x layers ticks, as the engine sets it: DECAY_TOKENS in daemon/engine/model.py, 16 by default); unused
+  (H x layers ticks, as the engine sets it; the engine's HALF_LIFE_TOKENS where H is not given); unused
   prefetches are protected from other prefetches until their layer runs, as in the cache.
 - "lru": least recently used; a prefetch enters as most recent (a plain insert).
 - "lfu": in-cache frequency with no ageing (a slot's count starts at 0 when it is filled), ties by recency.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moed.daemon.engine.slot_policy import FREE, READY, SlotPolicy
+from moed.daemon.engine.slot_policy import FREE, HALF_LIFE_TOKENS, READY, SlotPolicy
 
 from .routing_io import Trace
 
@@ -45,7 +45,7 @@ def pick(rank: np.ndarray, n: int, state: np.ndarray, pinned: np.ndarray, busy: 
 class MoedPolicy:
     """moed's SlotPolicy, driven as ExpertCache drives it."""
 
-    def __init__(self, policy: str, half_life_tokens: float = 16.0):
+    def __init__(self, policy: str, half_life_tokens: float = HALF_LIFE_TOKENS):
         self.kind, self.half_life_tokens = policy, half_life_tokens
         self.name = f"moed-{policy}" + (f"@{half_life_tokens:g}" if policy == "lfu" else "")
 
@@ -214,11 +214,11 @@ class Belady(Ranked):
 
 
 def make_policy(name: str):
-    """A policy by name: "moed-lfu", "moed-lfu@H" (half-life H tokens), "moed-lru", "lru", "lfu", "lfuda",
-    "belady". Raises ValueError for another name."""
+    """A policy by name: "moed-lfu" (the engine's half-life), "moed-lfu@H" (H tokens), "moed-lru", "lru", "lfu",
+    "lfuda", "belady". Raises ValueError for another name."""
     if name.startswith("moed-lfu"):
         _, _, hl = name.partition("@")
-        return MoedPolicy("lfu", float(hl) if hl else 16.0)
+        return MoedPolicy("lfu", float(hl) if hl else HALF_LIFE_TOKENS)
     if name == "moed-lru":
         return MoedPolicy("lru")
     plain = {"lru": LRU, "lfu": LFU, "lfuda": LFUDA, "belady": Belady}

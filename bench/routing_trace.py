@@ -11,8 +11,10 @@ so the model computes what mlx-lm computes.
 
 - forced: the held-out text (moed.daemon.testmodel.split.heldout_text) tokenized and run through the model in
   prefill chunks of `--chunk` tokens with a KV cache; a causal model routes each token the same way whether it
-  is prefilled or decoded one at a time. `--tokens` keeps the first N tokens (0: all).
-- sampled: prompts are the first `--prompt-tokens` tokens of held-out passages; each is continued for
+  is prefilled or decoded one at a time. `--tokens` keeps the first N tokens (0: all). `--window N` cuts the text
+  into sequences of N tokens, each starting with the tokenizer's BOS and a fresh KV cache (a model trained on
+  short windows then stays within the positions it was trained on).
+- sampled: prompts are BOS + the first `--prompt-tokens` tokens of held-out passages; each is continued for
   `--new-tokens` tokens at `--temp`, seeded per prompt (seed + prompt number). The prompt's tokens are in the
   trace too (kind 0), the generated ones are kind 1.
 
@@ -143,26 +145,32 @@ def part_of(items: list, part: str) -> list:
     return {"all": items, "tune": items[:half], "report": items[half:]}[part]
 
 
-def record(ckpt: str, mode: str, *, tokens: int = 0, chunk: int = 256, depth: int = 3, prompts: int = 8,
-           prompt_tokens: int = 24, new_tokens: int = 96, temp: float = 0.8, seed: int = 0,
+def record(ckpt: str, mode: str, *, tokens: int = 0, window: int = 0, chunk: int = 256, depth: int = 3,
+           prompts: int = 8, prompt_tokens: int = 24, new_tokens: int = 96, temp: float = 0.8, seed: int = 0,
            part: str = "all") -> dict[str, np.ndarray | str]:
     """A trace of `ckpt` (see the module docstring); returns the arrays the .npz holds."""
     model, tokenizer = load(ckpt)
     config = json.loads((Path(ckpt) / "config.json").read_text())
     recorders = attach(model, config, depth)
     t0 = time.perf_counter()
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     if mode == "forced":
-        toks = part_of(tokenizer.encode(heldout_text()), part)
-        toks = toks[:tokens] if tokens else toks
-        forced(model, toks, chunk)
+        text = part_of(tokenizer.encode(heldout_text()), part)
+        text = text[:tokens] if tokens else text
+        step = window - len(bos) if window else len(text)
+        pieces = [bos + text[i : i + step] for i in range(0, len(text), step)]
+        for piece in pieces:
+            forced(model, piece, chunk)
         ids, preds = collect(recorders, depth)
-        seq, kind = np.zeros(len(toks), np.int32), np.zeros(len(toks), np.uint8)
+        toks = [t for piece in pieces for t in piece]
+        seq = np.array([n for n, piece in enumerate(pieces) for _ in piece], np.int32)
+        kind = np.zeros(len(toks), np.uint8)
     elif mode == "sampled":
         passages = [p for p in part_of(heldout_passages(), part)
                     if len(tokenizer.encode(p)) >= prompt_tokens][:prompts]
         parts, toks, seq, kind = [], [], [], []
         for n, passage in enumerate(passages):
-            prompt = tokenizer.encode(passage)[:prompt_tokens]
+            prompt = bos + tokenizer.encode(passage)[:prompt_tokens]
             gen = sample(model, prompt, new_tokens, temp, seed + n)
             parts.append(collect(recorders, depth))
             fed = prompt + gen[:-1]
@@ -174,6 +182,7 @@ def record(ckpt: str, mode: str, *, tokens: int = 0, chunk: int = 256, depth: in
     else:
         raise ValueError(f"mode {mode!r}: expected forced or sampled")
     meta = {"model": str(ckpt), "model_type": config.get("model_type"), "mode": mode, "part": part,
+            "window": window, "bos": bool(bos),
             "experts": int(config.get("num_experts", config.get("num_local_experts", 0))), "k": int(ids.shape[-1]),
             "layers": int(ids.shape[1]), "depth": depth, "tokens": int(ids.shape[0]), "temp": temp, "seed": seed,
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -188,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mode", choices=("forced", "sampled"), default="forced")
     ap.add_argument("--part", choices=("all", "tune", "report"), default="all")
     ap.add_argument("--tokens", type=int, default=0, help="forced: keep the first N tokens (0: all)")
+    ap.add_argument("--window", type=int, default=0,
+                    help="forced: sequences of at most N tokens, BOS included, each with a fresh KV cache (0: one)")
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=8)
@@ -196,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--temp", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    trace = record(a.ckpt, a.mode, tokens=a.tokens, chunk=a.chunk, depth=a.depth, prompts=a.prompts,
-                   prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, temp=a.temp, seed=a.seed, part=a.part)
+    trace = record(a.ckpt, a.mode, tokens=a.tokens, window=a.window, chunk=a.chunk, depth=a.depth,
+                   prompts=a.prompts, prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, temp=a.temp,
+                   seed=a.seed, part=a.part)
     np.savez_compressed(a.out, **trace)
     print(trace["meta"])
 

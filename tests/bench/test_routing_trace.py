@@ -4,6 +4,7 @@ them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlx.core as mx
@@ -56,11 +57,14 @@ def test_sampled_traces_are_by_sequence_and_seeded(tiny, tmp_path):
     a = routing_trace.record(tiny, "sampled", **kw)
     b = routing_trace.record(tiny, "sampled", **kw)
     assert np.array_equal(a["ids"], b["ids"]) and np.array_equal(a["tokens"], b["tokens"])
-    assert a["seq"].tolist() == [0] * 10 + [1] * 10
-    assert a["kind"].tolist() == ([0] * 6 + [1] * 4) * 2
-    routing_trace.main([tiny, str(tmp_path / "f.npz"), "--tokens", "12", "--depth", "2"])
+    bos = int(json.loads(str(a["meta"]))["bos"])
+    assert a["seq"].tolist() == [0] * (10 + bos) + [1] * (10 + bos)
+    assert a["kind"].tolist() == ([0] * (6 + bos) + [1] * 4) * 2
+    routing_trace.main([tiny, str(tmp_path / "f.npz"), "--tokens", "12", "--depth", "2", "--window", "5"])
     tr = load_trace(tmp_path / "f.npz")
-    assert tr.ids.shape[0] == 12 and tr.depth == 2 and tr.experts == 8 and tr.meta["mode"] == "forced"
+    assert tr.depth == 2 and tr.experts == 8 and tr.meta["mode"] == "forced"
+    step = 5 - bos  # text tokens per window
+    assert tr.seq.tolist() == [n for n in range(-(-12 // step)) for _ in range(min(5, 12 - n * step + bos))]
 
 
 def test_the_trained_fixture_records(trained_checkpoint):
