@@ -27,11 +27,12 @@ from .cache import WARM, ExpertCache
 from .experts import StreamingSwitchGLU
 from .prefetch import Prefetcher, find_router
 from .probe import Probe
+from .slot_policy import HALF_LIFE_TOKENS
 from .warm import load_usage, save_usage, warm_cache
 
 log = logging.getLogger(__name__)
-# LFU ageing: a use's weight halves every DECAY_TOKENS tokens (x MoE layers acquire calls)
-DECAY_TOKENS = 16
+# LFU ageing: a use's weight halves every DECAY_TOKENS tokens (x MoE layers acquire calls); see slot_policy.py
+DECAY_TOKENS = HALF_LIFE_TOKENS
 
 
 @dataclass

@@ -11,8 +11,11 @@ order given), so ties are broken by order of use. Ties in rank go to the lowest 
 
 Prefetched experts enter with score 0 (or a warm start's past use), so a misprediction is the first to go. An
 unused prefetch is *protected* until the layer it was read for has run: other prefetches do not evict it; demand
-reads may. The trace simulations behind these choices (LFU with a 16-token half-life against LRU, with and without
-prefetch, at 12.5-50 % budgets) are in bench/results/notebook.md.
+reads may. The engine ages LFU by HALF_LIFE_TOKENS tokens (x its MoE layers: ticks are layer calls). These
+choices come from replaying routing traces through this class against LRU, LFU, LFUDA and Belady's optimum at
+12.5-50 % budgets, with and without prefetch (bench/policy_replay.py): on the trained fixture's held-out traces
+an 8-token half-life closes more of the LRU-to-Belady gap than 16 tokens at 12.5 and 25 %, and is within half a
+point at 50 % (bench/results/routing.md; random-weight models: bench/results/notebook.md).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Iterable
 import numpy as np
 
 POLICIES = ("lru", "lfu")
+HALF_LIFE_TOKENS = 8  # LFU: a use's weight halves every 8 tokens (the engine's half-life = this x MoE layers)
 FREE, READY, LOADING, RETIRED = 0, 1, 2, 3  # slot states; RETIRED: a bank row beyond the current budget
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from moed.daemon.engine.slot_policy import FREE, LOADING, READY, RETIRED, SlotPolicy
+from moed.daemon.engine.slot_policy import FREE, HALF_LIFE_TOKENS, LOADING, READY, RETIRED, SlotPolicy
 
 NONE = np.zeros(0, dtype=np.int64)
 
@@ -53,6 +53,21 @@ def test_lfu_scores_age_by_half_each_half_life():
     np.testing.assert_allclose(p.rank(), [1.5, 2.5])
     state = ready(2)
     assert p.victims(1, state, NONE, NONE) == [0]  # frequency, not recency: 0 was used longer ago but more
+
+
+def test_the_default_half_life_counts_tokens_of_layer_calls():
+    layers = 6  # the engine's half-life is HALF_LIFE_TOKENS x its MoE layers (one tick per layer call)
+    p = SlotPolicy("lfu", HALF_LIFE_TOKENS * layers, 2)
+    p.advance()
+    p.touch(np.array([0]), 4.0)  # four uses of slot 0; HALF_LIFE_TOKENS tokens later, one use of slot 1
+    p.advance(HALF_LIFE_TOKENS * layers)
+    p.touch(np.array([1]), 1.0)
+    np.testing.assert_allclose(p.rank(), [2.0, 1.0])
+    assert p.victims(1, ready(2), NONE, NONE) == [1]
+    p.advance(HALF_LIFE_TOKENS * layers)  # another half-life, and another use of slot 1
+    p.touch(np.array([1]), 1.0)
+    np.testing.assert_allclose(p.rank(), [1.0, 1.5])
+    assert p.victims(1, ready(2), NONE, NONE) == [0]
 
 
 def test_uses_within_a_tick_are_ordered_and_equal_ranks_go_to_the_lowest_slot():
