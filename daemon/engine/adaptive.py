@@ -15,6 +15,13 @@ E(K) = (1 - a^(K+1)) / (1 - a) is the expected number of tokens a pass emits (ac
 K = 0 is a plain step. Having backed off to 0, it probes with a small K now and then (the interval doubles while
 probes keep failing), so a request whose text turns repetitive later is noticed.
 
+The model can be wrong: acceptance is not geometric (drafts often land all together or not at all), and at a small
+cache budget a pass's cost depends on more than its rows (it also reads the experts of rejected drafts). So each K
+also has a measured rate: tokens emitted per second by recent passes of K drafts (decayed sums), in plain-step
+units; once K has `guard_after` passes measured, its score is the lower of the model's and the measured one. A K
+that really loses against plain steps is then dropped whatever the model says, which keeps the promise that
+speculation is never a loss, while a K the model undervalues is not promoted on a few lucky passes.
+
     ctl = AdaptiveK(max_draft=4)
     k = ctl.choose(kind)                    # kind: None, or what the drafter says about its next guess
     ... draft up to k tokens, verify them in one pass taking `seconds` ...
@@ -33,13 +40,15 @@ class AdaptiveK:
 
     def __init__(self, max_draft: int, adaptive: bool = True, *, decay: float = 0.95, prior_accept: float = 0.5,
                  prior_weight: float = 1.0, prior_slope: float = 0.25, time_weight: float = 0.25,
-                 probe_start: int = 8, probe_max: int = 256, base_after: int = 3):
+                 probe_start: int = 8, probe_max: int = 256, base_after: int = 3, guard_after: int = 4):
         if max_draft < 0:
             raise ValueError(f"max_draft must be at least 0, not {max_draft}")
         self.max_draft, self.adaptive = max_draft, adaptive
         self.decay, self.prior_accept, self.prior_weight = decay, prior_accept, prior_weight
         self.prior_slope, self.time_weight = prior_slope, time_weight
         self.probe_start, self.probe_max, self.base_after = probe_start, probe_max, base_after
+        self.guard_after = guard_after  # verification passes measured before their realised rate is trusted
+        self._measured: dict[int, list[float]] = {}  # drafts K -> [decayed tokens emitted, decayed seconds, passes]
         self._hits = 0.0  # decayed accepted draft tokens
         self._trials = 0.0  # decayed draft tokens whose fate was decided (accepted, or the first rejected)
         self._kinds: dict[Hashable, list[float]] = {}  # kind -> [decayed hits, decayed trials]
@@ -95,9 +104,14 @@ class AdaptiveK:
     # -- decisions ------------------------------------------------------------------------------------------------
     def best(self, kind: Hashable | None = None) -> int:
         """The K maximising expected tokens per unit time now (the smaller K on a tie)."""
-        scores = [self.expected_tokens(k, kind) / self.cost(k + 1) for k in range(self.max_draft + 1)]
+        scores = [self._score(k, kind) for k in range(self.max_draft + 1)]
         top = max(scores)
         return next(k for k, s in enumerate(scores) if s >= top * (1 - 1e-9))
+
+    def _score(self, k: int, kind: Hashable | None) -> float:
+        model = self.expected_tokens(k, kind) / self.cost(k + 1)
+        measured = self.measured_rate(k) if k > 0 else None
+        return model if measured is None else min(model, measured)
 
     def choose(self, kind: Hashable | None = None) -> int:
         """K for the next pass (0: a plain step), for drafts of this kind (None: any)."""
@@ -117,6 +131,14 @@ class AdaptiveK:
             return min(2, self.max_draft)
         return 0
 
+    def measured_rate(self, k: int) -> float | None:
+        """Tokens per plain step's time that recent passes of k drafts emitted; None until `guard_after` of them
+        and a plain step are measured."""
+        m, plain = self._measured.get(k), self._seconds.get(1)
+        if m is None or m[2] < self.guard_after or plain is None or m[1] <= 0:
+            return None
+        return m[0] / m[1] * plain
+
     def record(self, drafted: int, accepted: int, seconds: float, kind: Hashable | None = None) -> None:
         """What a pass did: drafts checked, drafts accepted, its seconds (drafting included), the drafts' kind."""
         if drafted > 0:
@@ -127,6 +149,9 @@ class AdaptiveK:
                 counts = self._kinds.setdefault(kind, [0.0, 0.0])
                 counts[0] = self.decay * counts[0] + accepted
                 counts[1] = self.decay * counts[1] + decided
+            keep = 1 - self.time_weight
+            m = self._measured.setdefault(drafted, [0.0, 0.0, 0])
+            m[0], m[1], m[2] = keep * m[0] + accepted + 1, keep * m[1] + seconds, m[2] + 1
         rows = drafted + 1
         old = self._seconds.get(rows)
         w = self.time_weight

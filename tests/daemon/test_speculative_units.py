@@ -134,6 +134,30 @@ def test_adaptive_k_probes_again_after_backing_off_and_returns_when_drafts_start
     assert chosen[-10:] == [4] * 10
 
 
+def _all_or_nothing_rate(ctl: AdaptiveK, decisions: int, cost: float = 2.4) -> float:
+    """Tokens per second of a simulated request whose drafts land all together or not at all (passes alternate),
+    and whose every verification pass costs 2.4 plain steps (reads, whatever its rows)."""
+    tokens = seconds = passes = 0.0
+    for _ in range(decisions):
+        k = ctl.choose()
+        if k == 0:
+            ctl.record(0, 0, 1.0)
+            tokens, seconds = tokens + 1, seconds + 1.0
+            continue
+        accepted = k if passes % 2 == 0 else 0
+        passes += 1
+        ctl.record(k, accepted, cost)
+        tokens, seconds = tokens + accepted + 1, seconds + cost
+    return tokens / seconds
+
+
+def test_adaptive_k_backs_off_where_passes_lose_though_the_acceptance_model_says_they_win():
+    # all-or-nothing acceptance is not the geometric acceptance the model assumes: it keeps choosing passes of 1-3
+    # drafts that emit fewer tokens than it expects, and ends below plain speed; each K's measured rate shows it
+    assert _all_or_nothing_rate(AdaptiveK(4, guard_after=10**9), 300) < 0.95  # the model alone loses
+    assert _all_or_nothing_rate(AdaptiveK(4), 300) >= 0.98  # the measured rates keep it near plain speed
+
+
 def test_adaptive_k_keeps_acceptance_per_kind_of_draft():
     # prompt lookup: 1-token matches are always rejected, 3-token matches always accepted
     ctl = AdaptiveK(4)
