@@ -1,7 +1,7 @@
 """Choose a cache policy on one part of the traces and report it on the other (policy_replay.py underneath).
 
     python -m bench.routing_tune TRACE.npz [TRACE.npz ...] [--half-lives 2,4,8,16,32,64,128,256]
-        [--budgets 0.125,0.25,0.5] [--depths 0,1] [--warmup 32] [--default moed-lfu@8] [--out tune.json]
+        [--budgets 0.125,0.25,0.5] [--depths 0,1] [--warmup 32] [--default moed-lfu@16] [--out tune.json]
 
 Tuning: every candidate (moed's LFU at each half-life in tokens, moed's LRU, LRU, LFU, LFUDA) is replayed on the
 first half of each trace's tokens; its score is the mean hit rate over the budgets and depths given. Report: the

@@ -13,9 +13,10 @@ Prefetched experts enter with score 0 (or a warm start's past use), so a mispred
 unused prefetch is *protected* until the layer it was read for has run: other prefetches do not evict it; demand
 reads may. The engine ages LFU by HALF_LIFE_TOKENS tokens (x its MoE layers: ticks are layer calls). These
 choices come from replaying routing traces through this class against LRU, LFU, LFUDA and Belady's optimum at
-12.5-50 % budgets, with and without prefetch (bench/policy_replay.py): on the trained fixture's held-out traces
-an 8-token half-life closes more of the LRU-to-Belady gap than 16 tokens at 12.5 and 25 %, and is within half a
-point at 50 % (bench/results/routing.md; random-weight models: bench/results/notebook.md).
+12.5-50 % budgets, with and without prefetch (bench/policy_replay.py): tuned on the first half of the trained
+fixture's teacher-forced trace, a 16-token half-life scores best of 2-256 tokens, and on the held-out half it
+closes more of the LRU-to-Belady gap than 8 tokens at 25 and 50 %, within 0.6 points of it at 12.5 %
+(bench/results/routing.md; random-weight models: bench/results/notebook.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Iterable
 import numpy as np
 
 POLICIES = ("lru", "lfu")
-HALF_LIFE_TOKENS = 8  # LFU: a use's weight halves every 8 tokens (the engine's half-life = this x MoE layers)
+HALF_LIFE_TOKENS = 16  # LFU: a use's weight halves every 16 tokens (the engine's half-life = this x MoE layers)
 FREE, READY, LOADING, RETIRED = 0, 1, 2, 3  # slot states; RETIRED: a bank row beyond the current budget
 
 

@@ -69,7 +69,8 @@ def test_sampled_traces_are_by_sequence_and_seeded(tiny, tmp_path):
 
 def test_the_trained_fixture_records(trained_checkpoint):
     tr = routing_trace.record(str(trained_checkpoint), "forced", tokens=24, depth=1)
-    assert tr["ids"].shape[0] == 24 and tr["ids"].shape[2] == 8
+    bos = int(json.loads(tr["meta"])["bos"])  # the fixture's tokenizer has a BOS, which leads the sequence
+    assert tr["ids"].shape[0] == 24 + bos and tr["ids"].shape[2] == 8
 
 
 def _trace(ids: np.ndarray, experts: int, seq=None) -> Trace:
