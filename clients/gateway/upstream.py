@@ -137,14 +137,31 @@ class Generation:
     async def texts(self) -> AsyncIterator[str]:
         """The generated text, piece by piece as the daemon streams it (empty pieces skipped). Raises ApiError when
         the request fails part-way."""
+        async for pieces in self.batches():
+            for text in pieces:
+                yield text
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """The generated text as lists of pieces: each list holds every piece that had arrived when the reader
+        came for more (one piece while the reader keeps up; several after it fell behind, which it can then send
+        in one write). Never an empty list. Raises ApiError when the request fails part-way."""
         event, self._first = self._first, None
+        batch: list[str] = []
+        error: ApiError | None = None
         try:
             while event is not None:
                 if isinstance(event, Chunk) and event.text:
-                    yield event.text
+                    batch.append(event.text)
+                if batch and not self._stream.ready:
+                    yield batch
+                    batch = []
                 event = await self._stream.next_event()
         except MoedError as e:
-            raise from_moed(e, self._rename) from None
+            error = from_moed(e, self._rename)
+        if batch:  # what came before the end (or the failure) goes out first
+            yield batch
+        if error is not None:
+            raise error
         reason = self.result.done_reason
         if reason not in ("stop", "length"):  # cut short: not an answer a client should take as complete
             raise ApiError(503 if reason == "shutdown" else 500,
