@@ -94,7 +94,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(store: str, max_batch: int) -> Iterator[tuple[str, str, dict[str, psutil.Process]]]:
+def serving(store: str, max_batch: int,
+            timeout: float = 600.0) -> Iterator[tuple[str, str, dict[str, psutil.Process]]]:
     """A daemon on `store` and a gateway in front of it: yields (ZeroMQ endpoint, gateway base URL, processes by
     PROCESSES name: the daemon's, the gateway's and this one)."""
     from moed.clients import Client
@@ -110,7 +111,8 @@ def serving(store: str, max_batch: int) -> Iterator[tuple[str, str, dict[str, ps
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         gateway = stack.enter_context(_process([*_moed(), "gateway", "--endpoint", endpoint, "--http", str(port),
-                                                "--model-name", MODEL, "--log-level", "warning"], gateway_log))
+                                                "--model-name", MODEL, "--timeout", str(timeout),
+                                                "--log-level", "warning"], gateway_log))
         _wait(lambda: urllib.request.urlopen(url + "/v1/models", timeout=5).status == 200, gateway, "the gateway",
               gateway_log)
         yield endpoint, url, {"daemon": psutil.Process(daemon.pid), "gateway": psutil.Process(gateway.pid),
@@ -271,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the gateway paths' clients, comma-separated: aiohttp (a plain HTTP client), openai (the "
                         "OpenAI SDK) (default both)")
     p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds of silence a client allows (default 600: a large store on a slow CPU prefills "
-                        "8 prompts for minutes)")
+                   help="seconds of silence the clients and the gateway allow (default 600: a large store on a "
+                        "slow CPU prefills 8 prompts for minutes)")
     p.add_argument("--out", help="write the JSON here (default: print it)")
     args = p.parse_args(argv)
     counts = [int(c) for c in args.clients.split(",")]
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if not via or set(via) - set(VIA):
         p.error(f"--via: choose from {', '.join(VIA)}")
     started, load_before = time.time(), os.getloadavg()
-    with serving(args.store, max(counts)) as (endpoint, url, procs):
+    with serving(args.store, max(counts), args.timeout) as (endpoint, url, procs):
         results = asyncio.run(measure(endpoint, url, counts, args.tokens, args.rounds, via, procs, args.timeout))
     record = _json_safe({
         "command": "python -m bench.gateway_overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
