@@ -1,10 +1,12 @@
 """The gateway's streaming path: event templates give exactly the JSON of the objects they stand for, pieces that
-arrive together are read (and written) together, in order, and what came before a failure still goes out first."""
+arrive together are read (and written) together, in order, what came before a failure still goes out first, and a
+stale status is refreshed behind a request's back rather than on its way."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from moed.clients.aio import AsyncClient
 from moed.clients.gateway.upstream import Generation
 from moed.clients.gateway.web import dumps, template
 
-from fakedaemon import FakeDaemon, FakeRequest, arun, fake_daemon, gen_result  # noqa: F401
+from fakedaemon import STATUS, FakeDaemon, FakeRequest, arun, fake_daemon, gen_result, wait_until  # noqa: F401
 
 PIECES = [f" p{i}" for i in range(20)] + ["é \" \\ \n \u2028 \U0001f600"]
 
@@ -102,3 +104,20 @@ def test_pieces_before_a_failure_go_out_before_the_error(fake) -> None:
         lines = ndjson(http("POST", gw.url + "/api/chat", {"model": "tiny.moe",
                                                            "messages": [{"role": "user", "content": "hi"}]}).body)
         assert [line["message"]["content"] for line in lines[:-1]] == PIECES and "checksum" in lines[-1]["error"]
+
+
+def test_a_stale_status_does_not_hold_up_requests(fake) -> None:
+    answered: list[int] = []
+
+    def status_once(req: FakeRequest) -> None:  # later status requests get no answer, as from a stuck daemon
+        if not answered:
+            answered.append(1)
+            req.ok(dict(STATUS))
+
+    fake.on("status", status_once)
+    with gateway(fake.endpoint, status_max_age_s=0.01) as gw:
+        for _ in range(3):
+            r = http("POST", gw.url + "/v1/completions", {"model": "tiny.moe", "prompt": "x"})
+            assert r.status == 200 and r.json()["choices"][0]["text"] == "Hello world"
+            time.sleep(0.05)  # the status is stale by the next request
+        wait_until(lambda: fake.types().count("status") >= 2)  # it was asked for again, in the background
