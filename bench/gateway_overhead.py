@@ -1,20 +1,28 @@
-"""What the HTTP gateway costs: decode tok/s and time to first token through the gateway (the `openai` package,
-streaming) against moed.clients straight to the daemon, paired and alternated; prints (or writes) JSON.
+"""What the HTTP gateway costs: decode tok/s and time to first token through the gateway against moed.clients
+straight to the daemon, in rounds that alternate the paths; prints (or writes) JSON.
 
-    python -m bench.gateway_overhead STORE [--clients 1,8] [--tokens 64] [--rounds 5] [--out gateway.json]
+    python -m bench.gateway_overhead STORE [--clients 1,8] [--tokens 64] [--rounds 5] [--via aiohttp,openai]
+                                           [--timeout 600] [--out gateway.json]
 
 It starts a daemon on STORE (`moed serve`, a subprocess, on a fresh ipc endpoint, --max-batch the largest client
-count) and a gateway in front of it (`moed gateway`, a subprocess on a free loopback port), warms both paths, then
-for each client count runs `rounds` pairs: N concurrent streamed completions of `tokens` tokens (greedy, the same
-N prompts on both paths) through moed.clients' AsyncClient (one connection, as the gateway itself holds), and the
-same through the gateway with AsyncOpenAI; the order within a pair alternates round by round. Both clients run on
-this process's one event loop.
+count) and a gateway in front of it (`moed gateway`, a subprocess on a free loopback port), warms every path, then
+for each client count runs `rounds` rounds: on each path in turn (the order rotates round by round), N concurrent
+streamed completions of `tokens` tokens (greedy, the same N prompts on every path). The paths:
+- `direct`: moed.clients' AsyncClient (one connection, as the gateway itself holds);
+- `gateway` (`--via aiohttp`): streamed /v1/completions read with a plain aiohttp client (each SSE event is one
+  json.loads), so the client side costs about what moed.clients costs on the direct path and the difference is
+  the gateway's own;
+- `gateway-openai` (`--via openai`): the same through AsyncOpenAI, what a user of the OpenAI SDK sees, its SDK's
+  own per-chunk work (httpx, SSE parsing, pydantic models) included.
+All clients run on this process's one event loop, one path at a time.
 
 Per request: TTFT = from sending to the first non-empty text; decode tok/s = (generated tokens - 1) / (last text -
 first text), both seen by the client. Per round and path: the median TTFT and median decode tok/s over the N
-requests, and the aggregate tok/s (all generated tokens / the round's wall time). The record gives every round's
-values, their medians, and per pair the ratio gateway / direct (TTFT above 1 and tok/s below 1 are the gateway's
-cost) with the median over pairs: on a noisy host only ratios within a pair say much.
+requests, the aggregate tok/s (all generated tokens / the round's wall time), and the CPU time the daemon, the
+gateway and this process (the clients) spent per generated token (`cpu_ms_per_token`: where the cost goes, and
+whether the client side was alike on both paths). The record gives every round's values, their medians, and per
+gateway path the ratio gateway / direct of each round (TTFT above 1 and tok/s below 1 are the gateway's cost) with
+the median over rounds: on a noisy host only ratios within a round say much.
 """
 
 from __future__ import annotations
@@ -36,8 +44,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-PATHS = ("direct", "gateway")
+import psutil
+
+VIA = {"aiohttp": "gateway", "openai": "gateway-openai"}  # --via: the gateway paths, by client
 METRICS = ("ttft_s", "decode_tps", "aggregate_tps")
+PROCESSES = ("daemon", "gateway", "clients")
 MODEL = "bench"  # the name the gateway serves the model under
 PROMPT = "Request {i}. Once upon a time, in a quiet harbour town by the northern sea, there lived"
 
@@ -83,8 +94,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(store: str, max_batch: int) -> Iterator[tuple[str, str]]:
-    """A daemon on `store` and a gateway in front of it: yields (ZeroMQ endpoint, gateway base URL)."""
+def serving(store: str, max_batch: int,
+            timeout: float = 600.0) -> Iterator[tuple[str, str, dict[str, psutil.Process]]]:
+    """A daemon on `store` and a gateway in front of it: yields (ZeroMQ endpoint, gateway base URL, processes by
+    PROCESSES name: the daemon's, the gateway's and this one)."""
     from moed.clients import Client
 
     with ExitStack() as stack:
@@ -98,10 +111,12 @@ def serving(store: str, max_batch: int) -> Iterator[tuple[str, str]]:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         gateway = stack.enter_context(_process([*_moed(), "gateway", "--endpoint", endpoint, "--http", str(port),
-                                                "--model-name", MODEL, "--log-level", "warning"], gateway_log))
+                                                "--model-name", MODEL, "--timeout", str(timeout),
+                                                "--log-level", "warning"], gateway_log))
         _wait(lambda: urllib.request.urlopen(url + "/v1/models", timeout=5).status == 200, gateway, "the gateway",
               gateway_log)
-        yield endpoint, url
+        yield endpoint, url, {"daemon": psutil.Process(daemon.pid), "gateway": psutil.Process(gateway.pid),
+                              "clients": psutil.Process()}
 
 
 async def _direct_one(client: Any, prompt: str, tokens: int) -> dict[str, float]:
@@ -116,7 +131,7 @@ async def _direct_one(client: Any, prompt: str, tokens: int) -> dict[str, float]
     return _record(start, first, last, stream.result.generated_tokens)
 
 
-async def _gateway_one(client: Any, prompt: str, tokens: int) -> dict[str, float]:
+async def _openai_one(client: Any, prompt: str, tokens: int) -> dict[str, float]:
     start, first, last, generated = time.perf_counter(), None, None, 0
     stream = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=tokens, temperature=0,
                                              stream=True, stream_options={"include_usage": True})
@@ -129,6 +144,31 @@ async def _gateway_one(client: Any, prompt: str, tokens: int) -> dict[str, float
     return _record(start, first, last, generated)
 
 
+async def _aiohttp_one(client: Any, prompt: str, tokens: int) -> dict[str, float]:
+    session, url = client
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start, first, last, generated = time.perf_counter(), None, None, 0
+    async with session.post(url + "/v1/completions", json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"gateway answered {response.status}: {await response.text()}")
+        async for line in response.content:  # SSE: `data: {json}` lines, blank lines between events
+            if not line.startswith(b"data: {"):
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(f"the stream failed: {event['error']}")
+            if event["choices"] and event["choices"][0]["text"]:
+                last = time.perf_counter()
+                first = first or last
+            if event.get("usage"):
+                generated = event["usage"]["completion_tokens"]
+    return _record(start, first, last, generated)
+
+
+ONE = {"direct": _direct_one, "gateway": _aiohttp_one, "gateway-openai": _openai_one}
+
+
 def _record(start: float, first: float | None, last: float | None, generated: int) -> dict[str, float]:
     if first is None or last is None:
         raise RuntimeError("a request produced no text")
@@ -136,43 +176,61 @@ def _record(start: float, first: float | None, last: float | None, generated: in
     return {"ttft_s": first - start, "decode_tps": tps, "generated": generated, "end": last}
 
 
-async def _round(path: str, clients: dict[str, Any], n: int, tokens: int) -> dict[str, float]:
-    """n concurrent requests on one path: median TTFT, median decode tok/s, aggregate tok/s."""
-    one = _direct_one if path == "direct" else _gateway_one
+def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}  # user + system seconds
+
+
+async def _round(path: str, clients: dict[str, Any], n: int, tokens: int,
+                 procs: dict[str, psutil.Process]) -> dict[str, Any]:
+    """n concurrent requests on one path: median TTFT, median decode tok/s, aggregate tok/s, CPU per token."""
+    before = _cpu(procs)
     start = time.perf_counter()
-    recs = await asyncio.gather(*(one(clients[path], PROMPT.format(i=i), tokens) for i in range(n)))
+    recs = await asyncio.gather(*(ONE[path](clients[path], PROMPT.format(i=i), tokens) for i in range(n)))
     wall = max(r["end"] for r in recs) - start
+    after = _cpu(procs)
+    generated = sum(r["generated"] for r in recs)
     tps = [r["decode_tps"] for r in recs if r["decode_tps"] == r["decode_tps"]]  # NaN: a one-token answer
     return {"ttft_s": statistics.median(r["ttft_s"] for r in recs),
             "decode_tps": statistics.median(tps) if tps else float("nan"),
-            "aggregate_tps": sum(r["generated"] for r in recs) / wall,
-            "generated": sum(r["generated"] for r in recs)}
+            "aggregate_tps": generated / wall, "generated": generated,
+            "cpu_ms_per_token": {k: 1e3 * (after[k] - before[k]) / generated for k in procs}}
 
 
-async def measure(endpoint: str, url: str, counts: list[int], tokens: int, rounds: int) -> dict[str, Any]:
-    """The paired rounds for every client count (see the module docstring for the record's shape)."""
-    from openai import AsyncOpenAI
+async def measure(endpoint: str, url: str, counts: list[int], tokens: int, rounds: int, via: list[str],
+                  procs: dict[str, psutil.Process], timeout: float = 600.0) -> dict[str, Any]:
+    """The alternated rounds for every client count (see the module docstring for the record's shape)."""
+    import aiohttp
 
     from moed.clients.aio import AsyncClient
 
-    direct = AsyncClient(endpoint, timeout=120, name="bench-direct")
-    gateway = AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
-    clients = {"direct": direct, "gateway": gateway}
+    paths = ["direct", *(VIA[v] for v in via)]
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout),
+                                    connector=aiohttp.TCPConnector(limit=0))
+    clients: dict[str, Any] = {"direct": AsyncClient(endpoint, timeout=timeout, name="bench-direct"),
+                               "gateway": (session, url)}
+    if "gateway-openai" in paths:
+        from openai import AsyncOpenAI
+
+        clients["gateway-openai"] = AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                                                timeout=timeout)
     try:
-        for path in PATHS:  # warm-up: connections open, the model's first steps done
-            await _round(path, clients, max(counts), min(tokens, 8))
+        for path in paths:  # warm-up: connections open, the model's first steps done
+            await _round(path, clients, max(counts), min(tokens, 8), procs)
         out: dict[str, Any] = {}
         for n in counts:
-            values: dict[str, dict[str, list[float]]] = {p: {m: [] for m in (*METRICS, "generated")} for p in PATHS}
+            values: dict[str, dict[str, list[Any]]] = {
+                p: {m: [] for m in (*METRICS, "generated", "cpu_ms_per_token")} for p in paths}
             for r in range(rounds):
-                for path in PATHS if r % 2 == 0 else PATHS[::-1]:
-                    for m, v in (await _round(path, clients, n, tokens)).items():
+                for path in paths[r % len(paths):] + paths[:r % len(paths)]:  # the order rotates
+                    for m, v in (await _round(path, clients, n, tokens, procs)).items():
                         values[path][m].append(v)
             out[str(n)] = summarise(values)
         return out
     finally:
-        await direct.close()
-        await gateway.close()
+        await clients["direct"].close()
+        if "gateway-openai" in clients:
+            await clients["gateway-openai"].close()
+        await session.close()
 
 
 def _median(xs: list[float]) -> float | None:
@@ -180,13 +238,19 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def summarise(values: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
-    """Medians per path, and per pair the ratio gateway / direct with its median."""
-    ratio = {m: [g / d if d else float("nan") for g, d in zip(values["gateway"][m], values["direct"][m])]
-             for m in METRICS}
-    return {"values": values,
-            "median": {p: {m: _median(values[p][m]) for m in METRICS} for p in PATHS},
-            "ratio": ratio, "median_ratio": {m: _median(ratio[m]) for m in METRICS}}
+def summarise(values: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+    """Medians per path (CPU per token per process too), and per gateway path the ratio to direct of each round,
+    with its median."""
+    gateways = [p for p in values if p != "direct"]
+    direct = values["direct"]
+    ratio = {g: {m: [x / d if d else float("nan") for x, d in zip(values[g][m], direct[m])] for m in METRICS}
+             for g in gateways}
+    median: dict[str, Any] = {p: {m: _median(values[p][m]) for m in METRICS} for p in values}
+    for p in values:
+        rounds = values[p].get("cpu_ms_per_token", [])
+        median[p]["cpu_ms_per_token"] = {k: _median([r[k] for r in rounds]) for k in (rounds[0] if rounds else {})}
+    return {"values": values, "median": median, "ratio": ratio,
+            "median_ratio": {g: {m: _median(ratio[g][m]) for m in METRICS} for g in gateways}}
 
 
 def _json_safe(obj: Any) -> Any:
@@ -204,18 +268,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("store", help="a store made by `moed convert`")
     p.add_argument("--clients", default="1,8", help="concurrent client counts, comma-separated (default 1,8)")
     p.add_argument("--tokens", type=int, default=64, help="max_tokens per request (default 64)")
-    p.add_argument("--rounds", type=int, default=5, help="pairs per client count (default 5)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per client count (default 5)")
+    p.add_argument("--via", default="aiohttp,openai",
+                   help="the gateway paths' clients, comma-separated: aiohttp (a plain HTTP client), openai (the "
+                        "OpenAI SDK) (default both)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds of silence the clients and the gateway allow (default 600: a large store on a "
+                        "slow CPU prefills 8 prompts for minutes)")
     p.add_argument("--out", help="write the JSON here (default: print it)")
     args = p.parse_args(argv)
     counts = [int(c) for c in args.clients.split(",")]
-    started = time.time()
-    with serving(args.store, max(counts)) as (endpoint, url):
-        results = asyncio.run(measure(endpoint, url, counts, args.tokens, args.rounds))
+    via = [v for v in args.via.split(",") if v]
+    if not via or set(via) - set(VIA):
+        p.error(f"--via: choose from {', '.join(VIA)}")
+    started, load_before = time.time(), os.getloadavg()
+    with serving(args.store, max(counts), args.timeout) as (endpoint, url, procs):
+        results = asyncio.run(measure(endpoint, url, counts, args.tokens, args.rounds, via, procs, args.timeout))
     record = _json_safe({
         "command": "python -m bench.gateway_overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
         "store": os.path.abspath(args.store), "clients": counts, "tokens": args.tokens, "rounds": args.rounds,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "via": via, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                "python": platform.python_version(), "load_before": load_before},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "seconds": time.time() - started,
+        "load_after": os.getloadavg(),
         "results": results})
     text = json.dumps(record, indent=1)
     if args.out:

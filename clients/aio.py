@@ -89,6 +89,10 @@ class _Call:
         self.client._forget(self)
         await self.client._cancel_quietly(self.id)
 
+    def pending(self) -> int:
+        """Replies (or a queued failure) that have arrived and not been read: reply() returns them at once."""
+        return self.queue.qsize()
+
 
 class AsyncClient:
     """A client of the moed daemon; see the module docstring. Use `async with AsyncClient() as c:` or close()."""
@@ -297,17 +301,23 @@ class AsyncClient:
     async def _next(self, call: _Call, deadline: float) -> dict[str, Any]:
         """The call's next reply, by the deadline (loop time). Raises the exception the receiver queued, or
         Timeout (DaemonUnavailable when the ipc socket file has disappeared meanwhile)."""
+        if not call.queue.empty():  # arrived already: no wait_for (on 3.11 it wraps the get in a new task)
+            item = call.queue.get_nowait()
+        else:
+            item = await self._wait(call, deadline)
+        if isinstance(item, MoedError):
+            raise item
+        return item
+
+    async def _wait(self, call: _Call, deadline: float) -> _Item:
         wait = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            item = await asyncio.wait_for(call.queue.get(), wait)
+            return await asyncio.wait_for(call.queue.get(), wait)
         except TimeoutError:  # wait_for's (our Timeout is raised below)
             path = ipc_path(self.endpoint)
             if path is not None and not path.exists():
                 raise DaemonUnavailable(f"the daemon at {self.endpoint} went away (socket file gone)") from None
             raise Timeout(f"no reply to {call.type} request {call.id} within the deadline") from None
-        if isinstance(item, MoedError):
-            raise item
-        return item
 
     def _forget(self, call: _Call) -> None:
         """The caller gave up on this call: later replies for it are dropped without complaint."""
@@ -412,12 +422,19 @@ class AsyncClient:
             monitor.close(linger=0)
 
     async def _receive(self, sock: zmq.asyncio.Socket) -> None:
+        flags = 0
         while True:
             try:
-                frames = await sock.recv_multipart()
+                frames = await sock.recv_multipart(flags)
+            except zmq.Again:  # the burst is read: wait for the next message
+                flags = 0
+                continue
             except zmq.ZMQError as e:
                 log.debug("receiver stops: %s", e)
                 return
+            # Then read on without waiting while messages are there: a burst (one daemon step's chunks for many
+            # requests) costs one wake-up of this loop instead of one per message.
+            flags = zmq.NOBLOCK
             try:
                 self._dispatch(frames)
             except Exception as e:  # a bug here must not silently strand every caller until its deadline

@@ -29,6 +29,10 @@ class Call(Protocol):
         """Stop reading: later replies are dropped, and the daemon is asked (without waiting) to cancel."""
         ...
 
+    def pending(self) -> int:
+        """Replies that have arrived and not been read yet (reply() returns them without waiting)."""
+        ...
+
 
 class Exchange(Protocol):
     """What a Stream needs from its client: frame a request, send it, cancel it. AsyncClient is one."""
@@ -69,6 +73,12 @@ class Stream:
     def text(self) -> str:
         """The text streamed so far."""
         return "".join(self._chunks)
+
+    @property
+    def ready(self) -> bool:
+        """True when next_event() has an event (or the final, or a failure) that arrived already, so it returns
+        without waiting: a reader can take what is there in one go (the HTTP gateway writes it as one)."""
+        return self._call is not None and not self._over and self._call.pending() > 0
 
     @property
     def done(self) -> bool:

@@ -20,7 +20,7 @@ from aiohttp import web
 from ..events import Result, Status
 from .errors import ApiError, invalid
 from .upstream import Upstream
-from .web import METRICS, STARTED, UPSTREAM, EventStream, json_response, read_json
+from .web import METRICS, STARTED, UPSTREAM, EventStream, dumps, json_response, read_json, template
 
 TAG = ":latest"
 _OPTIONS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
@@ -151,15 +151,16 @@ async def _respond(request: web.Request, body: dict[str, Any], params: dict[str,
             return json_response({"model": model, "created_at": _time(), **piece(result.text), **_final(result)})
         out = EventStream(request, "ndjson")
         await out.open()
+        line = template(lambda when, text: {"model": model, "created_at": when, **piece(text), "done": False}, 2)
         try:
-            async for text in gen.texts():
-                await out.send({"model": model, "created_at": _time(), **piece(text), "done": False})
+            async for texts in gen.batches():  # pieces that arrived together go out in one write
+                when = _time()
+                await out.write(b"".join([out.frame(line(when, text)) for text in texts]))
         except ApiError as e:  # after the headers: the error goes out as a line, as Ollama's streams do
-            await out.send(e.ollama_body())
-            return await out.close()
+            return await out.close(out.frame(dumps(e.ollama_body())))
         request.app[METRICS].observe("ollama", gen.result)
-        await out.send({"model": model, "created_at": _time(), **piece(""), **_final(gen.result)})
-        return await out.close()
+        return await out.close(out.frame(dumps({"model": model, "created_at": _time(), **piece(""),
+                                                **_final(gen.result)})))
 
 
 def _final(result: Result) -> dict[str, Any]:

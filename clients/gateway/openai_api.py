@@ -9,10 +9,13 @@ gateway does not know are ignored, as tools send many.
 Streaming writes server-sent events: one `chat.completion.chunk` (or `text_completion`) per daemon chunk, as it
 arrives, then a chunk with `finish_reason`, the `usage` chunk when `stream_options.include_usage`, and
 `data: [DONE]`. Headers go out only once the daemon has admitted the request, so a full queue is still a 503.
+Per chunk the work is small: the event's JSON comes from a template with only the text encoded, chunks that
+arrived together go out in one write, and the closing events go out with the end of the response.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +23,7 @@ from aiohttp import web
 from ..events import Result
 from .errors import ApiError, invalid
 from .upstream import Generation
-from .web import METRICS, STARTED, UPSTREAM, EventStream, json_response, new_id, read_json, unix_now
+from .web import METRICS, STARTED, UPSTREAM, EventStream, dumps, json_response, new_id, read_json, template, unix_now
 
 # Parameters moed has no equivalent for, with the values that mean "off" (accepted and ignored).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -153,19 +156,19 @@ async def _stream(request: web.Request, gen: Generation, shape: _Shape, include_
     await out.open()
     if shape.chat:
         await out.send(shape.chunk({"role": "assistant", "content": ""}, None, include_usage))
+    piece = shape.piece_template(include_usage)  # per piece only its text is encoded
+    frame = out.frame
     try:
-        async for text in gen.texts():
-            await out.send(shape.chunk({"content": text} if shape.chat else text, None, include_usage))
+        async for texts in gen.batches():  # pieces that arrived together go out in one write
+            await out.write(b"".join([frame(piece(text)) for text in texts]))
     except ApiError as e:  # after the headers: the error goes out as an event, as OpenAI's streams do
-        await out.send(e.openai_body())
-        return await out.close()
+        return await out.close(frame(dumps(e.openai_body())))
     result = gen.result
     request.app[METRICS].observe("openai", result)
-    await out.send(shape.chunk({} if shape.chat else "", result.done_reason, include_usage))
+    last = [shape.chunk({} if shape.chat else "", result.done_reason, include_usage)]
     if include_usage:
-        await out.send({**shape.head("chunk"), "choices": [], "usage": _usage(result)})
-    await out.send_text("[DONE]")
-    return await out.close()
+        last.append({**shape.head("chunk"), "choices": [], "usage": _usage(result)})
+    return await out.close(b"".join([*(frame(dumps(obj)) for obj in last), frame("[DONE]")]))
 
 
 class _Shape:
@@ -184,6 +187,10 @@ class _Shape:
         choice = ({"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish} if self.chat
                   else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish})
         return {**self.head("chunk"), "choices": [choice], **({"usage": None} if include_usage else {})}
+
+    def piece_template(self, include_usage: bool) -> Callable[[str], str]:
+        """The JSON of `chunk(text)` (chat: `chunk({"content": text})`) for any text, from a template."""
+        return template(lambda text: self.chunk({"content": text} if self.chat else text, None, include_usage))
 
     def whole(self, result: Result) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": result.done_reason}

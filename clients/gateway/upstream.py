@@ -38,6 +38,7 @@ class Upstream:
         self._status_at = -math.inf  # loop time of the last good status
         self._fresh = False  # whether the last status request succeeded
         self._lock = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None  # a status request started behind a generation's back
 
     @property
     def snapshot(self) -> tuple[Status | None, bool]:
@@ -58,17 +59,35 @@ class Upstream:
             self._status_at, self._fresh = loop.time(), True
             return self._status
 
+    async def _naming_status(self) -> Status:
+        """A status to take the model's name from, without a daemon round trip on a request's way when one is at
+        hand: the last good one, refreshed in the background once older than status_max_age_s (the name changes
+        only when the daemon restarts on another store). The first one, or after a failed request, is awaited."""
+        if self._status is None or not self._fresh:
+            return await self.status()
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._status_at >= self._max_age and (self._refresh is None or self._refresh.done()):
+            self._refresh = loop.create_task(self._refresh_status())
+        return self._status
+
+    async def _refresh_status(self) -> None:
+        try:
+            await self.status()
+        except ApiError:
+            pass  # _fresh is False now: the next request waits for a status itself
+
     def model_id(self, status: Status) -> str:
         """The served model's name: the configured one, else the store folder's name, else the model type."""
         return self._model_name or PurePath(status.store).name or status.model_type or "moed"
 
     async def resolve_model(self, requested: Any, *, aliases: tuple[str, ...] = ()) -> str:
         """Check that `requested` names the served model (or `<name><alias>` for an alias suffix such as
-        `:latest`); return the served name. Raises ApiError: 400 when missing, 404 when another model."""
+        `:latest`); return the served name. Raises ApiError: 400 when missing, 404 when another model, 503 when
+        the daemon has not answered a status request yet."""
         if not isinstance(requested, str) or not requested:
             raise ApiError(400, "`model` is required: the name of the served model (see /v1/models or /api/tags)",
                            param="model", code="missing_model")
-        served = self.model_id(await self.status())
+        served = self.model_id(await self._naming_status())
         if requested not in (served, *(served + a for a in aliases)):
             raise ApiError(404, f"model {requested!r} is not served here; this gateway serves {served!r}",
                            param="model", code="model_not_found")
@@ -91,6 +110,8 @@ class Upstream:
     async def close(self) -> None:
         """Close the connection, after one round trip: replies come in order, so once it is answered the daemon
         has every cancel sent for the streams cut at shutdown (closing drops unsent messages: LINGER is 0)."""
+        if self._refresh is not None:
+            self._refresh.cancel()
         if self.client.server is not None:
             try:
                 await self.client.health(timeout=1.0)
@@ -137,14 +158,31 @@ class Generation:
     async def texts(self) -> AsyncIterator[str]:
         """The generated text, piece by piece as the daemon streams it (empty pieces skipped). Raises ApiError when
         the request fails part-way."""
+        async for pieces in self.batches():
+            for text in pieces:
+                yield text
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """The generated text as lists of pieces: each list holds every piece that had arrived when the reader
+        came for more (one piece while the reader keeps up; several after it fell behind, which it can then send
+        in one write). Never an empty list. Raises ApiError when the request fails part-way."""
         event, self._first = self._first, None
+        batch: list[str] = []
+        error: ApiError | None = None
         try:
             while event is not None:
                 if isinstance(event, Chunk) and event.text:
-                    yield event.text
+                    batch.append(event.text)
+                if batch and not self._stream.ready:
+                    yield batch
+                    batch = []
                 event = await self._stream.next_event()
         except MoedError as e:
-            raise from_moed(e, self._rename) from None
+            error = from_moed(e, self._rename)
+        if batch:  # what came before the end (or the failure) goes out first
+            yield batch
+        if error is not None:
+            raise error
         reason = self.result.done_reason
         if reason not in ("stop", "length"):  # cut short: not an answer a client should take as complete
             raise ApiError(503 if reason == "shutdown" else 500,

@@ -1,7 +1,7 @@
 """`moed gateway`: serve the OpenAI and Ollama HTTP APIs and Prometheus metrics for a running daemon.
 
     moed gateway [--endpoint ENDPOINT] [--key-file FILE] [--http [HOST:]PORT] [--api-key-file FILE]
-                 [--cors-origin ORIGIN ...] [--model-name NAME] [--log-level info]
+                 [--cors-origin ORIGIN ...] [--model-name NAME] [--timeout SECONDS] [--log-level info]
 
 The gateway is a client of the daemon (moed.clients.gateway, docs/gateway.md): it talks the ZeroMQ protocol to
 ENDPOINT (default: the clients' default endpoint) and serves HTTP on HOST:PORT (default 127.0.0.1:11435). A HOST
@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allow browser calls from ORIGIN (`*` for any); repeatable; default: no CORS")
     p.add_argument("--model-name", default="", help="the name to serve the model under (default: the store's "
                    "folder name)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="the longest silence allowed from the daemon within one request (default 120)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         key = read_api_key(args.api_key_file) if args.api_key_file else None
         curve = load_client_key(args.key_file) if args.key_file else None
         config = GatewayConfig(endpoint=args.endpoint, host=host, port=port, api_key=key,
-                               cors_origins=tuple(args.cors_origin), model_name=args.model_name, curve=curve)
+                               cors_origins=tuple(args.cors_origin), model_name=args.model_name, curve=curve,
+                               timeout_s=args.timeout)
     except (GatewayConfigError, KeyFileError) as e:
         print(f"moed gateway: {e}", file=sys.stderr)
         return 2

@@ -64,7 +64,8 @@ def sse_events(body: bytes) -> list[Any]:
 
 
 def ndjson(body: bytes) -> list[Any]:
-    return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+    # lines end at "\n" only: str.splitlines() would also cut at U+2028 and the like, which JSON text may hold
+    return [json.loads(line) for line in body.decode().split("\n") if line.strip()]
 
 
 def openai_error(reply: Reply) -> dict[str, Any]:

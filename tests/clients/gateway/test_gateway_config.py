@@ -63,6 +63,8 @@ def test_cli_refuses_non_loopback_without_key(capsys, tmp_path):
     assert main(["gateway", "--http", "0.0.0.0:0", "--api-key-file", str(empty)]) == 2
     assert "empty" in capsys.readouterr().err
     assert main(["gateway", "--http", "nonsense:port"]) == 2
+    assert main(["gateway", "--http", "0", "--timeout", "0"]) == 2  # the silence limit goes to the config
+    assert "timeout_s must be positive" in capsys.readouterr().err
 
 
 def test_read_api_key(tmp_path):
