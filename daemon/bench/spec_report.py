@@ -1,0 +1,88 @@
+"""The speculation benchmark's records as one summary row per (budget, workload, mode) and a markdown table.
+
+Medians over the repeats of a configuration. "vs off" is the median of paired ratios: the i-th run of a mode
+against the i-th run without speculation at the same budget (the plan alternates them). "tokens = off" says
+whether every prompt gave the same tokens as without speculation; "tokens = mlx-lm" the same against mlx-lm's own
+greedy generation on the checkpoint (with --reference).
+"""
+
+from __future__ import annotations
+
+
+def _med(xs: list) -> float | None:
+    s = sorted(x for x in xs if x is not None)
+    return s[len(s) // 2] if s else None
+
+
+def _tokens(rec: dict, workload: str) -> list[list[int]]:
+    return [r["tokens"] for r in rec["workloads"][workload]["runs"]]
+
+
+def summarise_spec(records: list[dict]) -> list[dict]:
+    """Rows: budget, workload, mode, and the figures (see the module docstring)."""
+    ref = next((r for r in records if r["config"]["kind"] == "spec-ref" and "error" not in r), None)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        c = r["config"]
+        if c["kind"] == "spec":
+            runs.setdefault((c["budget"], c["speculation"]), []).append(r)
+    rows = []
+    for (budget, mode), recs in runs.items():
+        good = [r for r in recs if "error" not in r]
+        if not good:
+            rows.append({"budget": budget, "mode": mode, "workload": "-", "error": recs[0]["error"]})
+            continue
+        base = [r for r in runs.get((budget, "off"), []) if "error" not in r]
+        for w in good[0]["workloads"]:
+            figs = [r["workloads"][w] for r in good]
+            row = {"budget": budget, "mode": mode, "workload": w, "runs": len(good),
+                   "budget_fraction": good[0].get("budget_fraction"), "backend": good[0].get("backend")}
+            for k in ("decode_tps", "tokens_per_pass", "draft_tokens", "accepted_tokens", "acceptance",
+                      "decode_bytes_per_token", "decode_hit_rate"):
+                row[k] = _med([f.get(k) for f in figs])
+            if base:
+                pairs = zip(good, base)
+                row["vs_off"] = _med([a["workloads"][w]["decode_tps"] / b["workloads"][w]["decode_tps"]
+                                      for a, b in pairs if b["workloads"][w]["decode_tps"]])
+                row["bytes_vs_off"] = _med([
+                    a["workloads"][w]["decode_bytes_per_token"] / b["workloads"][w]["decode_bytes_per_token"]
+                    for a, b in zip(good, base) if b["workloads"][w]["decode_bytes_per_token"]])
+                row["same_as_off"] = all(_tokens(r, w) == _tokens(base[0], w) for r in good)
+            if ref is not None and w in ref["workloads"]:
+                row["same_as_mlx_lm"] = all(_tokens(r, w) == _tokens(ref, w) for r in good)
+                row["mlx_lm_decode_tps"] = ref["workloads"][w]["decode_tps"]
+            rows.append(row)
+    order = {"off": 0, "lookup": 1, "draft": 2}
+    rows.sort(key=lambda r: (-float(r["budget"].rstrip("%")), r["workload"], order.get(r["mode"], 9)))
+    return rows
+
+
+def _f(x, fmt: str, unit: str = "") -> str:
+    return "-" if x is None else format(x, fmt) + unit
+
+
+def _yn(x) -> str:
+    return "-" if x is None else ("yes" if x else "**no**")
+
+
+def spec_table(rows: list[dict]) -> str:
+    head = ("| budget | workload | speculation | decode tok/s | vs off | tokens / pass | drafts accepted / proposed "
+            "| MB read / token | vs off | hit rate | tokens = off | tokens = mlx-lm |\n" + "|---" * 12 + "|")
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['budget']} | | {r['mode']} | ERROR: {r['error'][:300]} |")
+            continue
+        acc = ("-" if not r["draft_tokens"] else
+               f"{r['accepted_tokens']:.0f} / {r['draft_tokens']:.0f} ({r['acceptance']:.0%})")
+        mb = r["decode_bytes_per_token"] / 1e6
+        lines.append(
+            f"| {r['budget']} | {r['workload']} | {r['mode']} | {r['decode_tps']:.2f} | "
+            f"{_f(r.get('vs_off'), '.2f', 'x')} | {_f(r['tokens_per_pass'], '.2f')} | {acc} | {mb:.3g} | "
+            f"{_f(r.get('bytes_vs_off'), '.2f', 'x')} | {_f(r['decode_hit_rate'], '.1%')} | "
+            f"{_yn(r.get('same_as_off'))} | {_yn(r.get('same_as_mlx_lm'))} |")
+    ref = {r["workload"]: r["mlx_lm_decode_tps"] for r in rows if r.get("mlx_lm_decode_tps")}
+    if ref:
+        lines.append("\nmlx-lm (whole checkpoint in RAM, no speculation) decode tok/s: "
+                     + ", ".join(f"{w} {v:.2f}" for w, v in ref.items()) + ".")
+    return "\n".join(lines)
