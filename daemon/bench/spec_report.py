@@ -86,3 +86,18 @@ def spec_table(rows: list[dict]) -> str:
         lines.append("\nmlx-lm (whole checkpoint in RAM, no speculation) decode tok/s: "
                      + ", ".join(f"{w} {v:.2f}" for w, v in ref.items()) + ".")
     return "\n".join(lines)
+
+
+def pass_cost_lines(records: list[dict]) -> str:
+    """Per budget, the median time of one forward pass by rows (records with pass_ms_by_rows, every mode)."""
+    by: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        for n, ms in r.get("pass_ms_by_rows", {}).items():
+            by.setdefault(r["config"]["budget"], {}).setdefault(n, []).append(ms)
+    lines = []
+    for budget, rows in by.items():
+        one = _med(rows.get("1", [])) or 0.0
+        parts = [f"{n} rows {_med(v):.1f} ms" + (f" ({_med(v) / one:.2f}x)" if one else "") for n, v in rows.items()]
+        lines.append(f"One forward pass at {budget} (median; a verify pass of K drafts has K + 1 rows): "
+                     + ", ".join(parts) + ".")
+    return "\n".join(lines)

@@ -123,7 +123,31 @@ def run_spec(cfg: dict) -> dict:
     for name, ps in work.items():
         runs = [_one(eng, p, speculation) for p in ps]
         out["workloads"][name] = {**totals(runs), "runs": runs}
+    if cfg.get("pass_rows"):
+        out["pass_ms_by_rows"] = pass_costs(eng.model, list(warm.ids), cfg["pass_rows"])
     eng.close()
+    return out
+
+
+def pass_costs(model, ids: list[int], rows: list[int], repeats: int = 5) -> dict[str, float]:
+    """Median milliseconds of one forward pass of n rows after a prefill of `ids` (the verify pass of n - 1
+    drafts; n = 1 is a plain decode step), the cache trimmed back after each: where a verify pass's time goes as
+    it grows (MLX's CPU kernels cost about linearly in rows, a GPU's far less)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.array(ids)[None], cache=cache))
+    out = {}
+    for n in rows:
+        times = []
+        for i in range(repeats):
+            toks = [ids[(i + j) % len(ids)] for j in range(n)]
+            t0 = time.perf_counter()
+            mx.eval(model(mx.array(toks)[None], cache=cache))
+            times.append(time.perf_counter() - t0)
+            trim_prompt_cache(cache, n)
+        out[str(n)] = sorted(times)[len(times) // 2] * 1000
     return out
 
 

@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=int, default=3, help="with --speculation: prompts per workload")
     p.add_argument("--draft-model", default=None, help="with --speculation draft: the draft checkpoint")
     p.add_argument("--num-draft", type=int, default=None, help="with --speculation: the most draft tokens per pass")
+    p.add_argument("--pass-rows", default=None, help="with --speculation: also time one forward pass of each "
+                   "of these row counts, e.g. 1,2,3,5,9 (what a verify pass of K drafts costs against a plain step)")
     p.add_argument("--cache-budget", default="25%", help="with --clients: the daemon's cache budget")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--results", type=Path, default=None, help="markdown file to append the table to")
@@ -111,12 +113,14 @@ def _meta(args: argparse.Namespace, records: list[dict]) -> dict:
 
 def run_speculation(args: argparse.Namespace) -> int:
     from ..bench.plan import spec_configs
-    from ..bench.spec_report import spec_table, summarise_spec
+    from ..bench.spec_report import pass_cost_lines, spec_table, summarise_spec
 
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
     common = {"workloads": list(split(args.workloads)), "max_tokens": args.max_tokens, "prompts": args.prompts}
     extra = {"draft_model": args.draft_model, "max_draft": args.num_draft}
     common.update({k: v for k, v in extra.items() if v is not None})
+    if args.pass_rows:
+        common["pass_rows"] = [int(x) for x in split(args.pass_rows)]
     records, load0 = [], os.getloadavg()
     for cfg in spec_configs(args.store, args.reference, split(args.budgets), split(args.speculation), common,
                             args.repeat):
@@ -126,6 +130,8 @@ def run_speculation(args: argparse.Namespace) -> int:
               f"{time.perf_counter() - t0:.0f} s" + (" ERROR" if "error" in records[-1] else ""),
               file=sys.stderr, flush=True)
     text = spec_table(summarise_spec(records))
+    costs = pass_cost_lines(records)
+    text += f"\n\n{costs}" if costs else ""
     print(text)
     meta = {**_meta(args, records), "loadavg_before": load0}
     if args.out:
@@ -134,7 +140,8 @@ def run_speculation(args: argparse.Namespace) -> int:
     if args.results:
         cmd = (f"moed bench {args.store} --speculation {args.speculation} --workloads {args.workloads} "
                f"--budgets {args.budgets} --max-tokens {args.max_tokens} --prompts {args.prompts} "
-               f"--repeat {args.repeat}" + (f" --reference {args.reference}" if args.reference else ""))
+               f"--repeat {args.repeat}" + (f" --reference {args.reference}" if args.reference else "")
+               + (f" --pass-rows {args.pass_rows}" if args.pass_rows else ""))
         with open(args.results, "a") as f:
             f.write(f"\n### {meta['time']} — {Path(args.store).name}, speculation {args.speculation}, on "
                     f"{meta['backend']} ({meta['cpus']} CPUs, load {load0[0]:.1f} before / "

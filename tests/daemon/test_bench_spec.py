@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from moed.daemon.bench.plan import spec_configs
-from moed.daemon.bench.spec_report import spec_table, summarise_spec
+from moed.daemon.bench.spec_report import pass_cost_lines, spec_table, summarise_spec
 from moed.daemon.bench.workloads import SEPARATOR, prompts
 from moed.daemon.testmodel.split import heldout_passages, train_passages
 
@@ -93,6 +93,14 @@ def test_tokens_unlike_those_without_speculation_show_and_a_failed_mode_is_a_row
     assert "ERROR: exit 1: boom" in spec_table(rows)
 
 
+def test_pass_costs_are_summarised_per_budget_against_one_row():
+    recs = [{"config": {"budget": "25%"}, "pass_ms_by_rows": {"1": 10.0, "3": 25.0}},
+            {"config": {"budget": "25%"}, "pass_ms_by_rows": {"1": 12.0, "3": 27.0}},
+            {"config": {"budget": "25%"}, "pass_ms_by_rows": {"1": 11.0, "3": 22.0}}]
+    assert pass_cost_lines(recs) == ("One forward pass at 25% (median; a verify pass of K drafts has K + 1 rows): "
+                                     "1 rows 11.0 ms (1.00x), 3 rows 25.0 ms (2.27x).")
+
+
 @pytest.fixture(scope="module")
 def small(model_dir):
     return model_dir("qwen3_moe", "mlx"), model_dir("qwen3_moe", "store-mlx")
@@ -109,8 +117,9 @@ def test_one_spec_run_generates_exactly_max_tokens_per_prompt_and_counts_its_rea
 
     ckpt, store = small
     cfg = {"store": str(store), "budget": "25%", "speculation": mode, "workloads": ["quote", "free"],
-           "max_tokens": 12, "prompts": 1, "read_mode": "buffered"}
+           "max_tokens": 12, "prompts": 1, "read_mode": "buffered", "pass_rows": [1, 3]}
     r = run_spec(cfg)
+    assert set(r["pass_ms_by_rows"]) == {"1", "3"} and all(v > 0 for v in r["pass_ms_by_rows"].values())
     ref = run_spec_ref({"model": str(ckpt), "workloads": ["quote", "free"], "max_tokens": 12, "prompts": 1})
     for w in ("quote", "free"):
         fig, run = r["workloads"][w], r["workloads"][w]["runs"][0]
