@@ -1,0 +1,111 @@
+"""Adaptive K: how many draft tokens the next verification pass should check, from what this request measured.
+
+Per pass the controller learns two things:
+- the acceptance rate a: the chance that a draft token is accepted given the ones before it were, as decayed
+  counts (recent passes weigh more) over a weak prior;
+- the cost of a pass of r rows (drafting included) relative to a plain one-row step, as a moving average of the
+  measured seconds per row count; a row count not measured yet is extrapolated linearly from the measured ones.
+  The cost is measured, not assumed: MLX's CPU kernels cost about linearly in rows, a GPU's barely, and a streaming
+  MoE layer's expert reads and host synchronisation are paid once per pass whatever its rows.
+
+It then picks K in 0..max_draft maximising expected tokens per unit time: E(K) / cost(K + 1), where
+E(K) = (1 - a^(K+1)) / (1 - a) is the expected number of tokens a pass emits (accepted drafts plus one).
+K = 0 is a plain step. Having backed off to 0, it probes with a small K now and then (the interval doubles while
+probes keep failing), so a request whose text turns repetitive later is noticed.
+
+    ctl = AdaptiveK(max_draft=4)
+    k = ctl.choose()
+    ... draft up to k tokens, verify them in one pass taking `seconds` ...
+    ctl.record(drafted=len(drafts), accepted=n, seconds=seconds)
+"""
+
+from __future__ import annotations
+
+
+class AdaptiveK:
+    """Chooses K per pass; with adaptive=False always max_draft."""
+
+    def __init__(self, max_draft: int, adaptive: bool = True, *, decay: float = 0.9, prior_accept: float = 0.5,
+                 prior_weight: float = 2.0, prior_slope: float = 0.25, time_weight: float = 0.25,
+                 probe_start: int = 8, probe_max: int = 256):
+        if max_draft < 0:
+            raise ValueError(f"max_draft must be at least 0, not {max_draft}")
+        self.max_draft, self.adaptive = max_draft, adaptive
+        self.decay, self.prior_accept, self.prior_weight = decay, prior_accept, prior_weight
+        self.prior_slope, self.time_weight = prior_slope, time_weight
+        self.probe_start, self.probe_max = probe_start, probe_max
+        self._hits = 0.0  # decayed accepted draft tokens
+        self._trials = 0.0  # decayed draft tokens whose fate was decided (accepted, or the first rejected)
+        self._seconds: dict[int, float] = {}  # rows -> moving average of a pass's seconds
+        self._plain_run = 0  # plain steps chosen in a row since the last probe
+        self._probe_every = probe_start
+
+    # -- estimates ------------------------------------------------------------------------------------------------
+    @property
+    def acceptance(self) -> float:
+        """The estimated chance that a draft token is accepted (given the previous ones were)."""
+        return (self._hits + self.prior_accept * self.prior_weight) / (self._trials + self.prior_weight)
+
+    def cost(self, rows: int) -> float:
+        """A pass of `rows` rows in units of a plain one-row step (1.0 for rows == 1)."""
+        base = self._base_seconds()
+        if rows <= 1:
+            return 1.0
+        if base is not None and rows in self._seconds:
+            return self._seconds[rows] / base
+        return 1.0 + self._slope(base) * (rows - 1)
+
+    def expected_tokens(self, k: int) -> float:
+        """E(K): tokens one pass of k drafts emits on average (accepted drafts plus the target's own one)."""
+        a = min(self.acceptance, 0.999)
+        return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+    def _base_seconds(self) -> float | None:
+        if 1 in self._seconds:
+            return self._seconds[1]
+        if not self._seconds:
+            return None
+        r = min(self._seconds)  # no plain step measured yet: infer one from the smallest pass, with the prior slope
+        return self._seconds[r] / (1.0 + self.prior_slope * (r - 1))
+
+    def _slope(self, base: float | None) -> float:
+        # least squares through (1, 1) over the measured row counts: cost(r) = 1 + s (r - 1)
+        if base is None or base <= 0:
+            return self.prior_slope
+        pts = [(r - 1, t / base - 1.0) for r, t in self._seconds.items() if r > 1]
+        if not pts:
+            return self.prior_slope
+        return max(0.0, sum(x * y for x, y in pts) / sum(x * x for x, _ in pts))
+
+    # -- decisions ------------------------------------------------------------------------------------------------
+    def best(self) -> int:
+        """The K maximising expected tokens per unit time now (the smaller K on a tie)."""
+        scores = [self.expected_tokens(k) / self.cost(k + 1) for k in range(self.max_draft + 1)]
+        top = max(scores)
+        return next(k for k, s in enumerate(scores) if s >= top * (1 - 1e-9))
+
+    def choose(self) -> int:
+        """K for the next pass (0: a plain step)."""
+        if not self.adaptive or self.max_draft == 0:
+            return self.max_draft
+        k = self.best()
+        if k > 0:
+            self._plain_run, self._probe_every = 0, self.probe_start
+            return k
+        self._plain_run += 1
+        if self._plain_run > self._probe_every:
+            self._plain_run = 0
+            self._probe_every = min(self._probe_every * 2, self.probe_max)
+            return min(2, self.max_draft)
+        return 0
+
+    def record(self, drafted: int, accepted: int, seconds: float) -> None:
+        """What a pass did: drafts checked, drafts accepted, its seconds (drafting included)."""
+        if drafted > 0:
+            decided = accepted + (1 if accepted < drafted else 0)
+            self._hits = self.decay * self._hits + accepted
+            self._trials = self.decay * self._trials + decided
+        rows = drafted + 1
+        old = self._seconds.get(rows)
+        w = self.time_weight
+        self._seconds[rows] = seconds if old is None else (1 - w) * old + w * seconds
