@@ -65,16 +65,15 @@ def _one(eng, prompt, speculation) -> dict:
     misses = c.misses - c0.misses
     n = len(tokens) - 1  # decode tokens: the first came out of prefill
     secs = t_last - t_first
-    passes = int(getattr(stats, "verify_passes", 0) or 0)
     return {
         "source": prompt.source, "prompt_tokens": len(prompt.ids), "tokens": tokens,
         "decode_tokens": n, "decode_seconds": secs,
         "decode_tps": n / secs if secs > 0 else 0.0,
         "decode_bytes_read": r.bytes_read - r0.bytes_read,
         "decode_hits": hits, "decode_misses": misses,
-        "verify_passes": passes if speculation is not None else n,  # the plain loop: one pass per token
-        "draft_tokens": int(getattr(stats, "draft_tokens", 0) or 0),
-        "accepted_tokens": int(getattr(stats, "accepted_tokens", 0) or 0),
+        "verify_passes": stats.verify_passes - 1,  # decode passes: the engine counts prefill's as the first
+        "draft_tokens": stats.draft_tokens, "accepted_tokens": stats.accepted_tokens,
+        "speculation": stats.speculation,  # what ran: the mode, or "unavailable: why"
         "engine_decode_bytes_per_token": stats.decode_bytes_per_token,
     }
 
