@@ -6,8 +6,8 @@
                      [--out FILE.json] [--results bench/results/notebook.md --note "what this run is for"]
     moed bench STORE --clients 1,2,4,8 [--cache-budget 25%] [--steps 32] [--prompt-len 32] [...]
     moed bench STORE --speculation off,lookup[,draft] [--workloads quote,free] [--budgets 100,25]
-                     [--max-tokens 64] [--prompts 3] [--draft-model CKPT] [--num-draft K] [--reference CKPT]
-                     [--repeat 3] [--out FILE.json] [--results FILE.md --note "..."]
+                     [--max-tokens 64] [--prompts 3] [--draft-model CKPT] [--num-draft K] [--no-adaptive]
+                     [--pass-rows 1,2,3,5,9] [--reference CKPT] [--repeat 3] [--out FILE.json] [--results FILE.md --note "..."]
 
 Every configuration runs in its own process: mlx-lm with the whole checkpoint in RAM (--reference), moed at each
 point of the plan (see moed.daemon.bench.plan), moed's read path against the raw device throughput, and a warm
@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=int, default=3, help="with --speculation: prompts per workload")
     p.add_argument("--draft-model", default=None, help="with --speculation draft: the draft checkpoint")
     p.add_argument("--num-draft", type=int, default=None, help="with --speculation: the most draft tokens per pass")
+    p.add_argument("--no-adaptive", action="store_true", help="with --speculation: always draft up to --num-draft "
+                   "tokens (no adaptive K)")
     p.add_argument("--pass-rows", default=None, help="with --speculation: also time one forward pass of each "
                    "of these row counts, e.g. 1,2,3,5,9 (what a verify pass of K drafts costs against a plain step)")
     p.add_argument("--cache-budget", default="25%", help="with --clients: the daemon's cache budget")
@@ -119,6 +121,8 @@ def run_speculation(args: argparse.Namespace) -> int:
     common = {"workloads": list(split(args.workloads)), "max_tokens": args.max_tokens, "prompts": args.prompts}
     extra = {"draft_model": args.draft_model, "max_draft": args.num_draft}
     common.update({k: v for k, v in extra.items() if v is not None})
+    if args.no_adaptive:
+        common["adaptive"] = False
     if args.pass_rows:
         common["pass_rows"] = [int(x) for x in split(args.pass_rows)]
     records, load0 = [], os.getloadavg()
@@ -141,7 +145,9 @@ def run_speculation(args: argparse.Namespace) -> int:
         cmd = (f"moed bench {args.store} --speculation {args.speculation} --workloads {args.workloads} "
                f"--budgets {args.budgets} --max-tokens {args.max_tokens} --prompts {args.prompts} "
                f"--repeat {args.repeat}" + (f" --reference {args.reference}" if args.reference else "")
-               + (f" --pass-rows {args.pass_rows}" if args.pass_rows else ""))
+               + (f" --pass-rows {args.pass_rows}" if args.pass_rows else "")
+               + (f" --num-draft {args.num_draft}" if args.num_draft else "")
+               + (" --no-adaptive" if args.no_adaptive else ""))
         with open(args.results, "a") as f:
             f.write(f"\n### {meta['time']} — {Path(args.store).name}, speculation {args.speculation}, on "
                     f"{meta['backend']} ({meta['cpus']} CPUs, load {load0[0]:.1f} before / "

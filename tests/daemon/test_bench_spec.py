@@ -99,6 +99,19 @@ def test_pass_costs_are_summarised_per_budget_against_one_row():
                                      "1 rows 11.0 ms (1.00x), 3 rows 25.0 ms (2.27x).")
 
 
+def test_a_config_becomes_the_engines_speculation_settings_and_off_is_the_plain_path():
+    from moed.daemon.bench.speculation import _speculation
+    from moed.daemon.speculation import SpeculationConfig
+
+    assert _speculation({"speculation": "off", "max_draft": 6}) is None
+    assert _speculation({"speculation": "lookup", "max_draft": 6, "adaptive": False}) == SpeculationConfig(
+        mode="lookup", max_draft=6, adaptive=False)
+    assert _speculation({"speculation": "draft", "draft_model": "D"}) == SpeculationConfig(mode="draft",
+                                                                                           draft_model="D")
+    with pytest.raises(ValueError, match="draft model"):
+        _speculation({"speculation": "draft"})
+
+
 @pytest.fixture(scope="module")
 def small(model_dir):
     return model_dir("qwen3_moe", "mlx"), model_dir("qwen3_moe", "store-mlx")
