@@ -92,7 +92,7 @@ serve)  # concurrent sequences through the daemon at 100 % (~2 min)
   ;;
 speculation)  # the trained fixture: real routing; speculation off vs lookup, alternated (REPEAT rounds)
   FX=${FIXTURE:-tests/fixtures/trained-moe}; FS=$M/trained-store
-  [ -d "$FS" ] || moed convert "$FX" "$FS" --quiet
+  rm -rf "$FS"; moed convert "$FX" "$FS" --quiet  # small: always from the fixture given
   python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)"
   moed bench "$FS" --reference "$FX" --speculation "${MODES:-off,lookup}" --workloads quote,quote-train,free \
     --budgets 100,25 --max-tokens "${TOKENS:-128}" --prompts 3 --repeat "${REPEAT:-3}" --pass-rows 1,2,3,5,9 \
