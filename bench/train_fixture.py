@@ -1,0 +1,205 @@
+"""Train moed's trained MoE fixture: a small mlx-lm `qwen3_moe` with Qwen3-30B-A3B's expert layout (128 experts,
+top-8, normalised top-k), on the training part of the bundled corpus, saved as a 4-bit mlx-lm checkpoint.
+
+    python -m bench.train_fixture OUT_DIR [--steps N] [--max-seconds S] [--note "..."]
+
+AdamW with linear warmup and cosine decay, a fixed seed, a router load-balancing term; a share of the rows are copy
+rows (bench/fixture_data.py). Held-out loss is measured every --eval-every steps; the best weights are kept and
+training stops after --patience evaluations without improvement (or at --steps / --max-seconds). The kept float
+model is quantized with mlx-lm (group 64, routers at 8 bits, other tensors float32) and written to OUT_DIR with
+`training.json`, the training record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from bench import fixture_data as fd
+from bench import fixture_model as fm
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    steps: int = 3000
+    batch: int = 16
+    seq_len: int = 256
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    aux_coef: float = 0.01
+    copy_fraction: float = 0.5
+    shuffled_fraction: float = 0.5  # of copy rows: spans in random order, learnable only by copying
+    dropout: float = 0.2
+    input_noise: float = 0.1
+    eval_every: int = 50
+    patience: int = 10
+    max_seconds: float = 0.0  # 0: no time limit
+    bits: int = 4
+    group_size: int = 64
+
+
+def make_optimizer(tc: TrainConfig) -> optim.Optimizer:
+    warm = optim.linear_schedule(tc.lr / 100, tc.lr, max(tc.warmup, 1))
+    decay = optim.cosine_decay(tc.lr, max(tc.steps - tc.warmup, 1), tc.lr * tc.min_lr_ratio)
+    return optim.AdamW(learning_rate=optim.join_schedules([warm, decay], [max(tc.warmup, 1)]),
+                       weight_decay=tc.weight_decay)
+
+
+def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dict, dict]:
+    """Train and return (model holding the best weights, its float config, the record so far)."""
+    mx.random.seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    corpus = fd.load_corpus(dims.vocab)
+    config = fm.model_config(dims)
+    model = fm.build_model(config)
+    opt = make_optimizer(tc)
+    ev_in, ev_tg = fd.heldout_windows(corpus, tc.seq_len)
+
+    cp_rows, cp_mask = fd.heldout_copy_windows(corpus)
+    state = [model.state, opt.state, mx.random.state]
+    grad_fn = nn.value_and_grad(model, fm.loss_fn)
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(inputs, targets):
+        (loss, ce), grads = grad_fn(model, inputs, targets, tc.aux_coef, tc.dropout)
+        grads, _ = optim.clip_grad_norm(grads, tc.grad_clip)
+        opt.update(model, grads)
+        return loss, ce
+
+    curve, best, best_score, since_best = [], None, math.inf, 0
+    t0, tokens, done, ce_acc, n_acc = time.perf_counter(), 0, 0, 0.0, 0
+    for i in range(1, tc.steps + 1):
+        rows = fd.batch(corpus, rng, tc.batch, tc.seq_len, tc.copy_fraction, tc.shuffled_fraction)
+        inputs, targets = fd.add_input_noise(rows, rng, tc.input_noise, dims.vocab)
+        loss, ce = step(mx.array(inputs), mx.array(targets))
+        mx.eval(state, loss, ce)
+        tokens += tc.batch * tc.seq_len
+        ce_acc, n_acc, done = ce_acc + ce.item(), n_acc + 1, i
+        last = i == tc.steps or (tc.max_seconds and time.perf_counter() - t0 > tc.max_seconds)
+        if i % tc.eval_every == 0 or last:
+            held = fm.heldout_nll(model, ev_in, ev_tg)
+            copy_loss, copy_acc = fm.copy_scores(model, cp_rows, cp_mask)
+            score = (held + copy_loss) / 2  # the selection criterion: both held-out losses
+            point = {"step": i, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 1),
+                     "train_loss": round(ce_acc / n_acc, 4), "heldout_loss": round(held, 4),
+                     "heldout_copy_loss": round(copy_loss, 4), "heldout_copy_accuracy": round(copy_acc, 4)}
+            curve.append(point)
+            ce_acc, n_acc = 0.0, 0
+            log(json.dumps(point))
+            if score < best_score:
+                best_score, since_best = score, 0
+                best = {"step": i, "tokens": tokens, "weights": dict(tree_flatten(model.parameters()))}
+            else:
+                since_best += 1
+            if since_best >= tc.patience or last:
+                break
+    wall = time.perf_counter() - t0
+    model.update(tree_unflatten(list(best["weights"].items())))
+    mx.eval(model.parameters())
+    record = {
+        "seed": tc.seed, "dims": dims.as_dict(), "train_config": asdict(tc),
+        "parameters": fm.parameter_count(model),
+        "steps_run": done, "tokens_seen": tokens, "best_step": best["step"], "best_selection_loss": round(best_score, 4), "tokens_seen_at_best": best["tokens"],
+        "stopped_by": "patience" if since_best >= tc.patience else ("max_seconds" if done < tc.steps else "steps"),
+        "wall_seconds": round(wall, 1), "loss_curve": curve,
+        "corpus": {"train_tokens": int(len(corpus.train)), "heldout_tokens": int(len(corpus.heldout)),
+                   "copy_separator": fd.SEPARATOR},
+    }
+    return model, config, record
+
+
+def evaluate(model, corpus: fd.Corpus, seq_len: int) -> dict:
+    """Held-out perplexity, held-out copy accuracy and expert load of `model`."""
+    ev_in, ev_tg = fd.heldout_windows(corpus, seq_len)
+    cp_rows, cp_mask = fd.heldout_copy_windows(corpus)
+    return {"heldout_ppl": round(math.exp(fm.heldout_nll(model, ev_in, ev_tg)), 3),
+            "heldout_copy_accuracy": round(fm.copy_scores(model, cp_rows, cp_mask)[1], 4)}
+
+
+def device_name() -> str:
+    dev = str(mx.default_device())
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        gpu = ""
+    return f"{dev} ({gpu})" if gpu and "gpu" in dev else dev
+
+
+def run(out: Path, dims: fm.FixtureDims, tc: TrainConfig, note: str = "", log=print) -> dict:
+    """Train, quantize, save the checkpoint and training.json under `out`; returns the record."""
+    import mlx_lm
+
+    model, config, record = train(dims, tc, log)
+    corpus = fd.load_corpus(dims.vocab)
+    float_eval = evaluate(model, corpus, tc.seq_len)
+    ev_in, _ = fd.heldout_windows(corpus, tc.seq_len)
+    load = fm.expert_load(model, ev_in)
+    qmodel, qconfig = fm.quantize(model, config, tc.bits, tc.group_size)
+    q_eval = evaluate(qmodel, corpus, tc.seq_len)
+    size = fm.save_checkpoint(qmodel, qconfig, out, dims.vocab)
+    record |= {
+        "note": note, "device": device_name(), "mlx_version": mx.__version__, "mlx_lm_version": mlx_lm.__version__,
+        "python": sys.version.split()[0],
+        "heldout_ppl_float": float_eval["heldout_ppl"], "heldout_ppl_quantized": q_eval["heldout_ppl"],
+        "unigram_ppl": round(fd.unigram_perplexity(corpus), 3),
+        "heldout_copy_accuracy_float": float_eval["heldout_copy_accuracy"],
+        "heldout_copy_accuracy_quantized": q_eval["heldout_copy_accuracy"],
+        "heldout_expert_load_float": load,
+        "copy_fraction": tc.copy_fraction, "shuffled_copy_fraction": tc.shuffled_fraction,
+        "aux_loss_coef": tc.aux_coef, "dropout": tc.dropout, "input_noise": tc.input_noise,
+        "selection": "the kept weights minimise the mean of the held-out text loss and the held-out copy loss "
+                     "(quoted held-out spans, bench/fixture_data.heldout_copy_windows)",
+        "quantization": {"bits": tc.bits, "group_size": tc.group_size, "router_bits": 8,
+                         "other_tensors": "float32"},
+        "perplexity_definition": "exp(mean NLL) of every held-out token, teacher-forced in consecutive windows "
+                                 f"of {tc.seq_len - 1} tokens each after a BOS token",
+        "checkpoint_bytes": 0,
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    record["checkpoint_bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    log(f"saved {out}: {record['checkpoint_bytes'] / 1e6:.1f} MB, held-out ppl float "
+        f"{record['heldout_ppl_float']} 4-bit {record['heldout_ppl_quantized']} unigram {record['unigram_ppl']}")
+    return record
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Path, fm.FixtureDims, TrainConfig, str]:
+    p = argparse.ArgumentParser(prog="python -m bench.train_fixture", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path, help="checkpoint folder to write")
+    p.add_argument("--note", default="", help="free text kept in training.json (e.g. where it was trained)")
+    for group, cls in (("model", fm.FixtureDims), ("training", TrainConfig)):
+        g = p.add_argument_group(group)
+        for name, value in asdict(cls()).items():
+            g.add_argument("--" + name.replace("_", "-"), type=type(value), default=value, help=f"(default {value})")
+    a = vars(p.parse_args(argv))
+    dims = fm.FixtureDims(**{k: a[k] for k in asdict(fm.FixtureDims())})
+    tc = TrainConfig(**{k: a[k] for k in asdict(TrainConfig())})
+    return a["out"], dims, tc, a["note"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    out, dims, tc, note = parse_args(argv)
+    run(out, dims, tc, note, log=lambda s: print(s, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
