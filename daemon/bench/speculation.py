@@ -70,7 +70,9 @@ def _one(eng, prompt, speculation) -> dict:
         "decode_tokens": n, "decode_seconds": secs,
         "decode_tps": n / secs if secs > 0 else 0.0,
         "decode_bytes_read": r.bytes_read - r0.bytes_read,
-        "decode_hits": hits, "decode_misses": misses,
+        "decode_hits": hits, "decode_misses": misses, "decode_syncs": c.acquires - c0.acquires,
+        "decode_prefetches": c.prefetches - c0.prefetches,
+        "decode_prefetch_wasted": c.prefetch_wasted - c0.prefetch_wasted,
         "verify_passes": stats.verify_passes - 1,  # decode passes: the engine counts prefill's as the first
         "draft_tokens": stats.draft_tokens, "accepted_tokens": stats.accepted_tokens,
         "speculation": stats.speculation,  # what ran: the mode, or "unavailable: why"
@@ -92,6 +94,11 @@ def totals(runs: list[dict]) -> dict:
         "acceptance": s("accepted_tokens") / drafts if drafts else None,
         "decode_bytes_per_token": s("decode_bytes_read") / n if n else 0.0,
         "decode_hit_rate": s("decode_hits") / looked if looked else None,
+        # where the bytes go: demand reads (misses) and prefetch reads (some evicted unused), per generated token
+        "misses_per_token": s("decode_misses") / n if n else 0.0,
+        "prefetches_per_token": s("decode_prefetches") / n if n else 0.0,
+        "prefetch_wasted_per_token": s("decode_prefetch_wasted") / n if n else 0.0,
+        "syncs_per_token": s("decode_syncs") / n if n else 0.0,
     }
 
 
