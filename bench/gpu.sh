@@ -90,13 +90,17 @@ exact)  # greedy tokens against mlx-lm at 100 % and 25 %
 serve)  # concurrent sequences through the daemon at 100 % (~2 min)
   moed bench "$ST" --clients 1,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5
   ;;
-speculation)  # the trained fixture: real routing; speculation off vs lookup, alternated (REPEAT rounds)
+speculation)  # the trained fixture: real routing; speculation off vs lookup, alternated (REPEAT rounds), 25 % first
   FX=${FIXTURE:-tests/fixtures/trained-moe}; FS=$M/trained-store
   rm -rf "$FS"; moed convert "$FX" "$FS" --quiet  # small: always from the fixture given
   python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)"
-  moed bench "$FS" --reference "$FX" --speculation "${MODES:-off,lookup}" --workloads quote,quote-train,free \
-    --budgets 100,25 --max-tokens "${TOKENS:-128}" --prompts 3 --repeat "${REPEAT:-3}" --pass-rows 1,2,3,5,9 \
-    --out "$OUT/speculation.json" --results "$OUT/speculation.md" --note "lent GPU, bench/gpu.sh speculation"
+  ref=(--reference "$FX")
+  for b in ${BUDGETS:-25 100}; do  # one bench per budget: each writes its JSON as soon as it ends
+    moed bench "$FS" "${ref[@]}" --speculation "${MODES:-off,lookup}" --workloads quote,quote-train,free \
+      --budgets "$b" --max-tokens "${TOKENS:-128}" --prompts 3 --repeat "${REPEAT:-3}" --pass-rows 1,2,3,5,9 \
+      --out "$OUT/speculation-$b.json" --results "$OUT/speculation.md" --note "lent GPU, bench/gpu.sh speculation"
+    ref=()
+  done
   ;;
 *) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients|speculation" >&2
    exit 2 ;;
