@@ -5,11 +5,18 @@ STORE is a store folder or the name of a pulled store (`moed list`).
     moed generate STORE "prompt" [--max-tokens 128] [--temp 0] [--top-p 0] [--top-k 0] [--seed N]
                   [--cache-budget 25%] [--read-mode direct|buffered] [--read-threads 4]
                   [--prefetch-depth 1] [--cache-policy lfu|lru] [--chat] [--json]
+                  [--speculate off|lookup|draft] [--draft-model PATH] [--num-draft K] [--no-adaptive]
 
 The engine flags are the [engine] config keys of `moed serve` (options.py), with their defaults; no config file or
 environment is read. Tokens are printed as they come; the stats (prompt and generation tok/s, hit rate, bytes read,
 peak RSS) follow on stderr, or as one JSON object on stdout with --json. A cache budget above the store's experts
 is clamped to 100 % with a warning; a bad one is refused before the model loads (exit 2).
+
+--speculate lookup drafts from n-gram matches in the prompt and the text so far, --speculate draft from a small
+model sharing the tokenizer (--draft-model); each verification pass checks up to --num-draft tokens in one forward
+pass, the number adapting to what is accepted unless --no-adaptive. The tokens are the same as without it (sampling
+then draws token i with a key from (--seed, i), as the daemon does); the stats add drafts accepted per pass
+(docs/speculation.md). These flags are this command's own, not config keys: generate reads no config file.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import json
 import sys
 
+from ..speculation import MODES, SpeculationConfig
 from .options import ENGINE_FLAGS, add_flags, given
 
 
@@ -36,7 +44,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flags(p, ENGINE_FLAGS)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--json", action="store_true", help="print the text and stats as one JSON object")
+    s = p.add_argument_group("speculative decoding (docs/speculation.md)")
+    s.add_argument("--speculate", choices=MODES, default="off",
+                   help="draft tokens by prompt lookup or a draft model and verify them in one pass (default off)")
+    s.add_argument("--draft-model", default=None, help="an mlx-lm checkpoint folder for --speculate draft")
+    s.add_argument("--num-draft", type=int, default=SpeculationConfig.max_draft,
+                   help=f"the most draft tokens per verification pass, K (default {SpeculationConfig.max_draft})")
+    s.add_argument("--no-adaptive", dest="adaptive", action="store_false",
+                   help="always draft --num-draft tokens instead of adapting K to the acceptance rate and cost")
     p.set_defaults(func=run)
+
+
+def _speculation(args: argparse.Namespace) -> SpeculationConfig:
+    """The speculation flags as a config. Raises ValueError naming what is wrong."""
+    if args.draft_model is not None and args.speculate != "draft":
+        raise ValueError("--draft-model is used only with --speculate draft")
+    return SpeculationConfig(mode=args.speculate, draft_model=args.draft_model, max_draft=args.num_draft,
+                             adaptive=args.adaptive)
 
 
 def _sampling_problem(args: argparse.Namespace) -> str | None:
@@ -55,12 +79,17 @@ def _sampling_problem(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import engine_config
+    from ..engine.drafters import load_draft_model
     from ..engine.generate import GenerationStats, generate
     from ..engine.model import load_engine
     from ..store.format import StoreError
     from ..store.registry import resolve_store
 
     problem = _sampling_problem(args)
+    try:
+        speculation = _speculation(args)
+    except ValueError as e:
+        problem = problem or str(e)
     if problem:
         print(f"moed generate: {problem}", file=sys.stderr)
         return 2
@@ -69,10 +98,17 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, ValueError) as e:
         print(f"moed generate: {e}", file=sys.stderr)
         return 2
+    try:
+        draft = load_draft_model(speculation.draft_model, engine.tokenizer) if speculation.mode == "draft" else None
+    except (OSError, ValueError) as e:
+        engine.close()
+        print(f"moed generate: {e}", file=sys.stderr)
+        return 2
     stats, text = GenerationStats(), []
     try:
         for seg, _ in generate(engine, args.prompt, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p,
-                               top_k=args.top_k, min_p=args.min_p, seed=args.seed, chat=args.chat, stats=stats):
+                               top_k=args.top_k, min_p=args.min_p, seed=args.seed, chat=args.chat, stats=stats,
+                               speculation=speculation, draft=draft):
             text.append(seg)
             if not args.json:
                 print(seg, end="", flush=True)
@@ -106,3 +142,8 @@ def _print_stats(engine, s) -> None:
         f"memory: dense weights {engine.dense_bytes / gb:.3f} GB, peak RSS {s.peak_rss_bytes / gb:.3f} GB",
         file=sys.stderr,
     )
+    if s.speculation != "off":
+        passes = max(s.verify_passes, 1)
+        print(f"speculation: {s.speculation}, {s.accepted_tokens} of {s.draft_tokens} drafts accepted, "
+              f"{s.accepted_tokens / passes:.2f} accepted and {s.tokens_per_pass:.2f} tokens per pass "
+              f"({s.verify_passes} passes)", file=sys.stderr)

@@ -25,20 +25,21 @@ from __future__ import annotations
 class AdaptiveK:
     """Chooses K per pass; with adaptive=False always max_draft."""
 
-    def __init__(self, max_draft: int, adaptive: bool = True, *, decay: float = 0.9, prior_accept: float = 0.5,
-                 prior_weight: float = 2.0, prior_slope: float = 0.25, time_weight: float = 0.25,
-                 probe_start: int = 8, probe_max: int = 256):
+    def __init__(self, max_draft: int, adaptive: bool = True, *, decay: float = 0.95, prior_accept: float = 0.5,
+                 prior_weight: float = 1.0, prior_slope: float = 0.25, time_weight: float = 0.25,
+                 probe_start: int = 8, probe_max: int = 256, base_after: int = 3):
         if max_draft < 0:
             raise ValueError(f"max_draft must be at least 0, not {max_draft}")
         self.max_draft, self.adaptive = max_draft, adaptive
         self.decay, self.prior_accept, self.prior_weight = decay, prior_accept, prior_weight
         self.prior_slope, self.time_weight = prior_slope, time_weight
-        self.probe_start, self.probe_max = probe_start, probe_max
+        self.probe_start, self.probe_max, self.base_after = probe_start, probe_max, base_after
         self._hits = 0.0  # decayed accepted draft tokens
         self._trials = 0.0  # decayed draft tokens whose fate was decided (accepted, or the first rejected)
         self._seconds: dict[int, float] = {}  # rows -> moving average of a pass's seconds
         self._plain_run = 0  # plain steps chosen in a row since the last probe
         self._probe_every = probe_start
+        self._passes = 0
 
     # -- estimates ------------------------------------------------------------------------------------------------
     @property
@@ -88,6 +89,9 @@ class AdaptiveK:
         """K for the next pass (0: a plain step)."""
         if not self.adaptive or self.max_draft == 0:
             return self.max_draft
+        self._passes += 1
+        if 1 not in self._seconds and self._passes >= self.base_after:
+            return 0  # costs are relative to a plain step: measure one (a drafter that always has drafts never does)
         k = self.best()
         if k > 0:
             self._plain_run, self._probe_every = 0, self.probe_start

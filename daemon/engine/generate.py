@@ -21,17 +21,16 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import mlx.core as mx
-from mlx_lm.generate import generation_stream, stream_generate
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.generate import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
 from ..speculation import SpeculationConfig
 from .drafters import DraftModel, load_draft_model, make_drafter
 from .model import Engine
-from .speculative import KeyedPicker, Picker, Speculator, cache_trimmable, make_picker, verify
+from .speculative import KeyedPicker, Picker, Speculator, cache_trimmable, make_picker
+from .speculative_loop import speculative_tokens
 
 log = logging.getLogger(__name__)
-PREFILL_STEP = 2048  # mlx-lm's generate_step default: the same chunks, so the same prefill numerics
 _warned: set[str] = set()
 
 
@@ -163,7 +162,8 @@ def _speculative(engine: Engine, ids: list[int], max_tokens: int, picker: Picker
     detok.reset()
     tic = time.perf_counter()
     prompt_tps, token, n = 0.0, -1, -1
-    tokens = speculative_tokens(engine, ids, max_tokens, picker, spec, draft, stats)
+    tokens = speculative_tokens(engine.model, ids, max_tokens, picker,
+                                lambda cache: _speculator(cache, spec, draft, stats), stats)
     try:
         for n, token in enumerate(tokens):
             if n == 0:
@@ -185,48 +185,7 @@ def _speculative(engine: Engine, ids: list[int], max_tokens: int, picker: Picker
     yield detok.last_segment, token
 
 
-def speculative_tokens(engine: Engine, ids: list[int], max_tokens: int, picker: Picker, spec: SpeculationConfig,
-                       draft: DraftModel | None = None,
-                       stats: GenerationStats | None = None) -> Iterator[int]:
-    """Generated token ids, by prefill then verification passes (plain steps where the cache cannot be trimmed).
-
-    Yields at most max_tokens ids (unbounded for a negative max_tokens); `stats` gets the speculation counters as
-    passes complete. The caller decides where to stop (end of sequence).
-    """
-    stats = stats if stats is not None else GenerationStats()
-    model, limit = engine.model, max_tokens if max_tokens >= 0 else 1 << 62
-    cache = make_prompt_cache(model)
-    with mx.stream(generation_stream):
-        _prefill(model, cache, ids[:-1])
-        (first,), _ = verify(model, cache, ids[-1], [], picker, 0)
-    stats.verify_passes = 1
-    speculator = _speculator(engine, cache, spec, draft, stats)
-    if speculator is not None:
-        speculator.start(ids + [first])
-    yield first
-    done, last = 1, first
-    while done < limit:
-        with mx.stream(generation_stream):
-            if speculator is not None:
-                out = speculator.step(model, cache, picker, done, limit - done)
-                stats.draft_tokens, stats.accepted_tokens = speculator.draft_tokens, speculator.accepted_tokens
-            else:
-                out, _ = verify(model, cache, last, [], picker, done)
-        stats.verify_passes += 1
-        for t in out:
-            yield t
-        done, last = done + len(out), out[-1]
-
-
-def _prefill(model, cache: list, ids: list[int]) -> None:
-    """The prompt but its last token into the cache, in mlx-lm's chunks (its generate_step's loop)."""
-    for i in range(0, len(ids), PREFILL_STEP):
-        model(mx.array(ids[i:i + PREFILL_STEP])[None], cache=cache)
-        mx.eval([c.state for c in cache])
-        mx.clear_cache()
-
-
-def _speculator(engine: Engine, cache: list, spec: SpeculationConfig, draft: DraftModel | None,
+def _speculator(cache: list, spec: SpeculationConfig, draft: DraftModel | None,
                 stats: GenerationStats) -> Speculator | None:
     """The request's Speculator, or None (said in stats and once in the log) where its cache cannot be trimmed."""
     if not cache_trimmable(cache):

@@ -16,9 +16,12 @@ API, for the engine's loop (generate.py) and the daemon's scheduler alike (one r
     spec.start(prompt_ids + [first_token])                       # the context; its last token is not yet cached
     tokens = spec.step(model, cache, picker, index, limit)       # one pass: 1..min(K+1, limit) tokens emitted;
                                                                  # index = generated tokens so far (key of row 0)
+    k = spec.choose(limit); spec.step(..., k=k)                  # the same, K decided first (0: a plain step,
+    spec.plain(token, seconds)                                   #   which the caller may run pipelined)
     spec.draft_tokens, spec.accepted_tokens, spec.passes         # counters (plain steps count as passes)
 
-The cache must be trimmable (`cache_trimmable(cache)`); where it is not, decode plainly (`Speculator` refuses).
+The cache must be trimmable: check `cache_trimmable(cache)` first, and decode plainly where it is not (a pass's
+rejected rows could not be taken back).
 """
 
 from __future__ import annotations
@@ -155,12 +158,17 @@ class Speculator:
         self.drafter.start(context)
         self.last = int(context[-1])
 
-    def step(self, model: nn.Module, cache: list[Any], pick: Picker, index: int, limit: int) -> list[int]:
+    def choose(self, limit: int) -> int:
+        """The adaptive K for the next pass, at most limit - 1 (0: a plain step). Each call is one decision."""
+        return min(self.controller.choose(), max(0, limit - 1))
+
+    def step(self, model: nn.Module, cache: list[Any], pick: Picker, index: int, limit: int,
+             k: int | None = None) -> list[int]:
         """One pass (draft, verify, trim, tell the drafter); returns the 1..min(K+1, limit) emitted tokens, the
         last of which is not in the cache yet. `index`: tokens generated so far (the key index of row 0); `limit`:
-        the most tokens the request may still emit (>= 1)."""
+        the most tokens the request may still emit (>= 1); `k`: a K already chosen (by `choose`), else chosen now."""
         t0 = self.clock()
-        k = min(self.controller.choose(), max(0, limit - 1))
+        k = self.choose(limit) if k is None else min(k, max(0, limit - 1))
         drafts = self.drafter.propose(k) if k > 0 else []
         tokens, accepted = verify(model, cache, self.last, drafts, pick, index)
         self.drafter.accept(tokens)
@@ -170,3 +178,10 @@ class Speculator:
         self.accepted_tokens += accepted
         self.last = tokens[-1]
         return tokens
+
+    def plain(self, token: int, seconds: float) -> None:
+        """A plain step made elsewhere (e.g. pipelined, as mlx-lm's loop does) emitted `token` in `seconds`."""
+        self.drafter.accept([token])
+        self.controller.record(0, 0, seconds)
+        self.passes += 1
+        self.last = int(token)
