@@ -8,6 +8,9 @@ greedy generation on the checkpoint (with --reference).
 
 from __future__ import annotations
 
+READ_BACK = "routing read back (with the prediction)"  # engine/probe.py's Phase values (no MLX import here)
+WAIT = "acquire: waiting for reads"
+
 
 def _med(xs: list) -> float | None:
     s = sorted(x for x in xs if x is not None)
@@ -38,8 +41,13 @@ def summarise_spec(records: list[dict]) -> list[dict]:
             row = {"budget": budget, "mode": mode, "workload": w, "runs": len(good),
                    "budget_fraction": good[0].get("budget_fraction"), "backend": good[0].get("backend")}
             for k in ("decode_tps", "tokens_per_pass", "draft_tokens", "accepted_tokens", "acceptance",
-                      "decode_bytes_per_token", "decode_hit_rate"):
+                      "decode_bytes_per_token", "decode_hit_rate", "ms_per_token", "syncs_per_token",
+                      "misses_per_token", "prefetches_per_token"):
                 row[k] = _med([f.get(k) for f in figs])
+            phases = [f.get("phases_ms_per_token") or {} for f in figs]
+            row["synced_ms_per_token"] = _med([sum(p.values()) for p in phases])
+            row["read_back_ms_per_token"] = _med([p.get(READ_BACK, 0.0) for p in phases])
+            row["wait_ms_per_token"] = _med([p.get(WAIT, 0.0) for p in phases])
             if base:
                 pairs = zip(good, base)
                 row["vs_off"] = _med([a["workloads"][w]["decode_tps"] / b["workloads"][w]["decode_tps"]
@@ -101,3 +109,19 @@ def pass_cost_lines(records: list[dict]) -> str:
         lines.append(f"One forward pass at {budget} (median; a verify pass of K drafts has K + 1 rows): "
                      + ", ".join(parts) + ".")
     return "\n".join(lines)
+
+
+def profile_table(rows: list[dict]) -> str:
+    """Where a generated token's time goes (medians): all of it, inside synchronised layer calls (of which the
+    routing read back and waiting for reads), and the calls and reads per token."""
+    head = ("| budget | workload | speculation | ms / token | in synced layer calls | read back | waiting for reads "
+            "| synced calls / token | demand reads / token | prefetch reads / token |\n" + "|---" * 10 + "|")
+    lines = [head]
+    for r in rows:
+        if "error" in r or r.get("ms_per_token") is None:
+            continue
+        lines.append(f"| {r['budget']} | {r['workload']} | {r['mode']} | {r['ms_per_token']:.2f} | "
+                     f"{_f(r.get('synced_ms_per_token'), '.2f')} | {_f(r.get('read_back_ms_per_token'), '.2f')} | "
+                     f"{_f(r.get('wait_ms_per_token'), '.2f')} | {_f(r.get('syncs_per_token'), '.2f')} | "
+                     f"{_f(r.get('misses_per_token'), '.2f')} | {_f(r.get('prefetches_per_token'), '.2f')} |")
+    return "\n".join(lines) if len(lines) > 1 else ""

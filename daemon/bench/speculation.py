@@ -44,7 +44,7 @@ def _speculation(cfg: dict):
     return SpeculationConfig(**keys)
 
 
-def _one(eng, prompt, speculation) -> dict:
+def _one(eng, prompt, speculation, timer) -> dict:
     """Generate one prompt; decode figures measured from the first yielded token on."""
     from ..engine.generate import GenerationStats, generate
 
@@ -57,6 +57,7 @@ def _one(eng, prompt, speculation) -> dict:
         if not tokens:
             eng.cache.flush()
             t_first, marks["cache"], marks["reader"] = t_last, eng.cache.stats(), eng.reader.stats()
+            marks["phases"] = timer.snapshot()
         tokens.append(int(tok))
     eng.cache.flush()
     c, r = eng.cache.stats(), eng.reader.stats()
@@ -65,6 +66,7 @@ def _one(eng, prompt, speculation) -> dict:
     misses = c.misses - c0.misses
     n = len(tokens) - 1  # decode tokens: the first came out of prefill
     secs = t_last - t_first
+    phases = {k: v - marks["phases"].get(k, 0.0) for k, v in timer.snapshot().items()}
     return {
         "source": prompt.source, "prompt_tokens": len(prompt.ids), "tokens": tokens,
         "decode_tokens": n, "decode_seconds": secs,
@@ -77,6 +79,7 @@ def _one(eng, prompt, speculation) -> dict:
         "draft_tokens": stats.draft_tokens, "accepted_tokens": stats.accepted_tokens,
         "speculation": stats.speculation,  # what ran: the mode, or "unavailable: why"
         "engine_decode_bytes_per_token": stats.decode_bytes_per_token,
+        "decode_phase_seconds": phases,  # inside the synchronised layer calls (engine/probe.py)
     }
 
 
@@ -99,6 +102,10 @@ def totals(runs: list[dict]) -> dict:
         "prefetches_per_token": s("decode_prefetches") / n if n else 0.0,
         "prefetch_wasted_per_token": s("decode_prefetch_wasted") / n if n else 0.0,
         "syncs_per_token": s("decode_syncs") / n if n else 0.0,
+        # a short profile: ms per generated token inside synchronised layer calls, by phase, and all of them
+        "phases_ms_per_token": {k: sum(r["decode_phase_seconds"].get(k, 0.0) for r in runs) * 1000 / n
+                                for k in {k for r in runs for k in r["decode_phase_seconds"]}} if n else {},
+        "ms_per_token": secs * 1000 / n if n else 0.0,
     }
 
 
@@ -107,13 +114,14 @@ def run_spec(cfg: dict) -> dict:
     from ..config import engine_config
     from ..engine.generate import generate
     from ..engine.model import load_engine
+    from ..engine.probe import PhaseTimer
     from .workloads import prompts
 
-    t0 = time.perf_counter()
+    t0, timer = time.perf_counter(), PhaseTimer()
     eng = load_engine(engine_config(cfg["store"], cache_budget=str(cfg.get("budget") or "100%"),
                                     read_mode=cfg.get("read_mode", "direct"), read_threads=cfg.get("read_threads", 4),
                                     cache_policy=cfg.get("policy", "lfu"), prefetch_depth=cfg.get("prefetch_depth", 1)),
-                      upload=cfg.get("upload", "auto"))
+                      upload=cfg.get("upload", "auto"), probe=timer)
     eng.cache.wait_loads()
     load_s = time.perf_counter() - t0
     _ignore_eos(eng.tokenizer)
@@ -127,7 +135,7 @@ def run_spec(cfg: dict) -> dict:
     out = {"load_seconds": load_s, "budget_fraction": eng.cache.stats().budget_bytes / eng.manifest.total_expert_bytes,
            "workloads": {}}
     for name, ps in work.items():
-        runs = [_one(eng, p, speculation) for p in ps]
+        runs = [_one(eng, p, speculation, timer) for p in ps]
         out["workloads"][name] = {**totals(runs), "runs": runs}
     if cfg.get("pass_rows"):
         out["pass_ms_by_rows"] = pass_costs(eng.model, list(warm.ids), cfg["pass_rows"])

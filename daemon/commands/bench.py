@@ -6,8 +6,9 @@
                      [--out FILE.json] [--results bench/results/notebook.md --note "what this run is for"]
     moed bench STORE --clients 1,2,4,8 [--cache-budget 25%] [--steps 32] [--prompt-len 32] [...]
     moed bench STORE --speculation off,lookup[,draft] [--workloads quote,free] [--budgets 100,25]
-                     [--max-tokens 64] [--prompts 3] [--draft-model CKPT] [--num-draft K] [--no-adaptive]
-                     [--pass-rows 1,2,3,5,9] [--reference CKPT] [--repeat 3] [--out FILE.json] [--results FILE.md --note "..."]
+                     [--max-tokens 64] [--prompts 3] [--draft-model CKPT] [--num-draft K]
+                     [--no-adaptive] [--pass-rows 1,2,3,5,9] [--reference CKPT] [--repeat 3]
+                     [--out FILE.json] [--results FILE.md --note "..."]
 
 Every configuration runs in its own process: mlx-lm with the whole checkpoint in RAM (--reference), moed at each
 point of the plan (see moed.daemon.bench.plan), moed's read path against the raw device throughput, and a warm
@@ -19,7 +20,8 @@ With --speculation: greedy generation of fixed-length workloads (moed.daemon.ben
 a passage quoted in the prompt, "free" continues a passage's start) at each budget and speculation mode, modes
 alternated across --repeat rounds (moed.daemon.bench.speculation); the table gives decode tok/s and its ratio to
 no speculation, tokens per verification pass, drafts accepted, bytes read per generated token and the hit rate,
-and whether the tokens equal those without speculation (and mlx-lm's, with --reference).
+and whether the tokens equal those without speculation (and mlx-lm's, with --reference); a second table says
+where a generated token's time goes (synchronised layer calls, read back, waiting for reads).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def _meta(args: argparse.Namespace, records: list[dict]) -> dict:
 
 def run_speculation(args: argparse.Namespace) -> int:
     from ..bench.plan import spec_configs
-    from ..bench.spec_report import pass_cost_lines, spec_table, summarise_spec
+    from ..bench.spec_report import pass_cost_lines, profile_table, spec_table, summarise_spec
 
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
     common = {"workloads": list(split(args.workloads)), "max_tokens": args.max_tokens, "prompts": args.prompts}
@@ -133,9 +135,10 @@ def run_speculation(args: argparse.Namespace) -> int:
         print(f"[bench] {cfg['kind']} {cfg.get('budget', '')} {cfg.get('speculation', '')}: "
               f"{time.perf_counter() - t0:.0f} s" + (" ERROR" if "error" in records[-1] else ""),
               file=sys.stderr, flush=True)
-    text = spec_table(summarise_spec(records))
-    costs = pass_cost_lines(records)
-    text += f"\n\n{costs}" if costs else ""
+    rows = summarise_spec(records)
+    text = spec_table(rows)
+    for extra in (profile_table(rows), pass_cost_lines(records)):
+        text += f"\n\n{extra}" if extra else ""
     print(text)
     meta = {**_meta(args, records), "loadavg_before": load0}
     if args.out:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from moed.daemon.bench.plan import spec_configs
-from moed.daemon.bench.spec_report import pass_cost_lines, spec_table, summarise_spec
+from moed.daemon.bench.spec_report import pass_cost_lines, profile_table, spec_table, summarise_spec
 from moed.daemon.bench.workloads import SEPARATOR, prompts
 from moed.daemon.testmodel.split import heldout_passages, train_passages
 
@@ -62,7 +62,11 @@ def test_the_plan_runs_the_reference_once_then_alternates_modes_round_by_round_p
 def _rec(mode: str, tps: float, tokens: list[int], bytes_per_token: float, passes: float = 1.0) -> dict:
     w = {"decode_tps": tps, "tokens_per_pass": passes, "draft_tokens": 10 if mode != "off" else 0,
          "accepted_tokens": 6 if mode != "off" else 0, "acceptance": 0.6 if mode != "off" else None,
-         "decode_bytes_per_token": bytes_per_token, "decode_hit_rate": 0.9, "runs": [{"tokens": tokens}]}
+         "decode_bytes_per_token": bytes_per_token, "decode_hit_rate": 0.9, "runs": [{"tokens": tokens}],
+         "ms_per_token": 1000 / tps, "syncs_per_token": 6 / passes, "misses_per_token": 3.0,
+         "prefetches_per_token": 9.0,
+         "phases_ms_per_token": {"routing read back (with the prediction)": 50 / tps, "acquire: waiting for reads": 5.0,
+                                 "distinct experts": 1.0}}
     return {"config": {"kind": "spec", "budget": "25%", "speculation": mode}, "workloads": {"quote": w}}
 
 
@@ -80,6 +84,8 @@ def test_the_summary_pairs_each_run_with_the_same_round_without_speculation():
     text = spec_table(rows)
     assert "| 25% | quote | lookup | 16.00 | 3.00x | 2.50 | 6 / 10 (60%) | 2 | 0.50x | 90.0% | yes | **no** |" in text
     assert "mlx-lm (whole checkpoint in RAM, no speculation) decode tok/s: quote 12.00." in text
+    prof = profile_table(rows)  # medians over the three lookup runs (16 tok/s is the middle one)
+    assert "| 25% | quote | lookup | 62.50 | 9.12 | 3.12 | 5.00 | 2.40 | 3.00 | 9.00 |" in prof
 
 
 def test_tokens_unlike_those_without_speculation_show_and_a_failed_mode_is_a_row():
