@@ -3,7 +3,10 @@ held-out windows on which perplexity is measured.
 
 Training sees only `train_text()`; a plain row is a random window of it after a BOS token. A "copy" row is
 [BOS] + span + separator + the same span again and then the text that followed it, so the model learns to continue
-a passage quoted earlier in its context (the speculation benchmark's quote-heavy workload relies on that).
+a passage quoted earlier in its context (the speculation benchmark's quote-heavy workload relies on that). A
+"random" row is a span of uniformly random token ids repeated after separators: drawn fresh every time, it cannot be
+memorised, only copied, so it teaches copying (an induction head) without adding text to overfit; its first span
+carries no loss (nothing there is predictable).
 Perplexity is teacher-forced on `heldout_text()` cut into consecutive windows of `seq_len - 1` tokens, each after a
 BOS token; every held-out token is predicted exactly once. The unigram baseline is an add-one smoothed unigram
 fitted on the training tokens, scored on the same held-out tokens.
@@ -71,6 +74,39 @@ def batch(corpus: Corpus, rng: np.random.Generator, size: int, seq_len: int, cop
     rows = [copy_row(corpus, rng, seq_len, shuffled=rng.random() < shuffled_fraction)
             if rng.random() < copy_fraction else plain_row(corpus, rng, seq_len) for _ in range(size)]
     return np.stack(rows).astype(np.int32)
+
+
+def random_row(corpus: Corpus, rng: np.random.Generator, seq_len: int, min_span: int = 8
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """[BOS] + (random span + separator) repeated to seq_len + 1 ids, and the weights of its seq_len targets:
+    0 over the first span and the separator after it (unpredictable), 1 after."""
+    sep = np.asarray(corpus.separator, dtype=np.int32)
+    span = int(rng.integers(min_span, max(min_span, (seq_len - len(sep)) // 2) + 1))
+    ids = rng.integers(3, corpus.vocab, span).astype(np.int32)  # ids 0-2 are the special tokens
+    unit = np.concatenate([ids, sep])
+    body = np.tile(unit, seq_len // len(unit) + 1)[:seq_len]
+    weights = np.ones(seq_len, np.float32)
+    weights[:len(unit)] = 0.0  # target j is body[j]: the first span and its separator cannot be predicted
+    return np.concatenate([[corpus.bos], body]).astype(np.int32), weights
+
+
+def training_batch(corpus: Corpus, rng: np.random.Generator, size: int, seq_len: int, copy_fraction: float,
+                   shuffled_fraction: float, random_fraction: float, text_weight: float = 1.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A (size, seq_len + 1) int32 batch and (size, seq_len) loss weights of its targets. Each row is a random row
+    with probability `random_fraction`, else as in `batch`; rows of training text weigh `text_weight` (below 1 it
+    slows memorising the small text while the copy rows go on training)."""
+    rows, weights = [], []
+    for _ in range(size):
+        if rng.random() < random_fraction:
+            row, w = random_row(corpus, rng, seq_len)
+        else:
+            row = (copy_row(corpus, rng, seq_len, shuffled=rng.random() < shuffled_fraction)
+                   if rng.random() < copy_fraction else plain_row(corpus, rng, seq_len))
+            w = np.full(seq_len, text_weight, np.float32)
+        rows.append(row)
+        weights.append(w)
+    return np.stack(rows).astype(np.int32), np.stack(weights)
 
 
 def add_input_noise(rows: np.ndarray, rng: np.random.Generator, rate: float, vocab: int) -> np.ndarray:

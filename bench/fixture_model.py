@@ -35,7 +35,7 @@ class FixtureDims:
     heads: int = 4
     kv_heads: int = 2
     head_dim: int = 64
-    vocab: int = 2048
+    vocab: int = 512
     max_pos: int = 4096
 
     def as_dict(self) -> dict:
@@ -96,12 +96,14 @@ def forward(model: qwen3_moe.Model, inputs: mx.array, dropout: float = 0.0
     return logits, aux / len(inner.layers), probs_per_layer
 
 
-def loss_fn(model: qwen3_moe.Model, inputs: mx.array, targets: mx.array, aux_coef: float,
+def loss_fn(model: qwen3_moe.Model, inputs: mx.array, targets: mx.array, weights: mx.array, aux_coef: float,
             dropout: float = 0.0) -> tuple[mx.array, mx.array]:
-    """Training loss (mean next-token cross-entropy + aux_coef * balance term) and the cross-entropy alone."""
+    """Training loss and the cross-entropy alone. The loss is the next-token cross-entropy weighted per target
+    and divided by the number of targets (a weight below 1 acts as a lower learning rate for those tokens), plus
+    aux_coef * the balance term; the reported cross-entropy is the weighted mean."""
     logits, aux, _ = forward(model, inputs, dropout)
-    ce = nn.losses.cross_entropy(logits, targets, reduction="mean")
-    return ce + aux_coef * aux, ce
+    ce = nn.losses.cross_entropy(logits, targets, reduction="none") * weights
+    return ce.sum() / ce.size + aux_coef * aux, ce.sum() / mx.maximum(weights.sum(), 1e-6)
 
 
 def heldout_nll(model: nn.Module, inputs: np.ndarray, targets: np.ndarray) -> float:
@@ -157,7 +159,7 @@ def save_checkpoint(model: nn.Module, config: dict, out: Path, vocab: int) -> in
     out.mkdir(parents=True, exist_ok=True)
     save_model(out, model)
     index = out / "model.safetensors.index.json"
-    if index.exists() and len(json.loads(index.read_text())["weight_map"]) and _single_shard(index):
+    if index.exists() and _single_shard(index):
         index.unlink()  # one shard: mlx_lm.load reads model*.safetensors without the index
     save_config(config, config_path=out / "config.json")
     write_tokenizer_files(out, vocab, config["max_position_embeddings"])

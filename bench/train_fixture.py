@@ -3,9 +3,11 @@ top-8, normalised top-k), on the training part of the bundled corpus, saved as a
 
     python -m bench.train_fixture OUT_DIR [--steps N] [--max-seconds S] [--note "..."]
 
-AdamW with linear warmup and cosine decay, a fixed seed, a router load-balancing term; a share of the rows are copy
-rows (bench/fixture_data.py). Held-out loss is measured every --eval-every steps; the best weights are kept and
-training stops after --patience evaluations without improvement (or at --steps / --max-seconds). The kept float
+AdamW with linear warmup and cosine decay, a fixed seed, a router load-balancing term; shares of the rows are copy
+rows of training text and random rows (a random span repeated), the rest plain text (bench/fixture_data.py). Every
+--eval-every steps the held-out text loss and the held-out copy loss are measured; the weights with the lowest
+weighted mean of the two (--copy-select-weight) are kept and training stops after --patience evaluations
+without improvement (or at --steps / --max-seconds). The kept float
 model is quantized with mlx-lm (group 64, routers at 8 bits, other tensors float32) and written to OUT_DIR with
 `training.json`, the training record.
 """
@@ -46,11 +48,14 @@ class TrainConfig:
     aux_coef: float = 0.01
     copy_fraction: float = 0.5
     shuffled_fraction: float = 0.5  # of copy rows: spans in random order, learnable only by copying
+    random_fraction: float = 0.5  # rows of a random span repeated (fresh each step): copying that cannot overfit
+    text_weight: float = 1.0  # loss weight of the training-text rows (plain and copy rows)
+    copy_select_weight: float = 1.0  # weight of the held-out copy loss against the text loss in the selection
     dropout: float = 0.2
     input_noise: float = 0.1
     eval_every: int = 50
     patience: int = 10
-    max_seconds: float = 0.0  # 0: no time limit
+    max_seconds: float = 0.0  # 0: no limit; counted from the end of the first step (which compiles kernels)
     bits: int = 4
     group_size: int = 64
 
@@ -71,14 +76,13 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     model = fm.build_model(config)
     opt = make_optimizer(tc)
     ev_in, ev_tg = fd.heldout_windows(corpus, tc.seq_len)
-
     cp_rows, cp_mask = fd.heldout_copy_windows(corpus)
     state = [model.state, opt.state, mx.random.state]
     grad_fn = nn.value_and_grad(model, fm.loss_fn)
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(inputs, targets):
-        (loss, ce), grads = grad_fn(model, inputs, targets, tc.aux_coef, tc.dropout)
+    def step(inputs, targets, weights):
+        (loss, ce), grads = grad_fn(model, inputs, targets, weights, tc.aux_coef, tc.dropout)
         grads, _ = optim.clip_grad_norm(grads, tc.grad_clip)
         opt.update(model, grads)
         return loss, ce
@@ -86,20 +90,20 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     curve, best, best_score, since_best = [], None, math.inf, 0
     t0, tokens, done, ce_acc, n_acc = time.perf_counter(), 0, 0, 0.0, 0
     for i in range(1, tc.steps + 1):
-        rows = fd.batch(corpus, rng, tc.batch, tc.seq_len, tc.copy_fraction, tc.shuffled_fraction)
+        rows, weights = fd.training_batch(corpus, rng, tc.batch, tc.seq_len, tc.copy_fraction,
+                                          tc.shuffled_fraction, tc.random_fraction, tc.text_weight)
         inputs, targets = fd.add_input_noise(rows, rng, tc.input_noise, dims.vocab)
-        loss, ce = step(mx.array(inputs), mx.array(targets))
+        loss, ce = step(mx.array(inputs), mx.array(targets), mx.array(weights))
         mx.eval(state, loss, ce)
+        if i == 1:
+            t1 = time.perf_counter()  # after compilation (a fresh GPU machine JIT-compiles for ~2 minutes)
         tokens += tc.batch * tc.seq_len
         ce_acc, n_acc, done = ce_acc + ce.item(), n_acc + 1, i
-        last = i == tc.steps or (tc.max_seconds and time.perf_counter() - t0 > tc.max_seconds)
+        last = i == tc.steps or (tc.max_seconds and time.perf_counter() - t1 > tc.max_seconds)
         if i % tc.eval_every == 0 or last:
-            held = fm.heldout_nll(model, ev_in, ev_tg)
-            copy_loss, copy_acc = fm.copy_scores(model, cp_rows, cp_mask)
-            score = (held + copy_loss) / 2  # the selection criterion: both held-out losses
             point = {"step": i, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 1),
-                     "train_loss": round(ce_acc / n_acc, 4), "heldout_loss": round(held, 4),
-                     "heldout_copy_loss": round(copy_loss, 4), "heldout_copy_accuracy": round(copy_acc, 4)}
+                     "train_loss": round(ce_acc / n_acc, 4), **heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask)}
+            score = selection_score(point, tc.copy_select_weight)
             curve.append(point)
             ce_acc, n_acc = 0.0, 0
             log(json.dumps(point))
@@ -116,17 +120,30 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     record = {
         "seed": tc.seed, "dims": dims.as_dict(), "train_config": asdict(tc),
         "parameters": fm.parameter_count(model),
-        "steps_run": done, "tokens_seen": tokens, "best_step": best["step"], "best_selection_loss": round(best_score, 4), "tokens_seen_at_best": best["tokens"],
+        "steps_run": done, "tokens_seen": tokens, "best_step": best["step"],
+        "best_selection_loss": round(best_score, 4), "tokens_seen_at_best": best["tokens"],
         "stopped_by": "patience" if since_best >= tc.patience else ("max_seconds" if done < tc.steps else "steps"),
-        "wall_seconds": round(wall, 1), "loss_curve": curve,
+        "wall_seconds": round(wall, 1), "first_step_seconds": round(t1 - t0, 1), "loss_curve": curve,
         "corpus": {"train_tokens": int(len(corpus.train)), "heldout_tokens": int(len(corpus.heldout)),
                    "copy_separator": fd.SEPARATOR},
     }
     return model, config, record
 
 
+def selection_score(point: dict, copy_weight: float) -> float:
+    """What the kept weights minimise: the weighted mean of the held-out text loss and held-out copy loss."""
+    return (point["heldout_loss"] + copy_weight * point["heldout_copy_loss"]) / (1.0 + copy_weight)
+
+
+def heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask) -> dict:
+    """The loss curve's held-out measures: text loss, copy loss and copy accuracy."""
+    copy_loss, copy_acc = fm.copy_scores(model, cp_rows, cp_mask)
+    return {"heldout_loss": round(fm.heldout_nll(model, ev_in, ev_tg), 4), "heldout_copy_loss": round(copy_loss, 4),
+            "heldout_copy_accuracy": round(copy_acc, 4)}
+
+
 def evaluate(model, corpus: fd.Corpus, seq_len: int) -> dict:
-    """Held-out perplexity, held-out copy accuracy and expert load of `model`."""
+    """Held-out perplexity and held-out copy accuracy of `model`."""
     ev_in, ev_tg = fd.heldout_windows(corpus, seq_len)
     cp_rows, cp_mask = fd.heldout_copy_windows(corpus)
     return {"heldout_ppl": round(math.exp(fm.heldout_nll(model, ev_in, ev_tg)), 3),
@@ -154,7 +171,7 @@ def run(out: Path, dims: fm.FixtureDims, tc: TrainConfig, note: str = "", log=pr
     load = fm.expert_load(model, ev_in)
     qmodel, qconfig = fm.quantize(model, config, tc.bits, tc.group_size)
     q_eval = evaluate(qmodel, corpus, tc.seq_len)
-    size = fm.save_checkpoint(qmodel, qconfig, out, dims.vocab)
+    fm.save_checkpoint(qmodel, qconfig, out, dims.vocab)
     record |= {
         "note": note, "device": device_name(), "mlx_version": mx.__version__, "mlx_lm_version": mlx_lm.__version__,
         "python": sys.version.split()[0],
@@ -164,17 +181,19 @@ def run(out: Path, dims: fm.FixtureDims, tc: TrainConfig, note: str = "", log=pr
         "heldout_copy_accuracy_quantized": q_eval["heldout_copy_accuracy"],
         "heldout_expert_load_float": load,
         "copy_fraction": tc.copy_fraction, "shuffled_copy_fraction": tc.shuffled_fraction,
+        "random_copy_fraction": tc.random_fraction, "text_weight": tc.text_weight,
         "aux_loss_coef": tc.aux_coef, "dropout": tc.dropout, "input_noise": tc.input_noise,
-        "selection": "the kept weights minimise the mean of the held-out text loss and the held-out copy loss "
-                     "(quoted held-out spans, bench/fixture_data.heldout_copy_windows)",
+        "selection": f"the kept weights minimise (held-out text loss + {tc.copy_select_weight} x held-out copy "
+                     f"loss) / {1 + tc.copy_select_weight} (copy loss on quoted held-out spans, "
+                     "bench/fixture_data.heldout_copy_windows)",
         "quantization": {"bits": tc.bits, "group_size": tc.group_size, "router_bits": 8,
                          "other_tensors": "float32"},
         "perplexity_definition": "exp(mean NLL) of every held-out token, teacher-forced in consecutive windows "
                                  f"of {tc.seq_len - 1} tokens each after a BOS token",
-        "checkpoint_bytes": 0,
     }
-    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    record["checkpoint_bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    others = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and p.name != "training.json")
+    for _ in range(3):  # the record holds the folder's size, its own bytes included: settle the digits
+        record["checkpoint_bytes"] = others + len((json.dumps(record, indent=1) + "\n").encode())
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     log(f"saved {out}: {record['checkpoint_bytes'] / 1e6:.1f} MB, held-out ppl float "
         f"{record['heldout_ppl_float']} 4-bit {record['heldout_ppl_quantized']} unigram {record['unigram_ppl']}")

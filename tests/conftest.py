@@ -36,3 +36,24 @@ def model_dir(tmp_path_factory):
         return path
 
     return get
+
+
+TRAINED_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "trained-moe"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint() -> Path:
+    """The committed trained MoE fixture (an mlx-lm 4-bit qwen3_moe checkpoint); skips when it is absent."""
+    if not (TRAINED_FIXTURE / "config.json").is_file() or not any(TRAINED_FIXTURE.glob("*.safetensors")):
+        pytest.skip(f"the trained fixture is missing from {TRAINED_FIXTURE} (make it: python -m bench.train_fixture)")
+    return TRAINED_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def trained_store(trained_checkpoint: Path, tmp_path_factory) -> Path:
+    """The trained fixture converted into a moed store (its own 4-bit quantization kept), once per session."""
+    from moed.daemon.store.convert import convert
+
+    path = tmp_path_factory.mktemp("trained") / "store"
+    convert(trained_checkpoint, path, bits=None)
+    return path

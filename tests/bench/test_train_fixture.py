@@ -1,0 +1,113 @@
+"""bench/train_fixture.py and its pieces on very small configurations: the batches hold what they promise, the
+training forward pass is mlx-lm's, the balance term rewards balance, a few steps lower the loss, and the saved
+4-bit checkpoint loads in mlx-lm with the expert layout asked for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from bench import fixture_data as fd
+from bench import fixture_model as fm
+from bench import train_fixture as tf
+
+TINY = fm.FixtureDims(hidden=64, layers=2, experts=8, top_k=2, expert_inter=64, heads=2, kv_heads=1, head_dim=32,
+                      vocab=512, max_pos=256)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> fd.Corpus:
+    return fd.load_corpus(512)
+
+
+def test_copy_rows_quote_their_span_after_the_separator(corpus):
+    rng = np.random.default_rng(1)
+    sep = list(corpus.separator)
+    for _ in range(20):
+        row = fd.copy_row(corpus, rng, 64)
+        assert len(row) == 65 and row[0] == corpus.bos
+        body = list(row[1:])
+        # the row is span + sep + the span again + what followed it: some span length in [8, 32] fits
+        quoted = [s for s in range(8, 33)
+                  if body[s:s + len(sep)] == sep and body[:s] == body[s + len(sep):2 * s + len(sep)]]
+        assert quoted
+
+
+def test_random_rows_repeat_a_fresh_span_and_weigh_only_the_repeats(corpus):
+    rng = np.random.default_rng(2)
+    sep = list(corpus.separator)
+    row, w = fd.random_row(corpus, rng, 64)
+    other, _ = fd.random_row(corpus, rng, 64)
+    assert len(row) == 65 and row[0] == corpus.bos and w.shape == (64,) and not np.array_equal(row, other)
+    body = list(row[1:])
+    unit = int(np.argmax(w))  # the first weighted target starts the first repeat
+    assert unit >= 8 + len(sep) and body[unit - len(sep):unit] == sep
+    assert body[unit:] == body[:64 - unit]  # the rest repeats the span and its separator
+    assert (w[:unit] == 0).all() and (w[unit:] == 1).all() and (row[1:] >= 3).sum() >= unit - len(sep)
+
+
+def test_training_batches_weigh_text_rows_and_random_rows_apart(corpus):
+    rows, w = fd.training_batch(corpus, np.random.default_rng(0), 40, 32, 0.5, 0.5, 0.5, text_weight=0.25)
+    assert rows.shape == (40, 33) and w.shape == (40, 32)
+    text = np.all(w == 0.25, axis=1)
+    assert 5 < text.sum() < 35 and all(set(np.unique(r)) <= {0.0, 1.0} for r in w[~text])
+
+
+def test_batches_mix_copy_and_plain_rows_from_the_training_text(corpus):
+    rows = fd.batch(corpus, np.random.default_rng(0), 6, 32, copy_fraction=0.0)
+    assert rows.shape == (6, 33) and rows.dtype == np.int32 and (rows[:, 0] == corpus.bos).all()
+    train = corpus.train.tobytes()
+    assert all(r[1:].tobytes() in train for r in rows)  # plain rows are windows of the training tokens
+
+
+def test_heldout_windows_score_every_heldout_token_once(corpus):
+    inputs, targets = fd.heldout_windows(corpus, 64)
+    assert inputs.shape == targets.shape and inputs.shape[1] == 63
+    assert (inputs[:, 0] == corpus.bos).all()
+    scored = targets[targets >= 0]
+    assert np.array_equal(scored, corpus.heldout)
+    assert np.array_equal(inputs[0, 1:], targets[0, :-1])  # each input is the previous target
+
+
+def test_unigram_baseline_lies_between_one_and_the_vocabulary(corpus):
+    assert 1.0 < fd.unigram_perplexity(corpus) < corpus.vocab
+
+
+def test_balance_term_is_one_when_balanced_and_larger_when_collapsed():
+    uniform = mx.full((64, 8), 1 / 8)
+    assert fm.balance_loss(uniform, 2).item() == pytest.approx(1.0, rel=1e-5)
+    collapsed = mx.array(np.tile(np.r_[[0.45, 0.45], np.full(6, 0.1 / 6)], (64, 1)).astype(np.float32))
+    assert fm.balance_loss(collapsed, 2).item() > 3.0
+
+
+def test_training_forward_is_mlx_lms_forward(corpus):
+    model = fm.build_model(fm.model_config(TINY))
+    rows = mx.array(fd.batch(corpus, np.random.default_rng(0), 2, 32, 0.5))
+    logits, aux, probs = fm.forward(model, rows)
+    assert mx.allclose(logits, model(rows), atol=1e-5).item()
+    assert len(probs) == TINY.layers and aux.item() >= 1.0 - 1e-4
+
+
+def test_a_short_run_lowers_the_loss_and_saves_a_loadable_4bit_checkpoint(tmp_path: Path):
+    from mlx_lm import load
+
+    dims = fm.FixtureDims(**{**TINY.as_dict(), "experts": 128, "top_k": 8})
+    tc = tf.TrainConfig(steps=24, batch=4, seq_len=64, lr=3e-3, warmup=2, eval_every=8, patience=100)
+    record = tf.run(tmp_path / "ck", dims, tc, note="test", log=lambda s: None)
+    curve = record["loss_curve"]
+    assert [p["step"] for p in curve] == [8, 16, 24]
+    assert curve[-1]["train_loss"] < curve[0]["train_loss"] and curve[-1]["heldout_loss"] < curve[0]["heldout_loss"]
+    assert record["tokens_seen"] == 24 * 4 * 64 and record["steps_run"] == 24
+    assert record["heldout_ppl_quantized"] > 1 and record["unigram_ppl"] > 1
+    saved = json.loads((tmp_path / "ck" / "training.json").read_text())
+    assert saved["checkpoint_bytes"] == sum(p.stat().st_size for p in (tmp_path / "ck").iterdir())
+    model, tok = load(str(tmp_path / "ck"))
+    assert (model.args.num_experts, model.args.num_experts_per_tok, model.args.norm_topk_prob) == (128, 8, True)
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg["quantization"]["bits"] == 4 and cfg["quantization"]["group_size"] == 64
+    assert model.model.layers[0].mlp.switch_mlp.up_proj.bits == 4
+    assert len(tok.encode("The house")) > 0
