@@ -145,33 +145,14 @@ def test_one_spec_run_generates_exactly_max_tokens_per_prompt_and_counts_its_rea
             assert fig["tokens_per_pass"] == 1 and fig["draft_tokens"] == 0
 
 
-# The trained fixture, as tests/conftest.py names it (defined here too until that conftest is merged).
-FIXTURE = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "trained-moe"
-
-
-@pytest.fixture(scope="session")
-def trained_checkpoint():
-    if not (FIXTURE / "config.json").exists():
-        pytest.skip(f"the trained fixture is not in {FIXTURE}")
-    return FIXTURE
-
-
-@pytest.fixture(scope="session")
-def trained_store(trained_checkpoint, tmp_path_factory):
-    from moed.daemon.store.convert import convert
-
-    out = tmp_path_factory.mktemp("trained") / "store"
-    convert(trained_checkpoint, out)
-    return out
-
-
 def test_on_the_trained_fixture_quoting_is_drafted_accepted_and_exact_at_25_percent(trained_checkpoint,
                                                                                       trained_store):
     from moed.daemon.bench.speculation import run_spec, run_spec_ref
 
-    common = {"workloads": ["quote"], "max_tokens": 24, "prompts": 2}
+    common = {"workloads": ["quote"], "max_tokens": 32, "prompts": 2}
+    # a fixed K (adaptive K's choices depend on measured times): this tests the bench's counts, not the policy
     r = run_spec({"store": str(trained_store), "budget": "25%", "speculation": "lookup", "read_mode": "buffered",
-                  **common})
+                  "max_draft": 4, "adaptive": False, **common})
     ref = run_spec_ref({"model": str(trained_checkpoint), **common})
     fig = r["workloads"]["quote"]
     assert [x["tokens"] for x in fig["runs"]] == [x["tokens"] for x in ref["workloads"]["quote"]["runs"]]
