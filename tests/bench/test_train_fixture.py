@@ -111,3 +111,11 @@ def test_a_short_run_lowers_the_loss_and_saves_a_loadable_4bit_checkpoint(tmp_pa
     assert cfg["quantization"]["bits"] == 4 and cfg["quantization"]["group_size"] == 64
     assert model.model.layers[0].mlp.switch_mlp.up_proj.bits == 4
     assert len(tok.encode("The house")) > 0
+
+
+def test_boolean_options_parse_as_words():
+    _, dims, tc, _ = tf.parse_args(["out", "--compile-step", "false", "--random-fraction", "0.25"])
+    assert tc.compile_step is False and tc.random_fraction == 0.25 and dims.vocab == 512
+    assert tf.parse_args(["out"])[2].compile_step is True
+    with pytest.raises(SystemExit):
+        tf.parse_args(["out", "--compile-step", "maybe"])

@@ -66,9 +66,9 @@ def test_heldout_perplexity_matches_the_record_and_beats_the_unigram_baseline(re
     model, tok = reference
     ppl = _heldout_perplexity(model, tok, record["train_config"]["seq_len"])
     assert ppl == pytest.approx(record["heldout_ppl_quantized"], rel=0.01)
-    # The training text is ~14K tokens: an interpolated (Witten-Bell) bigram reaches 0.83x the unigram's
-    # perplexity on this held-out text; the fixture must at least beat that level.
-    assert ppl < 0.85 * record["unigram_ppl"]
+    # With the 512-token BPE the training text is ~22K tokens; the fixture reaches ~0.35x the add-one unigram's
+    # held-out perplexity: "well below" is held at half of it.
+    assert ppl < 0.5 * record["unigram_ppl"]
 
 
 def _greedy(model, tokenizer, prompt: list[int], n: int) -> list[int]:
