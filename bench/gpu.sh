@@ -4,6 +4,8 @@
 #                               # upload paths, greedy exactness at 100 % and 25 %
 #   bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
 #   bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
+#   bench/gpu.sh speculation # the trained fixture (tests/fixtures/trained-moe) converted to a store; moed bench
+#                               # --speculation off,lookup at 100 % and 25 %, quote/quote-train/free (~3-4 min)
 #   bench/gpu.sh model|profile|paired|upload|paths|host|readpath|exact|serve
 #                               # a short visit, one phase per step: the model; where a step goes; 100 % against
 #                               # mlx-lm (in one process, alternated); upload candidates; 25 % per
@@ -88,5 +90,18 @@ exact)  # greedy tokens against mlx-lm at 100 % and 25 %
 serve)  # concurrent sequences through the daemon at 100 % (~2 min)
   moed bench "$ST" --clients 1,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5
   ;;
-*) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients" >&2; exit 2 ;;
+speculation)  # the trained fixture: real routing; speculation off vs lookup, alternated (REPEAT rounds), 25 % first
+  FX=${FIXTURE:-tests/fixtures/trained-moe}; FS=$M/trained-store
+  rm -rf "$FS"; moed convert "$FX" "$FS" --quiet  # small: always from the fixture given
+  python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)"
+  ref=(--reference "$FX")
+  for b in ${BUDGETS:-25 100}; do  # one bench per budget: each writes its JSON as soon as it ends
+    moed bench "$FS" "${ref[@]}" --speculation "${MODES:-off,lookup}" --workloads quote,quote-train,free \
+      --budgets "$b" --max-tokens "${TOKENS:-128}" --prompts 3 --repeat "${REPEAT:-3}" --pass-rows 1,2,3,5,9 \
+      --out "$OUT/speculation-$b.json" --results "$OUT/speculation.md" --note "lent GPU, bench/gpu.sh speculation"
+    ref=()
+  done
+  ;;
+*) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients|speculation" >&2
+   exit 2 ;;
 esac

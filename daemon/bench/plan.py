@@ -59,3 +59,16 @@ def configs(store: str, reference: str | None, axes: Axes, plan: str, common: di
                     "prefetch_depth": axes.base_depth, "read_mode": axes.base_mode, "policy": axes.base_policy,
                     "steps": max(common["steps"], 96), "window": 32})
     return out
+
+
+def spec_configs(store: str, reference: str | None, budgets: tuple[str, ...], modes: tuple[str, ...],
+                 common: dict, repeat: int) -> list[dict]:
+    """Every run of a `moed bench --speculation` invocation: the mlx-lm reference (if given) once, then per budget
+    `repeat` rounds of every mode, each round in the reverse order of the last (off, lookup, lookup, off, ...) so
+    a drifting machine load falls on both sides of each with/without comparison."""
+    out = [{"kind": "spec-ref", "model": reference, **common}] if reference else []
+    for budget in budgets:
+        for i in range(repeat):
+            for mode in (modes if i % 2 == 0 else tuple(reversed(modes))):
+                out.append({"kind": "spec", "store": store, "budget": f"{budget}%", "speculation": mode, **common})
+    return out

@@ -3,6 +3,8 @@
     python -m moed.daemon.bench.single '{"kind": "mlx-lm", "model": CKPT, ...}'
     python -m moed.daemon.bench.single '{"kind": "moed", "store": STORE, "budget": "25%", "read_mode": "direct", ...}'
     python -m moed.daemon.bench.single '{"kind": "readpath", "store": STORE, "read_mode": "direct", ...}'
+    python -m moed.daemon.bench.single '{"kind": "spec", "store": STORE, "speculation": "lookup", ...}'
+                                        (and "spec-ref": moed.daemon.bench.speculation)
 
 Common keys: prompt_len (prefill chunk), steps (teacher-forced decode steps), sample_tokens (seeded sampling run).
 moed runs also take read_threads, prefetch_depth, policy, unsynced, and upload ("auto", "copy", "plain":
@@ -245,8 +247,10 @@ def main() -> int:
     cfg = json.loads(sys.argv[1])
     from ..engine import managed
 
+    from .speculation import run_spec, run_spec_ref
+
     runner = {"mlx-lm": run_mlx_lm, "moed": run_moed, "readpath": run_readpath, "restart": run_restart,
-              "resize": run_resize}[cfg["kind"]]
+              "resize": run_resize, "spec": run_spec, "spec-ref": run_spec_ref}[cfg["kind"]]
     out = {"config": cfg, **runner(cfg)}
     from ..engine.generate import peak_rss_bytes
 
