@@ -245,7 +245,7 @@ class AsyncClient:
         """Connect and say hello if need be (within `timeout`), then send `frame`; returns the call its replies
         come to (read them with `await call.reply(timeout)`, give up with `await call.abandon()`)."""
         await self._connect(self._deadline(timeout))
-        return await self._open(request_id, type_, frame)
+        return await self._open(request_id, type_, self._in_version(request_id, frame))
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
     def _deadline(self, timeout: float | None) -> float:
@@ -253,12 +253,30 @@ class AsyncClient:
 
     def _frame(self, rid: str, type_: str, params: dict[str, Any]) -> bytes:
         """The packed request, checked as the daemon will check it. Raises InvalidParams / RequestError."""
-        # hello goes out as version 1, which every daemon reads; the rest in the version hello settled on
-        v = protocol.HELLO_VERSION if type_ == "hello" or self.server is None else self.server.version
+        # hello goes out as version 1, which every daemon reads; the rest in the version hello settled on, or,
+        # before hello, in the newest this client speaks (send_request restates it once hello has settled)
+        if type_ == "hello":
+            v = protocol.HELLO_VERSION
+        else:
+            v = max(protocol.SUPPORTED_VERSIONS) if self.server is None else self.server.version
         try:
             frame = protocol.pack(protocol.request(rid, type_, params, v=v))
         except (TypeError, ValueError, OverflowError) as e:  # msgpack cannot encode a value
             raise errors.InvalidParams("invalid_params", f"cannot encode the parameters: {e}", rid) from None
+        try:
+            protocol.parse_request(frame)
+        except protocol.ProtocolError as e:
+            raise errors.from_wire({"code": e.code, "message": e.message}, rid) from None
+        return frame
+
+    def _in_version(self, rid: str, frame: bytes) -> bytes:
+        """`frame` in the version hello settled on (a frame made before hello has the newest); checked again, so a
+        parameter the daemon's version lacks raises InvalidParams naming the version it needs."""
+        msg = protocol.unpack(frame)
+        if self.server is None or msg.get("type") == "hello" or msg.get("v") == self.server.version:
+            return frame
+        msg["v"] = self.server.version
+        frame = protocol.pack(msg)
         try:
             protocol.parse_request(frame)
         except protocol.ProtocolError as e:

@@ -17,7 +17,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from aiohttp.typedefs import Handler, Middleware
 
 from . import ollama_api, openai_api
@@ -42,8 +43,28 @@ def build_app(config: GatewayConfig, upstream: Upstream) -> web.Application:
         app.on_response_prepare.append(_cors_headers)
     app[CONFIG], app[UPSTREAM], app[STARTED] = config, upstream, time.time()
     app[METRICS] = Metrics(lambda: upstream.snapshot)
-    app.add_routes([*page.routes(), web.get("/metrics", metrics), *openai_api.routes(), *ollama_api.routes()])
+    routes = [*page.routes(), web.get("/metrics", metrics), *openai_api.routes(), *ollama_api.routes()]
+    app.add_routes([_with_expect(r) for r in routes])
     return app
+
+
+def _with_expect(route: web.AbstractRouteDef) -> web.AbstractRouteDef:
+    if not isinstance(route, web.RouteDef):
+        return route
+    return web.RouteDef(route.method, route.path, route.handler, {"expect_handler": _expect, **route.kwargs})
+
+
+async def _expect(request: web.Request) -> None:
+    """The `Expect` header, as aiohttp's own handler answers it (100 Continue, else 417), but with the unknown value
+    written escaped: aiohttp put the raw value into its text, and a byte that is not UTF-8 made that a 500."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the body has not started
+    else:
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {ascii(expect)}")
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -184,3 +184,33 @@ def test_unary_calls(fake: FakeDaemon):
     assert fake.requests[0]["params"] == {"versions": list(protocol.SUPPORTED_VERSIONS), "client": "moed-client"}
     v = protocol.VERSION
     assert [r["v"] for r in fake.requests] == [1, 1, v, v, v]  # hello in version 1, the rest in the one agreed
+
+
+def test_a_first_request_may_use_the_newest_params_and_goes_out_in_the_negotiated_version(fake: FakeDaemon):
+    # a fresh client frames its first generate before hello has settled a version: it is checked against the newest
+    # version this client speaks, then sent in the version hello settled on
+    async def main() -> Result:
+        async with AsyncClient(fake.endpoint, timeout=5) as c:
+            return await c.complete("hi", speculate=False)
+
+    assert arun(main()).text == "Hello world"
+    sent = fake.requests[-1]
+    assert sent["type"] == "generate" and sent["params"]["speculate"] is False
+    assert sent["v"] == max(protocol.SUPPORTED_VERSIONS)
+
+
+def test_a_param_newer_than_the_daemon_raises_naming_the_version_it_needs(fake: FakeDaemon):
+    def old_hello(req: FakeRequest) -> None:  # a daemon that speaks up to version 2
+        req.ok({"version": 2, "server": "fake/old", "model_type": "qwen3_moe", "limits": dict(protocol.LIMITS)})
+
+    fake.on("hello", old_hello)
+
+    async def main() -> None:
+        async with AsyncClient(fake.endpoint, timeout=5) as c:
+            await c.complete("hi", speculate=False)
+
+    from moed.clients import InvalidParams
+
+    with pytest.raises(InvalidParams, match="version 3"):
+        arun(main())
+    assert fake.types() == ["hello"]  # nothing the daemon would refuse was sent
