@@ -43,15 +43,35 @@ def build_app(config: GatewayConfig, upstream: Upstream) -> web.Application:
         app.on_response_prepare.append(_cors_headers)
     app[CONFIG], app[UPSTREAM], app[STARTED] = config, upstream, time.time()
     app[METRICS] = Metrics(lambda: upstream.snapshot)
-    routes = [*page.routes(), web.get("/metrics", metrics), *openai_api.routes(), *ollama_api.routes()]
-    app.add_routes([_with_expect(r) for r in routes])
+    app.add_routes(_every_route_expects([*page.routes(), web.get("/metrics", metrics), *openai_api.routes(),
+                                         *ollama_api.routes()]))
     return app
 
 
-def _with_expect(route: web.AbstractRouteDef) -> web.AbstractRouteDef:
-    if not isinstance(route, web.RouteDef):
-        return route
-    return web.RouteDef(route.method, route.path, route.handler, {"expect_handler": _expect, **route.kwargs})
+def _every_route_expects(routes: list[web.RouteDef]) -> list[web.RouteDef]:
+    """The routes with `_expect` as their Expect handler, and routes of our own for what aiohttp would answer itself
+    (405 for another method on a known path, 404 for an unknown path): aiohttp's own answers would use its own
+    Expect handler."""
+    out: list[web.RouteDef] = []
+    paths = list(dict.fromkeys(r.path for r in routes))
+    for path in paths:
+        mine = [r for r in routes if r.path == path]
+        out += [web.RouteDef(r.method, r.path, r.handler, {"expect_handler": _expect, **r.kwargs}) for r in mine]
+        out.append(web.route(hdrs.METH_ANY, path, _method_not_allowed, expect_handler=_expect))
+    out.append(web.route(hdrs.METH_ANY, "/{unrouted:.*}", _not_found, expect_handler=_expect))
+    return out
+
+
+async def _method_not_allowed(request: web.Request) -> web.StreamResponse:
+    allowed = {r.method for r in request.match_info.route.resource if r.method != hdrs.METH_ANY}
+    raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
+
+
+_UNROUTED = (_method_not_allowed, _not_found)
 
 
 async def _expect(request: web.Request) -> None:
@@ -105,7 +125,7 @@ def _from_http(e: web.HTTPException) -> ApiError:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     m = request.app[METRICS]
     route = request.match_info.route.resource
-    label = route.canonical if route is not None else "unmatched"
+    label = route.canonical if route is not None and request.match_info.handler not in _UNROUTED else "unmatched"
     m.in_flight.inc()
     code = 500
     try:

@@ -144,6 +144,8 @@ def test_requests_the_gateway_rejects(fake):
 def test_metrics_from_status_and_counters(fake):
     with gateway(fake.endpoint) as gw:
         http("POST", gw.url + "/v1/chat/completions", CHAT)
+        assert http("GET", gw.url + "/v1/chat/completions").status == 405
+        assert http("GET", gw.url + "/no/such/route").status == 404
         text = http("GET", gw.url + "/metrics").body.decode()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(text) for s in fam.samples}
@@ -157,6 +159,9 @@ def test_metrics_from_status_and_counters(fake):
     assert samples[("moed_time_to_first_token_seconds_count", ())] == 1
     key = ("moed_http_requests_total", (("api", "openai"), ("code", "200"), ("route", "/v1/chat/completions")))
     assert samples[key] == 1
+    unrouted = {(labels["code"], labels["route"]) for (name, items), _ in samples.items()
+                if name == "moed_http_requests_total" for labels in [dict(items)] if labels["code"] in ("404", "405")}
+    assert unrouted == {("404", "unmatched"), ("405", "unmatched")}  # one series for all such paths, not one each
 
 
 def test_no_daemon_is_503_and_metrics_say_down():
