@@ -34,7 +34,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
-from .keyed import derive_seed
+from .keyed import KeyedSampler
 from ..speculation import SpeculationConfig
 from .adaptive import AdaptiveK
 from .drafters import Drafter
@@ -65,20 +65,19 @@ class KeyedPicker:
 
     def __init__(self, sampler: Callable[[mx.array], mx.array], seed: int):
         self.sampler, self.seed = sampler, seed
+        self._keyed = KeyedSampler(sampler, seed)
 
     def __call__(self, logprobs: mx.array, first_index: int) -> mx.array:
         rows = []
         for r in range(logprobs.shape[0]):
-            # the global key is set right before each draw (the MLX thread is its only user); the draw is lazy
-            mx.random.seed(derive_seed(self.seed, first_index + r))
-            rows.append(self.sampler(logprobs[r:r + 1]).reshape(1))
+            self._keyed.index = first_index + r
+            rows.append(self._keyed(logprobs[r:r + 1]).reshape(1))
         return mx.concatenate(rows)
 
-    def counting_sampler(self) -> Callable[[mx.array], mx.array]:
+    def counting_sampler(self) -> KeyedSampler:
         """An mlx-lm sampler (one [1, vocab] row per call) keyed by its call count from 0: the same keyed draws in
         mlx-lm's own loop, without speculation."""
-        calls = iter(range(1 << 62))
-        return lambda logprobs: self(logprobs, next(calls))
+        return KeyedSampler(self.sampler, self.seed)
 
 
 def make_picker(temp: float = 0.0, top_p: float = 0.0, top_k: int = 0, min_p: float = 0.0,
