@@ -13,9 +13,10 @@ admitted beside it:
 The scheduler runs one pass per loop iteration, so cancels, limits, intake and the pace cap land between passes
 as between batch steps (a pass is one step), and it calls `leave` before it admits anyone else. The Speculator
 (engine/speculative.py) lives on the Job, so its adaptive K keeps what it learned across visits to the lane.
-Where adaptive K chooses 0 (drafts not accepted, or verification not cheaper), passes are plain steps pipelined
-as the batch's are: the next step is queued before the current token is read back, and the run lasts while K stays
-0 (engine/speculative_loop.py does the same), so a request that backed off decodes at the batch's speed.
+The lane decodes with the engine's Decoder (engine/speculative_loop.py): where adaptive K chooses 0 (drafts not
+accepted, or verification not cheaper), passes are plain steps pipelined as the batch's are (the next step is
+queued before the current token is read back, while K stays 0), so a request that backed off decodes at the batch's
+speed.
 
 Exactness. Taking the row out: the batch has already fed the last emitted token into the row's cache and sampled
 the one after it; the lane trims that token from the cache and feeds it again as row 0 of its first pass, so it
@@ -36,14 +37,14 @@ is kept on the request (`job.failure`), as guard_sampler does.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Container
+from typing import TYPE_CHECKING, Any, Container
 
 import mlx.core as mx
 
 from .engine.drafters import DraftModel, load_draft_model, make_drafter
 from .engine.speculative import GreedyPicker, KeyedPicker, Speculator, cache_trimmable
+from .engine.speculative_loop import Decoder
 from .isolation import Spoil
 from .speculation import SpeculationConfig
 
@@ -122,16 +123,8 @@ def picker_for(job: Job) -> _GuardedPicker:
 class SoloLane:
     """One request decoding alone with speculation; see the module docstring."""
 
-    def __init__(self, job: Job, uid: int, cache: list[Any], context: list[int], speculator: Speculator,
-                 model: Watched, stream: Any, clock: Callable[[], float] = time.perf_counter):
-        self.job, self.uid, self.cache, self.context = job, uid, cache, context
-        self.speculator, self.model, self.stream, self.clock = speculator, model, stream, clock
-        self.picker = picker_for(job)
-        # a plain run in flight: the next token, queued but not read back (its input, context[-1], is in the
-        # cache); the K decided at the end of a run, for the pass after it; when the last plain token came
-        self.pending: mx.array | None = None
-        self.k: int | None = None
-        self.tic = 0.0
+    def __init__(self, job: Job, uid: int, decoder: Decoder):
+        self.job, self.uid, self.decoder = job, uid, decoder
 
     @classmethod
     def enter(cls, bg: BatchGenerator, uid: int, job: Job, speculator: Speculator, model: Watched) -> SoloLane:
@@ -141,7 +134,7 @@ class SoloLane:
         for c in cache:
             c.trim(1)  # the last token is fed again as the first pass's row 0
         speculator.start(context)
-        return cls(job, uid, cache, context, speculator, model, bg.stream)
+        return cls(job, uid, Decoder(model, cache, context, speculator, picker_for(job), bg.stream))
 
     @property
     def remaining(self) -> int:
@@ -151,42 +144,8 @@ class SoloLane:
     def step(self) -> Pass:
         """One pass, as the request's adaptive K decides: a verification pass of K drafts, or (K = 0) one plain
         step of a pipelined run. At most `remaining` tokens. Raises what the model raises."""
-        s, limit = self.speculator, self.remaining
-        if self.pending is None:
-            k, self.k = (s.choose(limit) if self.k is None else self.k), None
-            if k > 0:
-                drafted, accepted = s.draft_tokens, s.accepted_tokens
-                with mx.stream(self.stream):
-                    tokens = s.step(self.model, self.cache, self.picker, self.job.generated, limit, k=k)
-                self.context += tokens
-                return Pass(tokens, s.draft_tokens - drafted, s.accepted_tokens - accepted,
-                            self.model.spoiled(len(tokens)))
-            self.pending = self._plain(mx.array([self.context[-1]], dtype=mx.uint32), self.job.generated)
-            self.tic = self.clock()
-        return Pass([self._plain_token(limit)], 0, 0, self.model.spoiled(1))
-
-    def _plain_token(self, limit: int) -> int:
-        """The plain run's next token; the step after it is queued first while K stays 0 (as mlx-lm's loop and
-        the batch do: the device computes it while the host reads this one back and routes it)."""
-        s, pending, index = self.speculator, self.pending, self.job.generated
-        assert pending is not None
-        k = s.choose(limit - 1) if limit > 1 else 0  # the decision for the token after this one
-        self.pending = self._plain(pending, index + 1) if limit > 1 and k == 0 else None
-        self.k = None if self.pending is not None or limit <= 1 else k
-        token = int(pending.item())
-        now = self.clock()
-        s.plain(token, now - self.tic)
-        self.tic = now
-        self.context.append(token)  # in the cache if a step on it is queued; else fed by the next pass
-        return token
-
-    def _plain(self, y: mx.array, index: int) -> mx.array:
-        """Queue one plain step on token y ([1], maybe not computed yet): the next token at `index`, lazily."""
-        with mx.stream(self.stream):
-            logits = self.model(y[None], cache=self.cache)[:, -1, :]
-            token = self.picker(logits - mx.logsumexp(logits, axis=-1, keepdims=True), index)
-        mx.async_eval(token)
-        return token
+        tokens, drafted, accepted = self.decoder.step(self.job.generated, self.remaining)
+        return Pass(tokens, drafted, accepted, self.decoder.model.spoiled(len(tokens)))
 
     def routed(self, p: Pass, eos: Container[int]) -> list[tuple[int, bool, bool]]:
         """The pass's tokens as the scheduler feeds them: (token, is end-of-sequence, is the max_tokens-th). Call
@@ -196,17 +155,14 @@ class SoloLane:
 
     def leave(self, bg: BatchGenerator) -> int:
         """Put the row back into the batch with its cache; returns its new uid. The lane is spent."""
-        job = self.job
-        if self.pending is not None:  # drop the queued step: the batch feeds its input token again
-            for c in self.cache:
-                c.trim(1)
-            self.pending = None
+        job, d = self.job, self.decoder
+        d.drop_pending()  # the batch feeds that step's input token again
         if job.keyed is not None:
             job.keyed.index = job.generated  # the batch's first draw is the token at this position
         job.prefilled = 0  # the one-token prompt is all the batch will process for it
-        uid: int = bg.insert([[self.context[-1]]], max_tokens=[self.remaining], caches=[self.cache],
-                             all_tokens=[self.context[:-1]], samplers=[job.sampler])[0]
-        self.cache = []
+        uid: int = bg.insert([[d.context[-1]]], max_tokens=[self.remaining], caches=[d.cache],
+                             all_tokens=[d.context[:-1]], samplers=[job.sampler])[0]
+        d.cache = []
         return uid
 
 

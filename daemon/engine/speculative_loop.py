@@ -4,10 +4,11 @@
 
 1. Prefill as mlx-lm's generate_step does: the prompt but its last token in chunks of PREFILL_STEP, then one step on
    the last token picks the first generated token (position 0).
-2. Then, per decision of the speculator's adaptive K: K > 0 is one verification pass (speculative.py), emitting
-   1..K+1 tokens; K = 0 starts a run of plain steps pipelined as mlx-lm's loop is (the next step's graph is built and
-   queued before the current token is read back), which lasts while K stays 0: so a request that has backed off
-   decodes at plain speed. Without a speculator (a cache that cannot be rewound) every step is such a plain step.
+2. Then a Decoder, per decision of the speculator's adaptive K: K > 0 is one verification pass (speculative.py),
+   emitting 1..K+1 tokens; K = 0 starts a run of plain steps pipelined as mlx-lm's loop is (the next step's graph is
+   built and queued before the current token is read back), which lasts while K stays 0: so a request that has
+   backed off decodes at plain speed. Without a speculator (a cache that cannot be rewound) every step is such a
+   plain step. The daemon's solo lane decodes with the same Decoder.
 
 The token at generated position i is always picked with the picker at index i, whatever the pass it falls in.
 """
@@ -56,56 +57,85 @@ def speculative_tokens(model: nn.Module, ids: list[int], max_tokens: int, picker
     if spec is not None:
         spec.start(ids + [first])
     yield first
-    done, last = 1, first
-    k = spec.choose(limit - done) if spec is not None else 0
+    decoder = Decoder(model, cache, ids + [first], spec, picker, generation_stream, clock)
+    done = 1
     while done < limit:
-        if k == 0:
-            run = _plain_run(model, cache, last, picker, done, limit, spec, clock)
-            while True:
-                try:
-                    last = next(run)
-                except StopIteration as stop:
-                    k = stop.value
-                    break
-                done += 1
-                stats.verify_passes += 1
-                yield last
-            continue
-        with mx.stream(generation_stream):
-            out = spec.step(model, cache, picker, done, limit - done, k=k)
+        tokens, _, _ = decoder.step(done, limit - done)
         stats.verify_passes += 1
-        stats.draft_tokens, stats.accepted_tokens = spec.draft_tokens, spec.accepted_tokens
-        for t in out:
-            yield t
-        done, last = done + len(out), out[-1]
-        k = spec.choose(limit - done) if done < limit else 0
-
-
-def _plain_run(model: nn.Module, cache: list[Any], last: int, picker: Picker, index: int, limit: int,
-               spec: Speculator | None, clock: Callable[[], float]):
-    """Plain steps, each queued before the previous token is read back, while the speculator keeps choosing K = 0.
-    Yields token ids (positions index, index + 1, ...); returns the K > 0 that ends the run (0 at the limit)."""
-    with mx.stream(generation_stream):
-        pending = _step(model, cache, mx.array([last], dtype=mx.uint32), picker, index)
-    mx.async_eval(pending)
-    tic = clock()
-    while True:
-        index += 1
-        k = 0 if index >= limit or spec is None else spec.choose(limit - index)
-        go_on = index < limit and k == 0
-        if go_on:
-            with mx.stream(generation_stream):
-                after = _step(model, cache, pending, picker, index)
-            mx.async_eval(after)
-        token = int(pending.item())
         if spec is not None:
-            now = clock()
-            spec.plain(token, now - tic)
-            tic = now
-        yield token
-        if not go_on:
-            return k
-        pending = after
+            stats.draft_tokens, stats.accepted_tokens = spec.draft_tokens, spec.accepted_tokens
+        yield from tokens
+        done += len(tokens)
+
+
+class Decoder:
+    """One request decoding from its own KV cache: verification passes where adaptive K chooses K > 0, else plain
+    steps pipelined as mlx-lm's loop is (the next step is queued before the current token is read back, for as long
+    as K stays 0). Without a speculator every step is such a plain step. The engine's loop (speculative_tokens) and
+    the daemon's solo lane (solo_lane.py) both decode with it.
+
+    `context` is the prompt and the tokens emitted so far; its last token is not in the cache yet."""
+
+    def __init__(self, model: Any, cache: list[Any], context: list[int], speculator: Speculator | None,
+                 picker: Picker, stream: Any, clock: Callable[[], float] = time.perf_counter):
+        self.model, self.cache, self.context = model, cache, context
+        self.speculator, self.picker, self.stream, self.clock = speculator, picker, stream, clock
+        # a plain run in flight: the next token, queued but not read back (its input, context[-1], is in the
+        # cache); the K decided at the end of a run, for the pass after it; when the last plain token came
+        self.pending: mx.array | None = None
+        self.k: int | None = None
+        self.tic = 0.0
+
+    def step(self, index: int, limit: int) -> tuple[list[int], int, int]:
+        """One pass: (tokens emitted, drafts checked, drafts accepted). A verification pass of K drafts, or (K = 0)
+        one plain step of a pipelined run. `index`: tokens generated so far (the key index of the first token
+        emitted); `limit`: the most tokens it may emit (>= 1). Raises what the model raises."""
+        s = self.speculator
+        if self.pending is None:
+            k, self.k = (self._choose(limit) if self.k is None else self.k), None
+            if k > 0:
+                assert s is not None
+                drafted, accepted = s.draft_tokens, s.accepted_tokens
+                with mx.stream(self.stream):
+                    tokens = s.step(self.model, self.cache, self.picker, index, limit, k=k)
+                self.context += tokens
+                return tokens, s.draft_tokens - drafted, s.accepted_tokens - accepted
+            self.pending = self._plain(mx.array([self.context[-1]], dtype=mx.uint32), index)
+            self.tic = self.clock()
+        return [self._plain_token(index, limit)], 0, 0
+
+    def drop_pending(self) -> None:
+        """Drop a queued plain step and take its input back out of the cache: context[-1] is uncached again."""
+        if self.pending is not None:
+            for c in self.cache:
+                c.trim(1)
+            self.pending = None
+
+    def _choose(self, limit: int) -> int:
+        return self.speculator.choose(limit) if self.speculator is not None and limit > 0 else 0
+
+    def _plain_token(self, index: int, limit: int) -> int:
+        """The plain run's next token; the step after it is queued first while K stays 0 (the device computes it
+        while the host reads this one back and routes it)."""
+        pending = self.pending
+        assert pending is not None
+        k = self._choose(limit - 1)  # the decision for the token after this one
+        self.pending = self._plain(pending, index + 1) if limit > 1 and k == 0 else None
+        self.k = None if self.pending is not None or limit <= 1 else k
+        token = int(pending.item())
+        now = self.clock()
+        if self.speculator is not None:
+            self.speculator.plain(token, now - self.tic)
+        self.tic = now
+        self.context.append(token)  # in the cache if a step on it is queued; else fed by the next pass
+        return token
+
+    def _plain(self, y: mx.array, index: int) -> mx.array:
+        """Queue one plain step on token y ([1], maybe not computed yet): the next token at `index`, lazily."""
+        with mx.stream(self.stream):
+            token = _step(self.model, self.cache, y, self.picker, index)
+        mx.async_eval(token)
+        return token
 
 
 def _step(model: nn.Module, cache: list[Any], y: mx.array, picker: Picker, index: int) -> mx.array:
