@@ -120,6 +120,10 @@ def run_speculation(args: argparse.Namespace) -> int:
     from ..bench.spec_report import pass_cost_lines, profile_table, spec_table, summarise_spec
 
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
+    problem = _speculation_problem(split(args.speculation), split(args.workloads), args)
+    if problem:
+        print(f"moed bench: {problem}", file=sys.stderr)
+        return 2
     common = {"workloads": list(split(args.workloads)), "max_tokens": args.max_tokens, "prompts": args.prompts}
     extra = {"draft_model": args.draft_model, "max_draft": args.num_draft}
     common.update({k: v for k, v in extra.items() if v is not None})
@@ -156,6 +160,25 @@ def run_speculation(args: argparse.Namespace) -> int:
                     f"{meta['backend']} ({meta['cpus']} CPUs, load {load0[0]:.1f} before / "
                     f"{meta['loadavg'][0]:.1f} after)\n\n{args.note}\n\n`{cmd}`\n\n{text}\n")
     return 1 if any("error" in r for r in records) else 0
+
+
+def _speculation_problem(modes: tuple[str, ...], workloads: tuple[str, ...], args: argparse.Namespace) -> str | None:
+    """What is wrong with the speculation matrix's settings, checked before any configuration runs; None if nothing."""
+    from ..bench.workloads import WORKLOADS
+    from ..speculation import SpeculationConfig
+
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown or not workloads:
+        return f"--workloads {args.workloads!r}: give some of {', '.join(WORKLOADS)}, separated by commas"
+    if not modes:
+        return "--speculation: give modes separated by commas, e.g. off,lookup"
+    try:
+        for mode in modes:
+            SpeculationConfig(mode=mode, draft_model=args.draft_model if mode == "draft" else None,
+                              **({"max_draft": args.num_draft} if args.num_draft is not None else {}))
+    except ValueError as e:
+        return f"--speculation {args.speculation}: {e}"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

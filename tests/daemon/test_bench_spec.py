@@ -158,3 +158,18 @@ def test_on_the_trained_fixture_quoting_is_drafted_accepted_and_exact_at_25_perc
     assert [x["tokens"] for x in fig["runs"]] == [x["tokens"] for x in ref["workloads"]["quote"]["runs"]]
     assert fig["accepted_tokens"] > 0 and fig["tokens_per_pass"] > 1  # the fixture quotes its prompt
     assert fig["syncs_per_token"] < 6  # fewer synchronised layer calls than one per layer per token
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--speculation", "maybe"], "'maybe' is not one of off, lookup, draft"),
+    (["--speculation", "lookup", "--workloads", "quote,nope"], "give some of quote, quote-train, free"),
+    (["--speculation", "off,draft"], "needs a draft model"),
+    (["--speculation", "lookup", "--num-draft", "0"], "give 1 to 32"),
+])
+def test_bench_refuses_a_bad_speculation_matrix_before_running_anything(tmp_path, capsys, argv, says):
+    from moed.daemon.cli import main
+
+    # the store is not even looked at: the settings are checked first, so nothing runs (no subprocess, no rows)
+    assert main(["bench", str(tmp_path / "no-store"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moed bench: ") and says in err and "Traceback" not in err
