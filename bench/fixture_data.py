@@ -148,6 +148,17 @@ def heldout_copy_windows(corpus: Corpus, span: int = 48) -> tuple[np.ndarray, np
     return np.asarray(rows, np.int32), np.asarray(masks, np.float32)
 
 
+def random_eval_rows(corpus: Corpus, seq_len: int, rows: int = 16, seed: int = 12345
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed set of random rows and their target weights, to measure copying itself (no text to recall)."""
+    rng = np.random.default_rng(seed)
+    made = [random_row(corpus, rng, seq_len) for _ in range(rows)]
+    ids = np.stack([r for r, _ in made])
+    # copy_scores masks targets with masks[:, 1:]: shift the target weights by one to line them up
+    weights = np.stack([np.concatenate([[0.0], w]) for _, w in made]).astype(np.float32)
+    return ids, weights
+
+
 def unigram_perplexity(corpus: Corpus) -> float:
     """Perplexity of the held-out tokens under an add-one smoothed unigram fitted on the training tokens."""
     counts = np.bincount(corpus.train, minlength=corpus.vocab).astype(np.float64) + 1.0

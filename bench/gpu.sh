@@ -4,6 +4,7 @@
 #                               # upload paths, greedy exactness at 100 % and 25 %
 #   bench/gpu.sh bench   # moed bench against mlx-lm: budgets, read modes, the synced path for comparison
 #   bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
+#   bench/gpu.sh fixture # bench/train_variants.py: fixture recipes trained side by side, the best one back (~6 min)
 #   bench/gpu.sh speculation # the trained fixture (tests/fixtures/trained-moe) converted to a store; moed bench
 #                               # --speculation off,lookup at 100 % and 25 %, quote/quote-train/free (~3-4 min)
 #   bench/gpu.sh model|profile|paired|upload|paths|host|readpath|exact|serve
@@ -90,6 +91,14 @@ exact)  # greedy tokens against mlx-lm at 100 % and 25 %
 serve)  # concurrent sequences through the daemon at 100 % (~2 min)
   moed bench "$ST" --clients 1,4,8 --cache-budget 100% --steps 64 --prompt-len 32 --out "$OUT/clients100.json" | tail -5
   ;;
+fixture)  # train the fixture recipes of bench/train_variants.py side by side (~6 min); the winner comes back as
+  # fixture.tar.part-* (cat them, untar into tests/fixtures/trained-moe), every variant's record in variants.tar
+  python3 -m bench.train_variants /tmp/fx --max-seconds "${SECONDS_EACH:-300}" || true
+  tar -C /tmp/fx -cf "$OUT/variants.tar" summary.json $(cd /tmp/fx && ls -d */training.json *.log 2>/dev/null)
+  if [ -d /tmp/fx/winner ]; then
+    tar -C /tmp/fx/winner -cf /tmp/fixture.tar . && split -b 15m /tmp/fixture.tar "$OUT/fixture.tar.part-"
+  fi
+  ;;
 speculation)  # the trained fixture: real routing; speculation off vs lookup, alternated (REPEAT rounds), 25 % first
   FX=${FIXTURE:-tests/fixtures/trained-moe}; FS=$M/trained-store
   rm -rf "$FS"; moed convert "$FX" "$FS" --quiet  # small: always from the fixture given
@@ -102,6 +111,6 @@ speculation)  # the trained fixture: real routing; speculation off vs lookup, al
     ref=()
   done
   ;;
-*) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients|speculation" >&2
+*) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients|fixture|speculation" >&2
    exit 2 ;;
 esac

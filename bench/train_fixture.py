@@ -4,7 +4,9 @@ top-8, normalised top-k), on the training part of the bundled corpus, saved as a
     python -m bench.train_fixture OUT_DIR [--steps N] [--max-seconds S] [--note "..."]
 
 AdamW with linear warmup and cosine decay, a fixed seed, a router load-balancing term; shares of the rows are copy
-rows of training text and random rows (a random span repeated), the rest plain text (bench/fixture_data.py). Every
+rows of training text and random rows (a random span repeated), the rest plain text (bench/fixture_data.py);
+--random-only-steps first trains on random rows alone, so copying (an induction circuit) forms before the small
+training text can be memorised, and weights are only kept from after that phase. Every
 --eval-every steps the held-out text loss and the held-out copy loss are measured; the weights with the lowest
 weighted mean of the two (--copy-select-weight) are kept and training stops after --patience evaluations
 without improvement (or at --steps / --max-seconds). The kept float
@@ -50,6 +52,7 @@ class TrainConfig:
     shuffled_fraction: float = 0.5  # of copy rows: spans in random order, learnable only by copying
     random_fraction: float = 0.5  # rows of a random span repeated (fresh each step): copying that cannot overfit
     text_weight: float = 1.0  # loss weight of the training-text rows (plain and copy rows)
+    random_only_steps: int = 0  # a first phase of random rows only: copying learnt before any text can overfit
     copy_select_weight: float = 1.0  # weight of the held-out copy loss against the text loss in the selection
     dropout: float = 0.2
     input_noise: float = 0.1
@@ -78,6 +81,7 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     opt = make_optimizer(tc)
     ev_in, ev_tg = fd.heldout_windows(corpus, tc.seq_len)
     cp_rows, cp_mask = fd.heldout_copy_windows(corpus)
+    rnd_rows, rnd_weights = fd.random_eval_rows(corpus, tc.seq_len)
     state = [model.state, opt.state, mx.random.state]
     grad_fn = nn.value_and_grad(model, fm.loss_fn)
 
@@ -93,8 +97,10 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     curve, best, best_score, since_best = [], None, math.inf, 0
     t0, tokens, done, ce_acc, n_acc = time.perf_counter(), 0, 0, 0.0, 0
     for i in range(1, tc.steps + 1):
+        curriculum = i <= tc.random_only_steps
         rows, weights = fd.training_batch(corpus, rng, tc.batch, tc.seq_len, tc.copy_fraction,
-                                          tc.shuffled_fraction, tc.random_fraction, tc.text_weight)
+                                          tc.shuffled_fraction, 1.0 if curriculum else tc.random_fraction,
+                                          tc.text_weight)
         inputs, targets = fd.add_input_noise(rows, rng, tc.input_noise, dims.vocab)
         loss, ce = step(mx.array(inputs), mx.array(targets), mx.array(weights))
         mx.eval(state, loss, ce)
@@ -105,11 +111,14 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
         last = i == tc.steps or (tc.max_seconds and time.perf_counter() - t1 > tc.max_seconds)
         if i % tc.eval_every == 0 or last:
             point = {"step": i, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 1),
-                     "train_loss": round(ce_acc / n_acc, 4), **heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask)}
+                     "train_loss": round(ce_acc / n_acc, 4), **heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask),
+                     "random_copy_accuracy": round(fm.copy_scores(model, rnd_rows, rnd_weights)[1], 4)}
             score = selection_score(point, tc.copy_select_weight)
             curve.append(point)
             ce_acc, n_acc = 0.0, 0
             log(json.dumps(point))
+            if curriculum and not last:
+                continue  # weights are chosen, and patience counted, only once text is trained on
             if score < best_score:
                 best_score, since_best = score, 0
                 best = {"step": i, "tokens": tokens, "weights": dict(tree_flatten(model.parameters()))}

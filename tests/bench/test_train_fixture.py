@@ -119,3 +119,47 @@ def test_boolean_options_parse_as_words():
     assert tf.parse_args(["out"])[2].compile_step is True
     with pytest.raises(SystemExit):
         tf.parse_args(["out", "--compile-step", "maybe"])
+
+
+def test_random_eval_rows_weigh_the_repeats_of_each_row(corpus):
+    ids, weights = fd.random_eval_rows(corpus, 64, rows=4)
+    again, _ = fd.random_eval_rows(corpus, 64, rows=4)
+    assert ids.shape == weights.shape == (4, 65) and np.array_equal(ids, again)  # fixed rows: a comparable curve
+    for row, w in zip(ids, weights):
+        first = int(np.argmax(w))  # weights index row positions: the first weighted token repeats row[1]
+        unit = first - 1
+        assert w[0] == 0 and row[first] == row[1] and (w[first:] == 1).all()
+        assert list(row[first:]) == list(row[1:65 - unit])
+
+
+def test_a_random_only_phase_trains_on_random_rows_and_keeps_weights_from_after_it(tmp_path: Path, monkeypatch):
+    fractions = []
+    real = fd.training_batch
+
+    def spy(corpus, rng, size, seq_len, copy_fraction, shuffled, random_fraction, text_weight=1.0):
+        fractions.append(random_fraction)
+        return real(corpus, rng, size, seq_len, copy_fraction, shuffled, random_fraction, text_weight)
+
+    monkeypatch.setattr(fd, "training_batch", spy)
+    tc = tf.TrainConfig(steps=12, batch=2, seq_len=32, warmup=2, eval_every=2, patience=100, random_only_steps=8,
+                        random_fraction=0.25, compile_step=False)
+    _, _, record = tf.train(TINY, tc, log=lambda s: None)
+    assert fractions == [1.0] * 8 + [0.25] * 4
+    assert record["best_step"] in (10, 12)  # never a step of the random-only phase
+    assert all(0.0 <= p["random_copy_accuracy"] <= 1.0 for p in record["loss_curve"])
+
+
+def test_every_variant_parses_and_the_winner_quotes_best_within_the_perplexity_limit(tmp_path: Path):
+    from bench import train_variants as tv
+
+    for flags in tv.VARIANTS.values():
+        tf.parse_args(["out", *tv.COMMON, *flags])  # a typo in a flag would stop a whole GPU visit
+    figures = {"A": (80.0, 0.40), "B": (90.0, 0.70), "C": (150.0, 0.95)}  # C quotes best but is too perplexed
+    for name, (ppl, acc) in figures.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "training.json").write_text(json.dumps({
+            "best_step": 100, "steps_run": 200, "heldout_ppl_quantized": ppl, "unigram_ppl": 200.0,
+            "heldout_copy_accuracy_quantized": acc, "loss_curve": [{"random_copy_accuracy": 0.9}]}))
+    summary = tv.summarise(tmp_path, ["A", "B", "C", "D"], max_ratio=0.5)
+    assert summary["winner"] == "B" and summary["variants"]["D"] == {"failed": True}
+    assert summary["variants"]["C"]["ppl_ratio"] == 0.75

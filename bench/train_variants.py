@@ -1,0 +1,86 @@
+"""Train several fixture recipes at once on one GPU and keep the one that quotes best.
+
+    python -m bench.train_variants OUT_DIR [--only A,C] [--max-seconds S]
+
+Each variant is `python -m bench.train_fixture OUT_DIR/NAME` with the flags in VARIANTS, run as its own process
+(one small model leaves most of an H100 idle, so four share it well). The winner is the variant whose 4-bit
+checkpoint has the highest held-out copy accuracy among those whose held-out perplexity is at most
+--max-ppl-ratio x the unigram's; OUT_DIR/summary.json lists every variant's figures and the winner, and
+OUT_DIR/winner is a copy of the winning checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COMMON = ["--batch", "32", "--seq-len", "256", "--compile-step", "false", "--eval-every", "50", "--seed", "0"]
+
+# name -> flags beyond COMMON. A-B and D: a first phase of random rows only (copying before text); C: no such
+# phase, mostly random rows and lightly weighted text from the start.
+VARIANTS: dict[str, list[str]] = {
+    "A": ["--random-only-steps", "1000", "--steps", "2500", "--random-fraction", "0.5", "--text-weight", "0.5",
+          "--copy-fraction", "0.25", "--dropout", "0.2", "--input-noise", "0.05", "--patience", "12"],
+    "B": ["--random-only-steps", "2000", "--steps", "3500", "--random-fraction", "0.5", "--text-weight", "0.5",
+          "--copy-fraction", "0.25", "--dropout", "0.2", "--input-noise", "0.05", "--patience", "12"],
+    "C": ["--steps", "3500", "--random-fraction", "0.75", "--text-weight", "0.25", "--copy-fraction", "0.25",
+          "--dropout", "0.1", "--input-noise", "0.0", "--patience", "100", "--copy-select-weight", "2"],
+    "D": ["--random-only-steps", "1000", "--steps", "2500", "--lr", "2e-3", "--random-fraction", "0.5",
+          "--text-weight", "0.5", "--copy-fraction", "0.25", "--dropout", "0.1", "--input-noise", "0.0",
+          "--patience", "12"],
+}
+
+
+def summarise(out: Path, names: list[str], max_ratio: float) -> dict:
+    """Every variant's figures and the winner (None if no variant kept its perplexity under the limit)."""
+    rows = {}
+    for name in names:
+        record = out / name / "training.json"
+        if not record.exists():
+            rows[name] = {"failed": True}
+            continue
+        r = json.loads(record.read_text())
+        rows[name] = {"flags": VARIANTS[name], "best_step": r["best_step"], "steps_run": r["steps_run"],
+                      "heldout_ppl_quantized": r["heldout_ppl_quantized"], "unigram_ppl": r["unigram_ppl"],
+                      "ppl_ratio": round(r["heldout_ppl_quantized"] / r["unigram_ppl"], 3),
+                      "copy_accuracy_quantized": r["heldout_copy_accuracy_quantized"],
+                      "random_copy_accuracy_last": r["loss_curve"][-1].get("random_copy_accuracy")}
+    eligible = [n for n, r in rows.items() if not r.get("failed") and r["ppl_ratio"] <= max_ratio]
+    winner = max(eligible, key=lambda n: rows[n]["copy_accuracy_quantized"], default=None)
+    return {"max_ppl_ratio": max_ratio, "variants": rows, "winner": winner}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.train_variants", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variant names (default: all)")
+    p.add_argument("--max-seconds", default="300", help="each variant's training time limit (after its first step)")
+    p.add_argument("--max-ppl-ratio", type=float, default=0.5, help="held-out perplexity / unigram a winner needs")
+    a = p.parse_args(argv)
+    names = [n for n in a.only.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    a.out.mkdir(parents=True, exist_ok=True)
+    t0, procs = time.perf_counter(), {}
+    for name in names:
+        cmd = [sys.executable, "-m", "bench.train_fixture", str(a.out / name), *COMMON, *VARIANTS[name],
+               "--max-seconds", a.max_seconds, "--note", f"bench/train_variants.py variant {name}"]
+        procs[name] = subprocess.Popen(cmd, stdout=(a.out / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
+    for name, proc in procs.items():
+        print(f"{name}: exit {proc.wait()} after {time.perf_counter() - t0:.0f} s", flush=True)
+    summary = summarise(a.out, names, a.max_ppl_ratio)
+    (a.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    if summary["winner"]:
+        shutil.copytree(a.out / summary["winner"], a.out / "winner", dirs_exist_ok=True)
+    return 0 if summary["winner"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
