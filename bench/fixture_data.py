@@ -76,14 +76,44 @@ def batch(corpus: Corpus, rng: np.random.Generator, size: int, seq_len: int, cop
     return np.stack(rows).astype(np.int32)
 
 
-def random_row(corpus: Corpus, rng: np.random.Generator, seq_len: int, min_span: int = 8
+RANDOM_SOURCES = ("uniform", "unigram", "shuffled", "mixed")
+
+
+def random_span(corpus: Corpus, rng: np.random.Generator, span: int, source: str) -> np.ndarray:
+    """`span` token ids that cannot be recalled from training, only copied: uniform over the non-special ids,
+    drawn from the training text's unigram distribution, or a training window shuffled; "mixed" picks one of the
+    three per span. The text-like sources keep a copy circuit from learning to fire only on uniform noise."""
+    if source == "mixed":
+        source = RANDOM_SOURCES[int(rng.integers(0, 3))]
+    if source == "uniform":
+        return rng.integers(3, corpus.vocab, span).astype(np.int32)  # ids 0-2 are the special tokens
+    if source == "unigram":
+        return rng.choice(corpus.vocab, size=span, p=_unigram(corpus)).astype(np.int32)
+    if source == "shuffled":
+        start = int(rng.integers(0, len(corpus.train) - span))
+        return rng.permutation(corpus.train[start:start + span]).astype(np.int32)
+    raise ValueError(f"unknown random-row source {source!r}; expected one of {', '.join(RANDOM_SOURCES)}")
+
+
+_UNIGRAMS: dict[int, np.ndarray] = {}
+
+
+def _unigram(corpus: Corpus) -> np.ndarray:
+    key = id(corpus.train)
+    if key not in _UNIGRAMS:
+        counts = np.bincount(corpus.train, minlength=corpus.vocab).astype(np.float64)
+        counts[:3] = 0.0  # no special tokens inside a span
+        _UNIGRAMS[key] = counts / counts.sum()
+    return _UNIGRAMS[key]
+
+
+def random_row(corpus: Corpus, rng: np.random.Generator, seq_len: int, min_span: int = 8, source: str = "uniform"
                ) -> tuple[np.ndarray, np.ndarray]:
     """[BOS] + (random span + separator) repeated to seq_len + 1 ids, and the weights of its seq_len targets:
-    0 over the first span and the separator after it (unpredictable), 1 after."""
+    0 over the first span and the separator after it (unpredictable), 1 after. `source`: see random_span."""
     sep = np.asarray(corpus.separator, dtype=np.int32)
     span = int(rng.integers(min_span, max(min_span, (seq_len - len(sep)) // 2) + 1))
-    ids = rng.integers(3, corpus.vocab, span).astype(np.int32)  # ids 0-2 are the special tokens
-    unit = np.concatenate([ids, sep])
+    unit = np.concatenate([random_span(corpus, rng, span, source), sep])
     body = np.tile(unit, seq_len // len(unit) + 1)[:seq_len]
     weights = np.ones(seq_len, np.float32)
     weights[:len(unit)] = 0.0  # target j is body[j]: the first span and its separator cannot be predicted
@@ -91,15 +121,15 @@ def random_row(corpus: Corpus, rng: np.random.Generator, seq_len: int, min_span:
 
 
 def training_batch(corpus: Corpus, rng: np.random.Generator, size: int, seq_len: int, copy_fraction: float,
-                   shuffled_fraction: float, random_fraction: float, text_weight: float = 1.0
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   shuffled_fraction: float, random_fraction: float, text_weight: float = 1.0,
+                   random_source: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
     """A (size, seq_len + 1) int32 batch and (size, seq_len) loss weights of its targets. Each row is a random row
-    with probability `random_fraction`, else as in `batch`; rows of training text weigh `text_weight` (below 1 it
+    with probability `random_fraction` (its span drawn from `random_source`), else as in `batch`; rows of training text weigh `text_weight` (below 1 it
     slows memorising the small text while the copy rows go on training)."""
     rows, weights = [], []
     for _ in range(size):
         if rng.random() < random_fraction:
-            row, w = random_row(corpus, rng, seq_len)
+            row, w = random_row(corpus, rng, seq_len, source=random_source)
         else:
             row = (copy_row(corpus, rng, seq_len, shuffled=rng.random() < shuffled_fraction)
                    if rng.random() < copy_fraction else plain_row(corpus, rng, seq_len))

@@ -52,8 +52,10 @@ class TrainConfig:
     shuffled_fraction: float = 0.5  # of copy rows: spans in random order, learnable only by copying
     random_fraction: float = 0.5  # rows of a random span repeated (fresh each step): copying that cannot overfit
     text_weight: float = 1.0  # loss weight of the training-text rows (plain and copy rows)
+    random_source: str = "uniform"  # what random rows repeat: uniform ids, unigram draws, shuffled text, mixed
     random_only_steps: int = 0  # a first phase of random rows only: copying learnt before any text can overfit
     copy_select_weight: float = 1.0  # weight of the held-out copy loss against the text loss in the selection
+    select_ppl_ratio: float = 0.0  # >0: keep the best held-out copy loss among points within this x unigram ppl
     dropout: float = 0.2
     input_noise: float = 0.1
     eval_every: int = 50
@@ -82,6 +84,7 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     ev_in, ev_tg = fd.heldout_windows(corpus, tc.seq_len)
     cp_rows, cp_mask = fd.heldout_copy_windows(corpus)
     rnd_rows, rnd_weights = fd.random_eval_rows(corpus, tc.seq_len)
+    unigram = fd.unigram_perplexity(corpus)
     state = [model.state, opt.state, mx.random.state]
     grad_fn = nn.value_and_grad(model, fm.loss_fn)
 
@@ -100,7 +103,7 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
         curriculum = i <= tc.random_only_steps
         rows, weights = fd.training_batch(corpus, rng, tc.batch, tc.seq_len, tc.copy_fraction,
                                           tc.shuffled_fraction, 1.0 if curriculum else tc.random_fraction,
-                                          tc.text_weight)
+                                          tc.text_weight, random_source=tc.random_source)
         inputs, targets = fd.add_input_noise(rows, rng, tc.input_noise, dims.vocab)
         loss, ce = step(mx.array(inputs), mx.array(targets), mx.array(weights))
         mx.eval(state, loss, ce)
@@ -113,7 +116,7 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
             point = {"step": i, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 1),
                      "train_loss": round(ce_acc / n_acc, 4), **heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask),
                      "random_copy_accuracy": round(fm.copy_scores(model, rnd_rows, rnd_weights)[1], 4)}
-            score = selection_score(point, tc.copy_select_weight)
+            score = selection_score(point, tc.copy_select_weight, tc.select_ppl_ratio and tc.select_ppl_ratio * unigram)
             curve.append(point)
             ce_acc, n_acc = 0.0, 0
             log(json.dumps(point))
@@ -142,9 +145,24 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
     return model, config, record
 
 
-def selection_score(point: dict, copy_weight: float) -> float:
-    """What the kept weights minimise: the weighted mean of the held-out text loss and held-out copy loss."""
+def selection_score(point: dict, copy_weight: float, max_ppl: float = 0.0) -> float:
+    """What the kept weights minimise: the weighted mean of the held-out text loss and held-out copy loss; with
+    `max_ppl`, the held-out copy loss alone where the held-out perplexity is at most max_ppl (else infinity, with
+    the weighted mean added so that the least bad point still wins when none qualifies)."""
+    if max_ppl:
+        if math.exp(point["heldout_loss"]) <= max_ppl:
+            return point["heldout_copy_loss"]
+        return 1e6 + (point["heldout_loss"] + copy_weight * point["heldout_copy_loss"]) / (1.0 + copy_weight)
     return (point["heldout_loss"] + copy_weight * point["heldout_copy_loss"]) / (1.0 + copy_weight)
+
+
+def selection_text(tc: TrainConfig) -> str:
+    where = "copy loss on quoted held-out spans, bench/fixture_data.heldout_copy_windows"
+    if tc.select_ppl_ratio:
+        return (f"the kept weights minimise the held-out copy loss ({where}) among evaluations whose held-out "
+                f"perplexity is at most {tc.select_ppl_ratio} x the unigram's")
+    return (f"the kept weights minimise (held-out text loss + {tc.copy_select_weight} x held-out copy loss) / "
+            f"{1 + tc.copy_select_weight} ({where})")
 
 
 def heldout_point(model, ev_in, ev_tg, cp_rows, cp_mask) -> dict:
@@ -193,11 +211,10 @@ def run(out: Path, dims: fm.FixtureDims, tc: TrainConfig, note: str = "", log=pr
         "heldout_copy_accuracy_quantized": q_eval["heldout_copy_accuracy"],
         "heldout_expert_load_float": load,
         "copy_fraction": tc.copy_fraction, "shuffled_copy_fraction": tc.shuffled_fraction,
-        "random_copy_fraction": tc.random_fraction, "text_weight": tc.text_weight,
+        "random_copy_fraction": tc.random_fraction, "random_source": tc.random_source,
+        "random_only_steps": tc.random_only_steps, "text_weight": tc.text_weight,
         "aux_loss_coef": tc.aux_coef, "dropout": tc.dropout, "input_noise": tc.input_noise,
-        "selection": f"the kept weights minimise (held-out text loss + {tc.copy_select_weight} x held-out copy "
-                     f"loss) / {1 + tc.copy_select_weight} (copy loss on quoted held-out spans, "
-                     "bench/fixture_data.heldout_copy_windows)",
+        "selection": selection_text(tc),
         "quantization": {"bits": tc.bits, "group_size": tc.group_size, "router_bits": 8,
                          "other_tensors": "float32"},
         "perplexity_definition": "exp(mean NLL) of every held-out token, teacher-forced in consecutive windows "
@@ -230,6 +247,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, fm.FixtureDims, Tra
     a = vars(p.parse_args(argv))
     dims = fm.FixtureDims(**{k: a[k] for k in asdict(fm.FixtureDims())})
     tc = TrainConfig(**{k: a[k] for k in asdict(TrainConfig())})
+    if tc.random_source not in fd.RANDOM_SOURCES:
+        p.error(f"--random-source {tc.random_source!r}: expected one of {', '.join(fd.RANDOM_SOURCES)}")
     return a["out"], dims, tc, a["note"]
 
 

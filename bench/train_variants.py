@@ -21,19 +21,18 @@ from pathlib import Path
 
 COMMON = ["--batch", "32", "--seq-len", "256", "--compile-step", "false", "--eval-every", "50", "--seed", "0"]
 
-# name -> flags beyond COMMON. A-B and D: a first phase of random rows only (copying before text); C: no such
-# phase, mostly random rows and lightly weighted text from the start.
+# name -> flags beyond COMMON. A first visit (2026-12-06, bench/results/fixture.md) showed that random rows of
+# uniform ids teach a copy circuit that fires on uniform noise but not on text, and that a random-only first
+# phase leaves text at unigram level; these variants mix from the start and draw random rows that look like text.
 VARIANTS: dict[str, list[str]] = {
-    "A": ["--random-only-steps", "1000", "--steps", "2500", "--random-fraction", "0.5", "--text-weight", "0.5",
-          "--copy-fraction", "0.25", "--dropout", "0.2", "--input-noise", "0.05", "--patience", "12"],
-    "B": ["--random-only-steps", "2000", "--steps", "3500", "--random-fraction", "0.5", "--text-weight", "0.5",
-          "--copy-fraction", "0.25", "--dropout", "0.2", "--input-noise", "0.05", "--patience", "12"],
-    "C": ["--steps", "3500", "--random-fraction", "0.75", "--text-weight", "0.25", "--copy-fraction", "0.25",
-          "--dropout", "0.1", "--input-noise", "0.0", "--patience", "100", "--copy-select-weight", "2"],
-    "D": ["--random-only-steps", "1000", "--steps", "2500", "--lr", "2e-3", "--random-fraction", "0.5",
-          "--text-weight", "0.5", "--copy-fraction", "0.25", "--dropout", "0.1", "--input-noise", "0.0",
-          "--patience", "12"],
+    "E": ["--random-source", "unigram", "--random-fraction", "0.75", "--text-weight", "0.25"],
+    "F": ["--random-source", "shuffled", "--random-fraction", "0.75", "--text-weight", "0.25"],
+    "G": ["--random-source", "mixed", "--random-fraction", "0.75", "--text-weight", "0.25"],
+    "H": ["--random-source", "mixed", "--random-fraction", "0.6", "--text-weight", "0.5", "--copy-fraction", "0.5",
+          "--shuffled-fraction", "1.0"],
 }
+SHARED = ["--steps", "3500", "--copy-fraction", "0.25", "--dropout", "0.1", "--input-noise", "0.0",
+          "--patience", "100", "--select-ppl-ratio", "0.5"]
 
 
 def summarise(out: Path, names: list[str], max_ratio: float) -> dict:
@@ -45,7 +44,7 @@ def summarise(out: Path, names: list[str], max_ratio: float) -> dict:
             rows[name] = {"failed": True}
             continue
         r = json.loads(record.read_text())
-        rows[name] = {"flags": VARIANTS[name], "best_step": r["best_step"], "steps_run": r["steps_run"],
+        rows[name] = {"flags": SHARED + VARIANTS[name], "best_step": r["best_step"], "steps_run": r["steps_run"],
                       "heldout_ppl_quantized": r["heldout_ppl_quantized"], "unigram_ppl": r["unigram_ppl"],
                       "ppl_ratio": round(r["heldout_ppl_quantized"] / r["unigram_ppl"], 3),
                       "copy_accuracy_quantized": r["heldout_copy_accuracy_quantized"],
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     t0, procs = time.perf_counter(), {}
     for name in names:
-        cmd = [sys.executable, "-m", "bench.train_fixture", str(a.out / name), *COMMON, *VARIANTS[name],
+        cmd = [sys.executable, "-m", "bench.train_fixture", str(a.out / name), *COMMON, *SHARED, *VARIANTS[name],
                "--max-seconds", a.max_seconds, "--note", f"bench/train_variants.py variant {name}"]
         procs[name] = subprocess.Popen(cmd, stdout=(a.out / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
     for name, proc in procs.items():

@@ -136,9 +136,9 @@ def test_a_random_only_phase_trains_on_random_rows_and_keeps_weights_from_after_
     fractions = []
     real = fd.training_batch
 
-    def spy(corpus, rng, size, seq_len, copy_fraction, shuffled, random_fraction, text_weight=1.0):
+    def spy(corpus, rng, size, seq_len, copy_fraction, shuffled, random_fraction, text_weight=1.0, **kw):
         fractions.append(random_fraction)
-        return real(corpus, rng, size, seq_len, copy_fraction, shuffled, random_fraction, text_weight)
+        return real(corpus, rng, size, seq_len, copy_fraction, shuffled, random_fraction, text_weight, **kw)
 
     monkeypatch.setattr(fd, "training_batch", spy)
     tc = tf.TrainConfig(steps=12, batch=2, seq_len=32, warmup=2, eval_every=2, patience=100, random_only_steps=8,
@@ -153,13 +153,44 @@ def test_every_variant_parses_and_the_winner_quotes_best_within_the_perplexity_l
     from bench import train_variants as tv
 
     for flags in tv.VARIANTS.values():
-        tf.parse_args(["out", *tv.COMMON, *flags])  # a typo in a flag would stop a whole GPU visit
-    figures = {"A": (80.0, 0.40), "B": (90.0, 0.70), "C": (150.0, 0.95)}  # C quotes best but is too perplexed
+        tf.parse_args(["out", *tv.COMMON, *tv.SHARED, *flags])  # a typo in a flag would stop a whole GPU visit
+    figures = {"E": (80.0, 0.40), "F": (90.0, 0.70), "G": (150.0, 0.95)}  # G quotes best but is too perplexed
     for name, (ppl, acc) in figures.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "training.json").write_text(json.dumps({
             "best_step": 100, "steps_run": 200, "heldout_ppl_quantized": ppl, "unigram_ppl": 200.0,
             "heldout_copy_accuracy_quantized": acc, "loss_curve": [{"random_copy_accuracy": 0.9}]}))
-    summary = tv.summarise(tmp_path, ["A", "B", "C", "D"], max_ratio=0.5)
-    assert summary["winner"] == "B" and summary["variants"]["D"] == {"failed": True}
-    assert summary["variants"]["C"]["ppl_ratio"] == 0.75
+    summary = tv.summarise(tmp_path, ["E", "F", "G", "H"], max_ratio=0.5)
+    assert summary["winner"] == "F" and summary["variants"]["H"] == {"failed": True}
+    assert summary["variants"]["G"]["ppl_ratio"] == 0.75
+
+
+@pytest.mark.parametrize("source", fd.RANDOM_SOURCES)
+def test_random_rows_of_every_source_repeat_a_span_of_ordinary_ids(corpus, source):
+    rng = np.random.default_rng(3)
+    row, w = fd.random_row(corpus, rng, 96, source=source)
+    unit = int(np.argmax(w))
+    body = row[1:]
+    assert (body[:unit] >= 3).all() or source in ("shuffled", "mixed")  # text windows hold no specials either
+    assert list(body[unit:]) == list(body[:96 - unit])
+    if source == "shuffled":
+        span = body[:unit - len(corpus.separator)]
+        assert any(sorted(span) == sorted(corpus.train[s:s + len(span)]) for s in range(len(corpus.train) - len(span)))
+    with pytest.raises(ValueError, match="unknown random-row source"):
+        fd.random_span(corpus, rng, 8, "gaussian")
+
+
+def test_unigram_rows_follow_the_training_texts_frequencies(corpus):
+    rng = np.random.default_rng(4)
+    drawn = np.concatenate([fd.random_span(corpus, rng, 64, "unigram") for _ in range(300)])
+    common = np.bincount(corpus.train, minlength=corpus.vocab).argmax()
+    assert (drawn == common).mean() > 5 / corpus.vocab  # the most frequent text token is far above uniform
+
+
+def test_selection_under_a_perplexity_limit_prefers_copying_among_eligible_points():
+    good_text = {"heldout_loss": 4.0, "heldout_copy_loss": 1.2}  # ppl 54.6
+    better_copy = {"heldout_loss": 4.5, "heldout_copy_loss": 1.0}  # ppl 90.0
+    too_perplexed = {"heldout_loss": 5.0, "heldout_copy_loss": 0.5}  # ppl 148
+    score = lambda p: tf.selection_score(p, 1.0, max_ppl=100.0)  # noqa: E731
+    assert score(better_copy) < score(good_text) < score(too_perplexed)
+    assert tf.selection_score(good_text, 1.0) < tf.selection_score(better_copy, 1.0)  # the weighted mean otherwise
