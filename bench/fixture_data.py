@@ -122,21 +122,39 @@ def random_row(corpus: Corpus, rng: np.random.Generator, seq_len: int, min_span:
 
 def training_batch(corpus: Corpus, rng: np.random.Generator, size: int, seq_len: int, copy_fraction: float,
                    shuffled_fraction: float, random_fraction: float, text_weight: float = 1.0,
-                   random_source: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
+                   random_source: str = "uniform", quote_weight: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """A (size, seq_len + 1) int32 batch and (size, seq_len) loss weights of its targets. Each row is a random row
-    with probability `random_fraction` (its span drawn from `random_source`), else as in `batch`; rows of training text weigh `text_weight` (below 1 it
-    slows memorising the small text while the copy rows go on training)."""
+    with probability `random_fraction` (its span drawn from `random_source`), else as in `batch`; rows of training
+    text weigh `text_weight` (below 1 it slows memorising the small text while the copy rows go on training),
+    except the quoted repeat of a *shuffled* copy row, which weighs `quote_weight` (default `text_weight`): it can
+    only be predicted by copying text from the context, so it may weigh as much as a random row."""
     rows, weights = [], []
     for _ in range(size):
         if rng.random() < random_fraction:
             row, w = random_row(corpus, rng, seq_len, source=random_source)
-        else:
-            row = (copy_row(corpus, rng, seq_len, shuffled=rng.random() < shuffled_fraction)
-                   if rng.random() < copy_fraction else plain_row(corpus, rng, seq_len))
+        elif rng.random() < copy_fraction:
+            shuffled = rng.random() < shuffled_fraction
+            row = copy_row(corpus, rng, seq_len, shuffled=shuffled)
             w = np.full(seq_len, text_weight, np.float32)
+            if shuffled and quote_weight is not None:
+                span = quoted_span_length(row, corpus)
+                sep = len(corpus.separator)
+                w[span + sep + 1:2 * span + sep] = quote_weight  # the repeat's targets after its first token
+        else:
+            row, w = plain_row(corpus, rng, seq_len), np.full(seq_len, text_weight, np.float32)
         rows.append(row)
         weights.append(w)
     return np.stack(rows).astype(np.int32), np.stack(weights)
+
+
+def quoted_span_length(row: np.ndarray, corpus: Corpus) -> int:
+    """The span length of a copy row ([BOS] span sep span ...): the shortest span that the row repeats."""
+    body, sep = row[1:], list(corpus.separator)
+    for span in range(1, (len(body) - len(sep)) // 2 + 1):
+        if list(body[span:span + len(sep)]) == sep and np.array_equal(body[:span], body[span + len(sep):2 * span + len(sep)]):
+            return span
+    raise ValueError("not a copy row: no span is repeated after the separator")
 
 
 def add_input_noise(rows: np.ndarray, rng: np.random.Generator, rate: float, vocab: int) -> np.ndarray:

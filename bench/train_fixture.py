@@ -53,6 +53,7 @@ class TrainConfig:
     random_fraction: float = 0.5  # rows of a random span repeated (fresh each step): copying that cannot overfit
     text_weight: float = 1.0  # loss weight of the training-text rows (plain and copy rows)
     random_source: str = "uniform"  # what random rows repeat: uniform ids, unigram draws, shuffled text, mixed
+    quote_weight: float = -1.0  # loss weight of a shuffled copy row's quoted repeat; <0: text_weight
     random_only_steps: int = 0  # a first phase of random rows only: copying learnt before any text can overfit
     copy_select_weight: float = 1.0  # weight of the held-out copy loss against the text loss in the selection
     select_ppl_ratio: float = 0.0  # >0: keep the best held-out copy loss among points within this x unigram ppl
@@ -103,7 +104,8 @@ def train(dims: fm.FixtureDims, tc: TrainConfig, log=print) -> tuple[object, dic
         curriculum = i <= tc.random_only_steps
         rows, weights = fd.training_batch(corpus, rng, tc.batch, tc.seq_len, tc.copy_fraction,
                                           tc.shuffled_fraction, 1.0 if curriculum else tc.random_fraction,
-                                          tc.text_weight, random_source=tc.random_source)
+                                          tc.text_weight, random_source=tc.random_source,
+                                          quote_weight=tc.quote_weight if tc.quote_weight >= 0 else None)
         inputs, targets = fd.add_input_noise(rows, rng, tc.input_noise, dims.vocab)
         loss, ce = step(mx.array(inputs), mx.array(targets), mx.array(weights))
         mx.eval(state, loss, ce)
@@ -212,7 +214,7 @@ def run(out: Path, dims: fm.FixtureDims, tc: TrainConfig, note: str = "", log=pr
         "heldout_expert_load_float": load,
         "copy_fraction": tc.copy_fraction, "shuffled_copy_fraction": tc.shuffled_fraction,
         "random_copy_fraction": tc.random_fraction, "random_source": tc.random_source,
-        "random_only_steps": tc.random_only_steps, "text_weight": tc.text_weight,
+        "random_only_steps": tc.random_only_steps, "text_weight": tc.text_weight, "quote_weight": tc.quote_weight,
         "aux_loss_coef": tc.aux_coef, "dropout": tc.dropout, "input_noise": tc.input_noise,
         "selection": selection_text(tc),
         "quantization": {"bits": tc.bits, "group_size": tc.group_size, "router_bits": 8,

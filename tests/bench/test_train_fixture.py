@@ -154,15 +154,15 @@ def test_every_variant_parses_and_the_winner_quotes_best_within_the_perplexity_l
 
     for flags in tv.VARIANTS.values():
         tf.parse_args(["out", *tv.COMMON, *tv.SHARED, *flags])  # a typo in a flag would stop a whole GPU visit
-    figures = {"E": (80.0, 0.40), "F": (90.0, 0.70), "G": (150.0, 0.95)}  # G quotes best but is too perplexed
+    figures = {"I": (80.0, 0.40), "J": (90.0, 0.70), "K": (150.0, 0.95)}  # K quotes best but is too perplexed
     for name, (ppl, acc) in figures.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "training.json").write_text(json.dumps({
             "best_step": 100, "steps_run": 200, "heldout_ppl_quantized": ppl, "unigram_ppl": 200.0,
             "heldout_copy_accuracy_quantized": acc, "loss_curve": [{"random_copy_accuracy": 0.9}]}))
-    summary = tv.summarise(tmp_path, ["E", "F", "G", "H"], max_ratio=0.5)
-    assert summary["winner"] == "F" and summary["variants"]["H"] == {"failed": True}
-    assert summary["variants"]["G"]["ppl_ratio"] == 0.75
+    summary = tv.summarise(tmp_path, ["I", "J", "K", "L"], max_ratio=0.5)
+    assert summary["winner"] == "J" and summary["variants"]["L"] == {"failed": True}
+    assert summary["variants"]["K"]["ppl_ratio"] == 0.75
 
 
 @pytest.mark.parametrize("source", fd.RANDOM_SOURCES)
@@ -194,3 +194,15 @@ def test_selection_under_a_perplexity_limit_prefers_copying_among_eligible_point
     score = lambda p: tf.selection_score(p, 1.0, max_ppl=100.0)  # noqa: E731
     assert score(better_copy) < score(good_text) < score(too_perplexed)
     assert tf.selection_score(good_text, 1.0) < tf.selection_score(better_copy, 1.0)  # the weighted mean otherwise
+
+
+def test_shuffled_copy_rows_weigh_their_quoted_repeat_as_asked(corpus):
+    rows, w = fd.training_batch(corpus, np.random.default_rng(5), 30, 64, copy_fraction=1.0, shuffled_fraction=1.0,
+                                random_fraction=0.0, text_weight=0.25, quote_weight=1.0)
+    sep = len(corpus.separator)
+    for row, weights in zip(rows, w):
+        span = fd.quoted_span_length(row, corpus)
+        assert (weights[span + sep + 1:2 * span + sep] == 1.0).all()  # every target of the repeat after its first
+        assert weights[span + sep] == 0.25 and (weights[:span + sep] == 0.25).all()
+        assert (weights[2 * span + sep:] == 0.25).all()
+        assert list(row[1 + span + sep + 1:1 + 2 * span + sep]) == list(row[2:1 + span])  # which are the copies
