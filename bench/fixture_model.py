@@ -162,7 +162,8 @@ def save_checkpoint(model: nn.Module, config: dict, out: Path, vocab: int) -> in
     if index.exists() and _single_shard(index):
         index.unlink()  # one shard: mlx_lm.load reads model*.safetensors without the index
     save_config(config, config_path=out / "config.json")
-    write_tokenizer_files(out, vocab, config["max_position_embeddings"])
+    # every training row starts with BOS: the checkpoint's tokenizer adds it, as Llama's does
+    write_tokenizer_files(out, vocab, config["max_position_embeddings"], add_bos=True)
     return sum(p.stat().st_size for p in out.iterdir() if p.is_file())
 
 

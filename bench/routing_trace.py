@@ -155,7 +155,7 @@ def record(ckpt: str, mode: str, *, tokens: int = 0, window: int = 0, chunk: int
     t0 = time.perf_counter()
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     if mode == "forced":
-        text = part_of(tokenizer.encode(heldout_text()), part)
+        text = part_of(tokenizer.encode(heldout_text(), add_special_tokens=False), part)
         text = text[:tokens] if tokens else text
         step = window - len(bos) if window else len(text)
         pieces = [bos + text[i : i + step] for i in range(0, len(text), step)]
@@ -167,10 +167,10 @@ def record(ckpt: str, mode: str, *, tokens: int = 0, window: int = 0, chunk: int
         kind = np.zeros(len(toks), np.uint8)
     elif mode == "sampled":
         passages = [p for p in part_of(heldout_passages(), part)
-                    if len(tokenizer.encode(p)) >= prompt_tokens][:prompts]
+                    if len(tokenizer.encode(p, add_special_tokens=False)) >= prompt_tokens][:prompts]
         parts, toks, seq, kind = [], [], [], []
         for n, passage in enumerate(passages):
-            prompt = bos + tokenizer.encode(passage)[:prompt_tokens]
+            prompt = bos + tokenizer.encode(passage, add_special_tokens=False)[:prompt_tokens]
             gen = sample(model, prompt, new_tokens, temp, seed + n)
             parts.append(collect(recorders, depth))
             fed = prompt + gen[:-1]

@@ -33,19 +33,29 @@ def _passages(kind: str) -> list[str]:
     return heldout_passages() if kind == "heldout" else train_passages()
 
 
+def _bare(tokenizer, text: str) -> list[int]:
+    """`text`'s ids without the special tokens the tokenizer may add around a sequence."""
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _lead(tokenizer) -> list[int]:
+    """What the tokenizer puts before every sequence (BOS for a tokenizer that adds it, else nothing)."""
+    full, bare = list(tokenizer.encode("a")), _bare(tokenizer, "a")
+    return full[:len(full) - len(bare)]
+
+
 def quote_prompts(tokenizer, *, kind: str = "heldout", count: int = 3, max_tokens: int = 64,
                   prefix_tokens: int = 8) -> list[Prompt]:
     """Prompts "passage, blank line, its first `prefix_tokens` tokens": the rest of the quoted span is exactly
     `max_tokens` tokens, so a model that quotes faithfully generates the passage to its quoted end."""
     need = prefix_tokens + max_tokens
-    out = []
+    lead, sep, out = _lead(tokenizer), _bare(tokenizer, SEPARATOR), []
     for i, text in enumerate(_passages(kind)):
-        ids = list(tokenizer.encode(text))
+        ids = _bare(tokenizer, text)
         if len(ids) < need:
             continue
         span = ids[:need]
-        sep = list(tokenizer.encode(SEPARATOR))
-        prompt = span + sep + span[:prefix_tokens]
+        prompt = lead + span + sep + span[:prefix_tokens]
         out.append(Prompt("quote" if kind == "heldout" else "quote-train", f"{kind}[{i}]", tuple(prompt), max_tokens))
         if len(out) == count:
             break
@@ -54,12 +64,12 @@ def quote_prompts(tokenizer, *, kind: str = "heldout", count: int = 3, max_token
 
 def free_prompts(tokenizer, *, count: int = 3, max_tokens: int = 64, prompt_tokens: int = 48) -> list[Prompt]:
     """Prompts "a held-out passage's first `prompt_tokens` tokens", continued freely for `max_tokens`."""
-    out = []
+    lead, out = _lead(tokenizer), []
     for i, text in enumerate(_passages("heldout")):
-        ids = list(tokenizer.encode(text))
+        ids = _bare(tokenizer, text)
         if len(ids) < prompt_tokens:
             continue
-        out.append(Prompt("free", f"heldout[{i}]", tuple(ids[:prompt_tokens]), max_tokens))
+        out.append(Prompt("free", f"heldout[{i}]", tuple(lead + ids[:prompt_tokens]), max_tokens))
         if len(out) == count:
             break
     return _enough(out, count, "heldout", prompt_tokens)

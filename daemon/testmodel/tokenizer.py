@@ -77,26 +77,41 @@ def train_tokenizer(vocab_size: int) -> Tokenizer:
     return Tokenizer.from_str(_trained_json(vocab_size))
 
 
+def _bos_json(vocab_size: int) -> str:
+    """The trained tokenizer with a post-processor that puts BOS before every encoded sequence."""
+    tok = Tokenizer.from_str(_trained_json(vocab_size))
+    bos = (BOS, tok.token_to_id(BOS))
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[bos]),
+    ])
+    return tok.to_str()
+
+
 def special_ids(tok: Tokenizer) -> dict[str, int]:
     """Token ids of bos, eos and pad."""
     return {"bos": tok.token_to_id(BOS), "eos": tok.token_to_id(IM_END), "pad": tok.token_to_id(BOS)}
 
 
-def write_tokenizer_files(out: Path, vocab_size: int, model_max_length: int) -> None:
-    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and generation_config.json."""
+def write_tokenizer_files(out: Path, vocab_size: int, model_max_length: int, add_bos: bool = False) -> None:
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and generation_config.json.
+
+    `add_bos`: encoding a text puts the BOS token first, and so does the chat template, as for a model that
+    was trained with BOS at the start of every row (the trained fixture): without it such a model is lost."""
     ids = special_ids(train_tokenizer(vocab_size))
-    (out / "tokenizer.json").write_text(_trained_json(vocab_size), encoding="utf-8")
+    (out / "tokenizer.json").write_text(_bos_json(vocab_size) if add_bos else _trained_json(vocab_size),
+                                        encoding="utf-8")
     _dump(out / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS,
         "eos_token": IM_END,
         "pad_token": BOS,
         "unk_token": None,
-        "add_bos_token": False,
+        "add_bos_token": add_bos,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": ("{{- bos_token }}" if add_bos else "") + CHAT_TEMPLATE,
     })
     _dump(out / "special_tokens_map.json", {
         "bos_token": BOS,

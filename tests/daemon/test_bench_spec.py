@@ -13,8 +13,22 @@ from moed.daemon.testmodel.split import heldout_passages, train_passages
 class _Tok:
     """A stand-in tokenizer: one id per character (the workloads only encode)."""
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) for c in text]
+
+
+class _BosTok(_Tok):
+    """A tokenizer that puts BOS (id 0) before every sequence, as the trained fixture's does."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return ([0] if add_special_tokens else []) + super().encode(text)
+
+
+def test_prompts_start_with_one_bos_where_the_tokenizer_adds_it_and_hold_none_inside():
+    for name in ("quote", "free"):
+        for p in prompts(name, _BosTok(), count=2, max_tokens=16):
+            assert p.ids[0] == 0 and 0 not in p.ids[1:]
+        assert all(0 not in p.ids for p in prompts(name, _Tok(), count=2, max_tokens=16))
 
 
 def test_a_quote_prompt_holds_a_heldout_passage_then_its_start_whose_quoted_rest_is_max_tokens_long():
