@@ -6,7 +6,8 @@
 #   bench/gpu.sh clients # concurrent sequences through the daemon at 100 % and 25 %
 #   bench/gpu.sh fixture # bench/train_variants.py: fixture recipes trained side by side, the best one back (~6 min)
 #   bench/gpu.sh speculation # the trained fixture (tests/fixtures/trained-moe) converted to a store; moed bench
-#                               # --speculation off,lookup at 100 % and 25 %, quote/quote-train/free (~3-4 min)
+#                               # --speculation off,lookup at 100 % and 25 %, quote/quote-train/free, then a random
+#                               # small model at 25 % (drafts fail there) (~5 min)
 #   bench/gpu.sh model|profile|paired|upload|paths|host|readpath|exact|serve
 #                               # a short visit, one phase per step: the model; where a step goes; 100 % against
 #                               # mlx-lm (in one process, alternated); upload candidates; 25 % per
@@ -110,6 +111,11 @@ speculation)  # the trained fixture: real routing; speculation off vs lookup, al
       --out "$OUT/speculation-$b.json" --results "$OUT/speculation.md" --note "lent GPU, bench/gpu.sh speculation"
     ref=()
   done
+  # where drafts fail: a random-weight model (prompt lookup finds next to nothing), to show speculation costs nothing
+  [ -d "$M/small-store" ] || { moed make-test-model "$M/small" --size small >/dev/null; moed convert "$M/small" "$M/small-store" --quiet; }
+  moed bench "$M/small-store" --speculation off,lookup --workloads free,quote --budgets 25 --max-tokens "${TOKENS:-128}" \
+    --prompts 3 --repeat "${REPEAT:-3}" --out "$OUT/speculation-random-25.json" --results "$OUT/speculation.md" \
+    --note "lent GPU, bench/gpu.sh speculation, random-weight small model"
   ;;
 *) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients|fixture|speculation" >&2
    exit 2 ;;
