@@ -105,17 +105,21 @@ speculation)  # the trained fixture: real routing; speculation off vs lookup, al
   rm -rf "$FS"; moed convert "$FX" "$FS" --quiet  # small: always from the fixture given
   python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)"
   ref=(--reference "$FX")
+  # BUDGETS, MODES, WORKLOADS, NUM_DRAFT (adaptive K's most drafts per pass), TOKENS, REPEAT: see moed bench --help
   for b in ${BUDGETS:-25 100}; do  # one bench per budget: each writes its JSON as soon as it ends
-    moed bench "$FS" "${ref[@]}" --speculation "${MODES:-off,lookup}" --workloads quote,quote-train,free \
+    moed bench "$FS" "${ref[@]}" --speculation "${MODES:-off,lookup}" \
       --budgets "$b" --max-tokens "${TOKENS:-128}" --prompts 3 --repeat "${REPEAT:-3}" --pass-rows 1,2,3,5,9 \
+      ${NUM_DRAFT:+--num-draft "$NUM_DRAFT"} --workloads "${WORKLOADS:-quote,quote-train,free}" \
       --out "$OUT/speculation-$b.json" --results "$OUT/speculation.md" --note "lent GPU, bench/gpu.sh speculation"
     ref=()
   done
   # where drafts fail: a random-weight model (prompt lookup finds next to nothing), to show speculation costs nothing
-  [ -d "$M/small-store" ] || { moed make-test-model "$M/small" --size small >/dev/null; moed convert "$M/small" "$M/small-store" --quiet; }
-  moed bench "$M/small-store" --speculation off,lookup --workloads free,quote --budgets 25 --max-tokens "${TOKENS:-128}" \
-    --prompts 3 --repeat "${REPEAT:-3}" --out "$OUT/speculation-random-25.json" --results "$OUT/speculation.md" \
-    --note "lent GPU, bench/gpu.sh speculation, random-weight small model"
+  if [ "${RANDOM_MODEL:-1}" = 1 ]; then
+    [ -d "$M/small-store" ] || { moed make-test-model "$M/small" --size small >/dev/null; moed convert "$M/small" "$M/small-store" --quiet; }
+    moed bench "$M/small-store" --speculation off,lookup --workloads free,quote --budgets 25 --max-tokens "${TOKENS:-128}" \
+      --prompts 3 --repeat "${REPEAT:-3}" --out "$OUT/speculation-random-25.json" --results "$OUT/speculation.md" \
+      --note "lent GPU, bench/gpu.sh speculation, random-weight small model"
+  fi
   ;;
 *) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients|fixture|speculation" >&2
    exit 2 ;;
