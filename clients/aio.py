@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -71,14 +72,21 @@ class _Recent:
 
 @dataclass(eq=False)
 class _Call:
-    """One request in flight: its replies arrive on `queue` in order, ending with a final or an exception.
-    Implements stream.Call for the Stream that owns it."""
+    """One request in flight: its replies arrive in `items` in order, ending with a final or an exception.
+    Implements stream.Call for the Stream that owns it.
+
+    How a reader waits: on a future of its own (`waiter`), which the receiver resolves when it adds an item, and a
+    deadline timer that outlives the wait. The timer is armed once and moved on lazily: when it fires before the
+    current deadline it re-arms for it, so a reply costs no timer of its own (a stream waits once per chunk)."""
 
     id: str
     type: str
     client: AsyncClient
-    queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
+    items: deque[_Item] = field(default_factory=deque)
     next_seq: int = 0
+    waiter: asyncio.Future[None] | None = None  # while reply() waits for an item
+    deadline: float = math.inf  # loop time at which the waiting reply() gives up
+    timer: asyncio.TimerHandle | None = None
 
     async def reply(self, timeout: float | None) -> dict[str, Any]:
         """The next reply within `timeout` seconds (None: the client's); see AsyncClient._next."""
@@ -91,7 +99,43 @@ class _Call:
 
     def pending(self) -> int:
         """Replies (or a queued failure) that have arrived and not been read: reply() returns them at once."""
-        return self.queue.qsize()
+        return len(self.items)
+
+    def put(self, item: _Item) -> None:
+        """Add a reply or a failure, and wake the reader waiting for one."""
+        self.items.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self, deadline: float) -> bool:
+        """Wait until an item has arrived (True) or the deadline, loop time, has passed (False)."""
+        loop = asyncio.get_running_loop()
+        self.deadline = deadline
+        if self.timer is None or self.timer.when() > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = loop.call_at(deadline, self._on_timer, deadline)
+        self.waiter = loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+        return bool(self.items)
+
+    def _on_timer(self, armed: float) -> None:
+        self.timer = None
+        if self.waiter is None or self.waiter.done():
+            return  # nobody waits: the next wait arms a timer for its own deadline
+        if self.deadline <= armed:
+            self.waiter.set_result(None)  # woken with nothing to read: the wait timed out
+        else:  # a later reply moved the deadline on since this timer was armed
+            self.timer = asyncio.get_running_loop().call_at(self.deadline, self._on_timer, self.deadline)
+
+    def stop_timer(self) -> None:
+        """The call is over (final read, failed or forgotten): its timer goes."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class AsyncClient:
@@ -319,26 +363,22 @@ class AsyncClient:
     async def _next(self, call: _Call, deadline: float) -> dict[str, Any]:
         """The call's next reply, by the deadline (loop time). Raises the exception the receiver queued, or
         Timeout (DaemonUnavailable when the ipc socket file has disappeared meanwhile)."""
-        if not call.queue.empty():  # arrived already: no wait_for (on 3.11 it wraps the get in a new task)
-            item = call.queue.get_nowait()
-        else:
-            item = await self._wait(call, deadline)
-        if isinstance(item, MoedError):
-            raise item
-        return item
-
-    async def _wait(self, call: _Call, deadline: float) -> _Item:
-        wait = max(0.0, deadline - asyncio.get_running_loop().time())
-        try:
-            return await asyncio.wait_for(call.queue.get(), wait)
-        except TimeoutError:  # wait_for's (our Timeout is raised below)
+        if not call.items and not await call.wait(deadline):
             path = ipc_path(self.endpoint)
             if path is not None and not path.exists():
-                raise DaemonUnavailable(f"the daemon at {self.endpoint} went away (socket file gone)") from None
-            raise Timeout(f"no reply to {call.type} request {call.id} within the deadline") from None
+                raise DaemonUnavailable(f"the daemon at {self.endpoint} went away (socket file gone)")
+            raise Timeout(f"no reply to {call.type} request {call.id} within the deadline")
+        item = call.items.popleft()
+        if isinstance(item, MoedError):
+            call.stop_timer()
+            raise item
+        if item["type"] == "final":
+            call.stop_timer()
+        return item
 
     def _forget(self, call: _Call) -> None:
         """The caller gave up on this call: later replies for it are dropped without complaint."""
+        call.stop_timer()
         if self._calls.pop(call.id, None) is not None:
             self._gone.add(call.id)
 
@@ -440,24 +480,26 @@ class AsyncClient:
             monitor.close(linger=0)
 
     async def _receive(self, sock: zmq.asyncio.Socket) -> None:
-        flags = 0
+        # After a wake-up, read on through a plain socket handle on the same socket without waiting while messages
+        # are there: a burst (one daemon step's chunks for many requests) costs one wake-up of this loop and no
+        # Future per message. The flags are plain ints: zmq's are enum.Flag members, whose `&` runs Python code.
+        drain = zmq.Socket.shadow(sock.underlying)
         while True:
             try:
-                frames = await sock.recv_multipart(flags)
-            except zmq.Again:  # the burst is read: wait for the next message
-                flags = 0
-                continue
+                frames = await sock.recv_multipart()
+                while frames:
+                    self._dispatch_safely(frames)
+                    frames = _recv_now(drain)
             except zmq.ZMQError as e:
                 log.debug("receiver stops: %s", e)
                 return
-            # Then read on without waiting while messages are there: a burst (one daemon step's chunks for many
-            # requests) costs one wake-up of this loop instead of one per message.
-            flags = zmq.NOBLOCK
-            try:
-                self._dispatch(frames)
-            except Exception as e:  # a bug here must not silently strand every caller until its deadline
-                log.exception("moed client: cannot handle a reply")
-                self._fail_all(MoedError(f"internal client error handling a reply: {e!r}"))
+
+    def _dispatch_safely(self, frames: list[bytes]) -> None:
+        try:
+            self._dispatch(frames)
+        except Exception as e:  # a bug here must not silently strand every caller until its deadline
+            log.exception("moed client: cannot handle a reply")
+            self._fail_all(MoedError(f"internal client error handling a reply: {e!r}"))
 
     # -- demultiplexing ---------------------------------------------------------------------------------------------
     def _dispatch(self, frames: list[bytes]) -> None:
@@ -480,7 +522,7 @@ class AsyncClient:
         if msg["type"] == "final":
             del self._calls[call.id]
             self._finished.add(call.id)
-        call.queue.put_nowait(msg)
+        call.put(msg)
 
     def _bad_frame(self, e: protocol.ProtocolError) -> None:
         """A reply that breaks the protocol: fail its request, or every request when its id is unreadable (any
@@ -503,7 +545,7 @@ class AsyncClient:
     def _fail(self, call: _Call, err: MoedError) -> None:
         if self._calls.pop(call.id, None) is not None:
             self._gone.add(call.id)
-            call.queue.put_nowait(err)
+            call.put(err)
 
     def _fail_all(self, err: MoedError) -> None:
         for call in list(self._calls.values()):
@@ -512,6 +554,20 @@ class AsyncClient:
     def _violation(self, err: ProtocolViolation) -> None:
         log.warning("moed daemon broke the protocol: %s", err)
         self.violations.append(err)
+
+
+_NOBLOCK, _RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
+
+
+def _recv_now(sock: zmq.Socket[bytes]) -> list[bytes] | None:
+    """The next message's frames if one has arrived, else None (never waits)."""
+    try:
+        frames = [sock.recv(_NOBLOCK)]
+    except zmq.Again:
+        return None
+    while sock.get(_RCVMORE):
+        frames.append(sock.recv(_NOBLOCK))
+    return frames
 
 
 def _stop_monitor(sock: zmq.asyncio.Socket) -> None:
