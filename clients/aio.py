@@ -3,11 +3,12 @@
 How it runs
 - The socket connects on the first call, which first says `hello` (version negotiation, docs/protocol.md). An ipc
   endpoint whose socket file is missing, or a daemon that does not answer hello in time, raises DaemonUnavailable.
-- One receiver task reads every reply and hands it to the request it belongs to, by `id` (a _Call with its own
-  queue), so replies for other requests are never confused. On the way it holds the daemon to the protocol:
-  `seq` must count 0, 1, 2, ... per request (ZeroMQ delivers in order, so a gap is a daemon bug, not tolerated),
-  only generate gets progress and chunks, and exactly one final comes (a reply after it is recorded in
-  `violations`, because the call it concerned has already returned).
+- One reader (loopsocket.LoopSocket: a callback on the socket, a burst of replies in one call) hands every reply
+  to the request it belongs to, by `id` (a _Call with its own queue), so replies for other requests are never
+  confused. On the way it holds the daemon to the protocol: `seq` must count 0, 1, 2, ... per request (ZeroMQ
+  delivers in order, so a gap is a daemon bug, not tolerated), only generate gets progress and chunks, and exactly
+  one final comes (a reply after it is recorded in `violations`, because the call it concerned has already
+  returned).
 - A Stream (stream.py) sees its client only through the stream.Exchange interface (new_request, send_request,
   cancel) and its request only as a stream.Call (reply, abandon), which AsyncClient and _Call implement.
 - Deadlines: a unary call (hello, status, cancel, ...) has one deadline, `timeout` seconds, for its whole life;
@@ -41,6 +42,7 @@ from .endpoints import default_endpoint, ipc_path
 from .errors import DaemonUnavailable, MoedError, ProtocolViolation, Timeout
 from .events import Health, Hello, RequestInfo, Result, Status
 from .keys import ENV_CLIENT_KEY, ClientKey, client_key_from_env
+from .loopsocket import LoopSocket
 from .stream import Stream
 
 log = logging.getLogger("moed.client")
@@ -155,6 +157,7 @@ class AsyncClient:
         self.server: Hello | None = None  # the daemon's hello answer, once connected
         self.violations: deque[ProtocolViolation] = deque(maxlen=100)  # ones no caller could be told about
         self._sock: zmq.asyncio.Socket | None = None
+        self._io: LoopSocket | None = None  # sends and receives on _sock (see loopsocket.py)
         self._tasks: list[asyncio.Task[None]] = []
         self._calls: dict[str, _Call] = {}
         self._finished, self._gone = _Recent(), _Recent()
@@ -274,6 +277,8 @@ class AsyncClient:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._io is not None:
+            self._io.close()
         if self._sock is not None:
             self._sock.close(linger=0)
 
@@ -347,12 +352,12 @@ class AsyncClient:
         return result
 
     async def _open(self, rid: str, type_: str, frame: bytes) -> _Call:
-        if self._closed or self._sock is None:
+        if self._closed or self._io is None:
             raise MoedError("the client is closed" if self._closed else "the client is not connected")
         call = _Call(rid, type_, self)
         self._calls[rid] = call  # before sending: the reply may come back before send() returns
         try:
-            await self._sock.send(frame)
+            await self._io.send(frame)
         except BaseException as e:
             self._calls.pop(rid, None)
             if isinstance(e, zmq.ZMQError):
@@ -432,8 +437,8 @@ class AsyncClient:
             monitor.close(linger=0)
             sock.close(linger=0)
             raise DaemonUnavailable(f"cannot connect to {self.endpoint}: {e}") from None
-        self._sock = sock
-        self._tasks = [asyncio.create_task(self._receive(sock)), asyncio.create_task(self._watch(sock, monitor))]
+        self._sock, self._io = sock, LoopSocket(sock, self._dispatch_safely)
+        self._tasks = [asyncio.create_task(self._watch(sock, monitor))]
 
     def _check_ipc_path(self) -> None:
         """Fail at once when an ipc socket file is missing or belongs to a folder this user may not enter."""
@@ -478,21 +483,6 @@ class AsyncClient:
         finally:
             _stop_monitor(sock)  # first: see _stop_monitor
             monitor.close(linger=0)
-
-    async def _receive(self, sock: zmq.asyncio.Socket) -> None:
-        # After a wake-up, read on through a plain socket handle on the same socket without waiting while messages
-        # are there: a burst (one daemon step's chunks for many requests) costs one wake-up of this loop and no
-        # Future per message. The flags are plain ints: zmq's are enum.Flag members, whose `&` runs Python code.
-        drain = zmq.Socket.shadow(sock.underlying)
-        while True:
-            try:
-                frames = await sock.recv_multipart()
-                while frames:
-                    self._dispatch_safely(frames)
-                    frames = _recv_now(drain)
-            except zmq.ZMQError as e:
-                log.debug("receiver stops: %s", e)
-                return
 
     def _dispatch_safely(self, frames: list[bytes]) -> None:
         try:
@@ -554,20 +544,6 @@ class AsyncClient:
     def _violation(self, err: ProtocolViolation) -> None:
         log.warning("moed daemon broke the protocol: %s", err)
         self.violations.append(err)
-
-
-_NOBLOCK, _RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
-
-
-def _recv_now(sock: zmq.Socket[bytes]) -> list[bytes] | None:
-    """The next message's frames if one has arrived, else None (never waits)."""
-    try:
-        frames = [sock.recv(_NOBLOCK)]
-    except zmq.Again:
-        return None
-    while sock.get(_RCVMORE):
-        frames.append(sock.recv(_NOBLOCK))
-    return frames
 
 
 def _stop_monitor(sock: zmq.asyncio.Socket) -> None:
