@@ -6,9 +6,9 @@ changed, edge-triggered). Each time it fires it reads EVENTS and receives a mess
 waiting, and waits only while the socket cannot take the message (its high-water mark), in line, until EVENTS
 says it can.
 
-Why not zmq.asyncio's recv: it makes a Future per message and reads EVENTS several times per wake-up through
-pyzmq's Python option layer, which on the gateway's hot path (one message per streamed token) cost more than the
-rest of the receive. The zmq.asyncio socket stays the owner (options, monitor, close); this drives a plain shadow
+Why not zmq.asyncio's recv: it makes a Future per message and reads EVENTS five to seven times per wake-up through
+pyzmq's Python option layer; on the gateway's hot path (one message per streamed token) that was a fifth of the
+gateway's CPU per token (docs/gateway.md, Overhead). The zmq.asyncio socket stays the owner (options, monitor, close); this drives a plain shadow
 of it, and its own async methods must not be used meanwhile (their reader would replace this one).
 """
 
