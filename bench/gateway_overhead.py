@@ -177,7 +177,19 @@ def _record(start: float, first: float | None, last: float | None, generated: in
 
 
 def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}  # user + system seconds
+    return {name: cpu_seconds(p) for name, p in procs.items()}
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """The CPU seconds (user + system, every thread, exited ones too) `proc` has used: on Linux from the process's
+    CPU clock, to the nanosecond; elsewhere psutil's counters, which tick in 10 ms (on the tiny store two ticks
+    are a 1-client round of 128 tokens of the gateway's work)."""
+    if sys.platform == "linux":
+        try:  # the kernel's clock id for a process's CPU time (CPUCLOCK_SCHED of the process, not a thread)
+            return time.clock_gettime((~proc.pid << 3) | 2)
+        except OSError:
+            pass  # no such clock here: fall back
+    return float(sum(proc.cpu_times()[:2]))
 
 
 async def _round(path: str, clients: dict[str, Any], n: int, tokens: int,

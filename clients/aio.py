@@ -3,11 +3,12 @@
 How it runs
 - The socket connects on the first call, which first says `hello` (version negotiation, docs/protocol.md). An ipc
   endpoint whose socket file is missing, or a daemon that does not answer hello in time, raises DaemonUnavailable.
-- One receiver task reads every reply and hands it to the request it belongs to, by `id` (a _Call with its own
-  queue), so replies for other requests are never confused. On the way it holds the daemon to the protocol:
-  `seq` must count 0, 1, 2, ... per request (ZeroMQ delivers in order, so a gap is a daemon bug, not tolerated),
-  only generate gets progress and chunks, and exactly one final comes (a reply after it is recorded in
-  `violations`, because the call it concerned has already returned).
+- One reader (loopsocket.LoopSocket: a callback on the socket, a burst of replies in one call) hands every reply
+  to the request it belongs to, by `id` (a _Call with its own queue), so replies for other requests are never
+  confused. On the way it holds the daemon to the protocol: `seq` must count 0, 1, 2, ... per request (ZeroMQ
+  delivers in order, so a gap is a daemon bug, not tolerated), only generate gets progress and chunks, and exactly
+  one final comes (a reply after it is recorded in `violations`, because the call it concerned has already
+  returned).
 - A Stream (stream.py) sees its client only through the stream.Exchange interface (new_request, send_request,
   cancel) and its request only as a stream.Call (reply, abandon), which AsyncClient and _Call implement.
 - Deadlines: a unary call (hello, status, cancel, ...) has one deadline, `timeout` seconds, for its whole life;
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -40,6 +42,7 @@ from .endpoints import default_endpoint, ipc_path
 from .errors import DaemonUnavailable, MoedError, ProtocolViolation, Timeout
 from .events import Health, Hello, RequestInfo, Result, Status
 from .keys import ENV_CLIENT_KEY, ClientKey, client_key_from_env
+from .loopsocket import LoopSocket
 from .stream import Stream
 
 log = logging.getLogger("moed.client")
@@ -71,14 +74,21 @@ class _Recent:
 
 @dataclass(eq=False)
 class _Call:
-    """One request in flight: its replies arrive on `queue` in order, ending with a final or an exception.
-    Implements stream.Call for the Stream that owns it."""
+    """One request in flight: its replies arrive in `items` in order, ending with a final or an exception.
+    Implements stream.Call for the Stream that owns it.
+
+    How a reader waits: on a future of its own (`waiter`), which the receiver resolves when it adds an item, and a
+    deadline timer that outlives the wait. The timer is armed once and moved on lazily: when it fires before the
+    current deadline it re-arms for it, so a reply costs no timer of its own (a stream waits once per chunk)."""
 
     id: str
     type: str
     client: AsyncClient
-    queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
+    items: deque[_Item] = field(default_factory=deque)
     next_seq: int = 0
+    waiter: asyncio.Future[None] | None = None  # while reply() waits for an item
+    deadline: float = math.inf  # loop time at which the waiting reply() gives up
+    timer: asyncio.TimerHandle | None = None
 
     async def reply(self, timeout: float | None) -> dict[str, Any]:
         """The next reply within `timeout` seconds (None: the client's); see AsyncClient._next."""
@@ -91,7 +101,43 @@ class _Call:
 
     def pending(self) -> int:
         """Replies (or a queued failure) that have arrived and not been read: reply() returns them at once."""
-        return self.queue.qsize()
+        return len(self.items)
+
+    def put(self, item: _Item) -> None:
+        """Add a reply or a failure, and wake the reader waiting for one."""
+        self.items.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self, deadline: float) -> bool:
+        """Wait until an item has arrived (True) or the deadline, loop time, has passed (False)."""
+        loop = asyncio.get_running_loop()
+        self.deadline = deadline
+        if self.timer is None or self.timer.when() > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = loop.call_at(deadline, self._on_timer, deadline)
+        self.waiter = loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+        return bool(self.items)
+
+    def _on_timer(self, armed: float) -> None:
+        self.timer = None
+        if self.waiter is None or self.waiter.done():
+            return  # nobody waits: the next wait arms a timer for its own deadline
+        if self.deadline <= armed:
+            self.waiter.set_result(None)  # woken with nothing to read: the wait timed out
+        else:  # a later reply moved the deadline on since this timer was armed
+            self.timer = asyncio.get_running_loop().call_at(self.deadline, self._on_timer, self.deadline)
+
+    def stop_timer(self) -> None:
+        """The call is over (final read, failed or forgotten): its timer goes."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class AsyncClient:
@@ -111,6 +157,7 @@ class AsyncClient:
         self.server: Hello | None = None  # the daemon's hello answer, once connected
         self.violations: deque[ProtocolViolation] = deque(maxlen=100)  # ones no caller could be told about
         self._sock: zmq.asyncio.Socket | None = None
+        self._io: LoopSocket | None = None  # sends and receives on _sock (see loopsocket.py)
         self._tasks: list[asyncio.Task[None]] = []
         self._calls: dict[str, _Call] = {}
         self._finished, self._gone = _Recent(), _Recent()
@@ -230,6 +277,8 @@ class AsyncClient:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._io is not None:
+            self._io.close()
         if self._sock is not None:
             self._sock.close(linger=0)
 
@@ -303,12 +352,12 @@ class AsyncClient:
         return result
 
     async def _open(self, rid: str, type_: str, frame: bytes) -> _Call:
-        if self._closed or self._sock is None:
+        if self._closed or self._io is None:
             raise MoedError("the client is closed" if self._closed else "the client is not connected")
         call = _Call(rid, type_, self)
         self._calls[rid] = call  # before sending: the reply may come back before send() returns
         try:
-            await self._sock.send(frame)
+            await self._io.send(frame)
         except BaseException as e:
             self._calls.pop(rid, None)
             if isinstance(e, zmq.ZMQError):
@@ -319,26 +368,22 @@ class AsyncClient:
     async def _next(self, call: _Call, deadline: float) -> dict[str, Any]:
         """The call's next reply, by the deadline (loop time). Raises the exception the receiver queued, or
         Timeout (DaemonUnavailable when the ipc socket file has disappeared meanwhile)."""
-        if not call.queue.empty():  # arrived already: no wait_for (on 3.11 it wraps the get in a new task)
-            item = call.queue.get_nowait()
-        else:
-            item = await self._wait(call, deadline)
-        if isinstance(item, MoedError):
-            raise item
-        return item
-
-    async def _wait(self, call: _Call, deadline: float) -> _Item:
-        wait = max(0.0, deadline - asyncio.get_running_loop().time())
-        try:
-            return await asyncio.wait_for(call.queue.get(), wait)
-        except TimeoutError:  # wait_for's (our Timeout is raised below)
+        if not call.items and not await call.wait(deadline):
             path = ipc_path(self.endpoint)
             if path is not None and not path.exists():
-                raise DaemonUnavailable(f"the daemon at {self.endpoint} went away (socket file gone)") from None
-            raise Timeout(f"no reply to {call.type} request {call.id} within the deadline") from None
+                raise DaemonUnavailable(f"the daemon at {self.endpoint} went away (socket file gone)")
+            raise Timeout(f"no reply to {call.type} request {call.id} within the deadline")
+        item = call.items.popleft()
+        if isinstance(item, MoedError):
+            call.stop_timer()
+            raise item
+        if item["type"] == "final":
+            call.stop_timer()
+        return item
 
     def _forget(self, call: _Call) -> None:
         """The caller gave up on this call: later replies for it are dropped without complaint."""
+        call.stop_timer()
         if self._calls.pop(call.id, None) is not None:
             self._gone.add(call.id)
 
@@ -392,8 +437,8 @@ class AsyncClient:
             monitor.close(linger=0)
             sock.close(linger=0)
             raise DaemonUnavailable(f"cannot connect to {self.endpoint}: {e}") from None
-        self._sock = sock
-        self._tasks = [asyncio.create_task(self._receive(sock)), asyncio.create_task(self._watch(sock, monitor))]
+        self._sock, self._io = sock, LoopSocket(sock, self._dispatch_safely)
+        self._tasks = [asyncio.create_task(self._watch(sock, monitor))]
 
     def _check_ipc_path(self) -> None:
         """Fail at once when an ipc socket file is missing or belongs to a folder this user may not enter."""
@@ -439,25 +484,12 @@ class AsyncClient:
             _stop_monitor(sock)  # first: see _stop_monitor
             monitor.close(linger=0)
 
-    async def _receive(self, sock: zmq.asyncio.Socket) -> None:
-        flags = 0
-        while True:
-            try:
-                frames = await sock.recv_multipart(flags)
-            except zmq.Again:  # the burst is read: wait for the next message
-                flags = 0
-                continue
-            except zmq.ZMQError as e:
-                log.debug("receiver stops: %s", e)
-                return
-            # Then read on without waiting while messages are there: a burst (one daemon step's chunks for many
-            # requests) costs one wake-up of this loop instead of one per message.
-            flags = zmq.NOBLOCK
-            try:
-                self._dispatch(frames)
-            except Exception as e:  # a bug here must not silently strand every caller until its deadline
-                log.exception("moed client: cannot handle a reply")
-                self._fail_all(MoedError(f"internal client error handling a reply: {e!r}"))
+    def _dispatch_safely(self, frames: list[bytes]) -> None:
+        try:
+            self._dispatch(frames)
+        except Exception as e:  # a bug here must not silently strand every caller until its deadline
+            log.exception("moed client: cannot handle a reply")
+            self._fail_all(MoedError(f"internal client error handling a reply: {e!r}"))
 
     # -- demultiplexing ---------------------------------------------------------------------------------------------
     def _dispatch(self, frames: list[bytes]) -> None:
@@ -480,7 +512,7 @@ class AsyncClient:
         if msg["type"] == "final":
             del self._calls[call.id]
             self._finished.add(call.id)
-        call.queue.put_nowait(msg)
+        call.put(msg)
 
     def _bad_frame(self, e: protocol.ProtocolError) -> None:
         """A reply that breaks the protocol: fail its request, or every request when its id is unreadable (any
@@ -503,7 +535,7 @@ class AsyncClient:
     def _fail(self, call: _Call, err: MoedError) -> None:
         if self._calls.pop(call.id, None) is not None:
             self._gone.add(call.id)
-            call.queue.put_nowait(err)
+            call.put(err)
 
     def _fail_all(self, err: MoedError) -> None:
         for call in list(self._calls.values()):

@@ -95,7 +95,8 @@ class Stream:
     async def next_event(self) -> Event | None:
         """The next event, or None once the final has come (then `result` is set). Error finals raise."""
         try:
-            await self.start()
+            if not self._started:
+                await self.start()
             if self._over or self._call is None:
                 return None
             msg = await self._call.reply(self._timeout)

@@ -1,5 +1,5 @@
 """bench/gateway_overhead.py: a daemon and a gateway as subprocesses on the tiny store, one round of every path at 1
-and 8 clients; the record's shape (not its timings), and the pairing of ratios."""
+and 8 clients; the record's shape (not its timings), the pairing of ratios, and the CPU clock it reads."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench import gateway_overhead
@@ -28,6 +30,25 @@ def test_ratios_pair_the_values_of_the_same_round():
     assert out["median"]["direct"]["ttft_s"] == pytest.approx(0.15)
     assert out["median"]["direct"]["cpu_ms_per_token"] == {"daemon": 3.0, "clients": pytest.approx(0.2)}
     assert set(out["ratio"]) == {"gateway"}  # no ratio of direct to itself
+
+
+def test_cpu_seconds_counts_a_child_process_like_psutil_but_finer():
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nend = time.process_time() + 0.3\n"
+                              "while time.process_time() < end: pass\nsys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        proc = psutil.Process(child.pid)
+        deadline = time.monotonic() + 60
+        while sum(proc.cpu_times()[:2]) < 0.3:  # the child spins for 0.3 s of CPU, then waits on its stdin
+            assert time.monotonic() < deadline, "the child did not spin"
+            time.sleep(0.02)
+        time.sleep(0.1)
+        fine, coarse = gateway_overhead.cpu_seconds(proc), sum(proc.cpu_times()[:2])
+        assert fine >= 0.3 and abs(fine - coarse) < 0.05  # the same quantity; psutil's ticks are 10 ms
+        if sys.platform == "linux":  # the process clock, not psutil's ticks
+            assert abs(fine * 100 - round(fine * 100)) > 1e-6
+        assert gateway_overhead.cpu_seconds(proc) - fine < 0.01  # a waiting process's clock stands still
+    finally:
+        child.communicate(b"")
 
 
 @pytest.mark.slow

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 
 import pytest
 from fakedaemon import FakeDaemon, FakeRequest, arun, gen_result, slow_generate, wait_until
 from fakedaemon import fake_daemon  # noqa: F401  (the `fake` fixture)
 
-from moed.clients import AsyncClient, Chunk, NotFound, Progress, Result, protocol
+from moed.clients import AsyncClient, Chunk, NotFound, Progress, Result, Timeout, protocol
 
 HELLO_WORLD = [Progress("queued", 0), Progress("prefilling", 0), Chunk("Hello", (9,)), Chunk(" world", (10,))]
 
@@ -166,6 +167,29 @@ def test_progress_keeps_a_queued_stream_alive_past_the_silence_limit(fake: FakeD
             return await c.complete("hi")
 
     assert arun(main()).text == "done"
+
+
+def test_the_silence_limit_counts_from_the_last_reply(fake: FakeDaemon):
+    """The deadline timer is armed once per call and moved on lazily: it must neither fire at the deadline of the
+    first wait (the chunks kept the stream alive) nor miss the silence after the last chunk."""
+    def handler(req: FakeRequest) -> None:  # 10 chunks 0.05 s apart (0.45 s), then silence; timeout 0.3 s
+        for i in range(10):
+            req.later(0.05 * i, functools.partial(req.chunk, "x"))
+
+    fake.on("generate", handler)
+
+    async def main() -> tuple[float, str, float]:
+        async with AsyncClient(fake.endpoint, timeout=0.3) as c:
+            stream = c.generate("hi")
+            start, last = time.monotonic(), 0.0
+            with pytest.raises(Timeout):
+                async for _ in stream:
+                    last = time.monotonic()
+            return last - start, stream.text, time.monotonic() - last
+
+    spent, text, silence = arun(main())
+    assert text == "x" * 10 and spent > 0.3  # the chunks outlived the first wait's deadline
+    assert 0.25 < silence < 5  # loose above: test machines may be loaded
 
 
 def test_unary_calls(fake: FakeDaemon):
