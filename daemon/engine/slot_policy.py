@@ -14,9 +14,11 @@ unused prefetch is *protected* until the layer it was read for has run: other pr
 reads may. The engine ages LFU by HALF_LIFE_TOKENS tokens (x its MoE layers: ticks are layer calls). These
 choices come from replaying routing traces through this class against LRU, LFU, LFUDA and Belady's optimum at
 12.5-50 % budgets, with and without prefetch (bench/policy_replay.py): tuned on the first half of the trained
-fixture's teacher-forced trace, a 16-token half-life scores best of 2-256 tokens, and on the held-out half it
-closes more of the LRU-to-Belady gap than 8 tokens at 25 and 50 %, within 0.6 points of it at 12.5 %
-(bench/results/routing.md; random-weight models: bench/results/notebook.md).
+fixture's teacher-forced trace (third recipe), a 3-token half-life scores best of 0.5-256 tokens; on the held-out
+half and on sampled text it closes more of the LRU-to-Belady gap than 16 tokens (the previous recipe's choice, now
+below LRU at 12.5 and 25 %) at 12.5 and 25 %, within 0.5 points of it at 50 %. The best half-life follows the
+model's routing (8, 16 and 3 tokens on the fixture's three recipes; bench/results/routing.md; random-weight
+models: bench/results/notebook.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 
 POLICIES = ("lru", "lfu")
-HALF_LIFE_TOKENS = 16  # LFU: a use's weight halves every 16 tokens (the engine's half-life = this x MoE layers)
+HALF_LIFE_TOKENS = 3  # LFU: a use's weight halves every 3 tokens (the engine's half-life = this x MoE layers)
 FREE, READY, LOADING, RETIRED = 0, 1, 2, 3  # slot states; RETIRED: a bank row beyond the current budget
 
 

@@ -160,7 +160,7 @@ def test_tuning_picks_on_the_first_half_and_reports_the_second(tmp_path):
 
 def test_the_default_half_life_holds_on_the_fixtures_held_out_trace():
     """The committed trace of the trained fixture (bench/results/routing.md): the engine's half-life beats the
-    previous 8 tokens and LRU on the held-out half at a 25 % budget, with and without prefetch."""
+    previous 16 tokens and LRU on the held-out half at a 25 % budget, with and without prefetch."""
     from pathlib import Path
 
     from moed.daemon.engine.slot_policy import HALF_LIFE_TOKENS
@@ -169,5 +169,5 @@ def test_the_default_half_life_holds_on_the_fixtures_held_out_trace():
     held = load_trace(path).halves()[1]
     for depth in (0, 1):
         ours = replay(held, f"moed-lfu@{HALF_LIFE_TOKENS}", 0.25, depth, 32)["hit_rate"]
-        assert ours > replay(held, "moed-lfu@8", 0.25, depth, 32)["hit_rate"]
+        assert ours > replay(held, "moed-lfu@16", 0.25, depth, 32)["hit_rate"]
         assert ours > replay(held, "lru", 0.25, depth, 32)["hit_rate"]

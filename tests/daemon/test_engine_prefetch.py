@@ -87,13 +87,14 @@ def test_warm_restart_refills_the_cache_in_order_of_use(small_store, tmp_path):
     assert doc["format"] == "moed-expert-usage" and len(doc["usage"]) > 0
 
     cold = load_engine(engine_config(store, cache_budget="25%", prefetch_depth=0))
-    cold_rate = first_tokens_hit_rate(cold, tokens[:16])
+    # the first 8 tokens: later the cold cache catches up, the sooner the shorter the LFU half-life
+    cold_rate = first_tokens_hit_rate(cold, tokens[:8])
     cold.close()
     with load_engine(engine_config(store, cache_budget="25%", prefetch_depth=0)) as warm:
         started = warm.warm_start(usage)
         assert started == min(warm.cache.capacity, len(doc["usage"]))
         assert top and all(warm.cache.contains(layer, e) for layer, e in top)
-        warm_rate = first_tokens_hit_rate(warm, tokens[:16])
+        warm_rate = first_tokens_hit_rate(warm, tokens[:8])
         assert warm_rate > cold_rate + 0.05, (warm_rate, cold_rate)
 
 
