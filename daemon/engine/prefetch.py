@@ -77,13 +77,18 @@ class Prefetcher:
                 out.append((j, mx.argpartition(-logits, kth=r.k - 1, axis=-1)[..., : r.k]))
         return out
 
-    def issue(self, pos: int, used: np.ndarray, predictions: list[tuple[int, np.ndarray]]) -> None:
-        """Record what layer `pos` used (accuracy, temporal fallback) and start reads for the predictions."""
+    def issue(self, pos: int, used: np.ndarray, predictions: list[tuple[int, np.ndarray]],
+              capped: bool = False) -> None:
+        """Record what layer `pos` used (accuracy, temporal fallback) and start reads for the predictions.
+
+        `capped` (a verification pass, draft_rows.py): per layer no more experts than one row routes to (the
+        router's top-k), those most rows predicted first, then in row order: a pass of K+1 rows prefetches what
+        a plain step would, not K+1 rows' mispredictions."""
         self._score(pos, used)
         self._last_used[pos] = used
         if self.depth == 0:
             return
-        predicted = {j: np.unique(p) for j, p in predictions}
+        predicted = {j: _most_predicted(p, self.routers[j].k) if capped else np.unique(p) for j, p in predictions}
         for j in range(pos + 1, min(pos + 1 + self.depth, len(self.routers))):
             if j not in predicted and self._last_used[j] is not None:
                 predicted[j] = self._last_used[j]  # temporal fallback for routers we cannot run
@@ -106,3 +111,10 @@ class Prefetcher:
     def stats(self) -> PrefetchStats:
         with self._lock:
             return PrefetchStats(**self._stats.__dict__)
+
+
+def _most_predicted(flat: np.ndarray, k: int) -> np.ndarray:
+    """Of predictions [rows * k] (row by row), the k experts predicted by most rows; ties go to the earlier row."""
+    experts, first, counts = np.unique(flat, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))  # by count (descending), then by first appearance
+    return experts[order[:k]]
