@@ -9,13 +9,14 @@ the cache beyond that follows the tokens that are kept, not the rows that were c
   the pass knows how many drafts were accepted (`end`), each accepted row's experts are credited, once per row, as
   the plain steps that would have decoded those tokens would have credited them. A rejected draft's experts never
   count: they would push out experts the kept tokens use.
-- **Prefetch.** The streaming layer asks the prefetcher for no more than a plain step would read (`prefetch.py`,
-  `issue(..., capped=True)`): the union of the rows' predictions, capped at the router's top-k, the experts most
-  rows predicted first. Predicting for every row read a mispredicted expert per row, most of them for rows that
-  were then rejected.
+- **Prefetch.** The streaming layer asks the prefetcher only for the experts that at least two rows predict for
+  the next layer, at most the router's top-k (`prefetch.py`, `issue(..., agreed=True)`): no more than a plain step
+  would read. Predicting for every row read each row's mispredictions, most of them for rows then rejected; an
+  expert two rows agree on is more likely needed, and the rest are read on demand if a row does need them.
 
-The measurements behind both are in bench/results/notebook.md ("speculation's bytes at 25 %"). Owned by the
-engine and shared by its streaming layers; MLX thread only (between `begin` and `end` the layers' calls run).
+The measurements behind both, and the variants that did less well, are in bench/results/notebook.md
+("speculation reads fewer bytes per token at 25 %"). Owned by the engine and shared by its streaming layers; MLX
+thread only (between `begin` and `end` the layers' calls run).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, sh
    once the demand reads are queued, the predicted experts of the next layers are queued behind them, so they
    load while this layer computes. Prefill chunks and decode batches alike read each needed expert at most once
    per call. In a verification pass (draft_rows.py) only row 0's experts count as uses now, the drafts' once
-   accepted, and the prefetch is capped at what one row would read. The output is registered with the cache (`guard`), which evaluates it before any slot is refilled.
+   accepted, and only experts two rows agree on are prefetched, at most what one row would read. The output is
+   registered with the cache (`guard`), which evaluates it before any slot is refilled.
 3. Map expert ids to slot ids and run the same ops SwitchGLU runs (`gather_qmm` / `gather_mm`, activation,
    the same sort for large inputs) over the slot banks. Each output row depends only on its own input row and
    expert, so the result is identical to mlx-lm's.
@@ -109,7 +110,7 @@ class StreamingSwitchGLU(nn.Module):
 
         def start_prefetch() -> None:
             if pf is not None:
-                pf.issue(self._layer, experts, predicted, capped=drafts is not None)
+                pf.issue(self._layer, experts, predicted, agreed=drafts is not None)
 
         probe.lap(Phase.DISTINCT, t)
         uses = drafts.uses(self._layer, idx, experts) if drafts is not None else None

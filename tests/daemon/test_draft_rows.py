@@ -10,7 +10,7 @@ import pytest
 from moed.daemon.config import engine_config
 from moed.daemon.engine.draft_rows import DraftRows
 from moed.daemon.engine.model import load_engine
-from moed.daemon.engine.prefetch import _most_predicted
+from moed.daemon.engine.prefetch import _agreed
 from moed.daemon.engine.speculative import GreedyPicker, verify
 from moed.daemon.engine.speculative_loop import prefill
 from mlx_lm.models.cache import make_prompt_cache
@@ -91,12 +91,14 @@ def test_a_verification_pass_prefetches_no_more_than_a_plain_step(started):
     assert uncapped.engine.cache.stats().prefetches - before > read  # every row's predictions, as before
 
 
-def test_most_predicted_takes_the_experts_most_rows_predicted_then_the_earlier_rows():
+def test_agreed_takes_the_experts_two_rows_predicted_most_votes_first_then_the_earlier_row():
     rows = np.array([5, 1, 9,   # row 0
                      9, 2, 5,   # row 1
-                     7, 9, 3])  # row 2
-    assert _most_predicted(rows, 3).tolist() == [9, 5, 1]  # 9 thrice, 5 twice, then row 0's remaining 1
-    assert _most_predicted(rows[:3], 3).tolist() == [5, 1, 9]  # one row: its own experts, in its order
+                     7, 9, 3,   # row 2
+                     3, 6, 4])  # row 3
+    assert _agreed(rows, 3).tolist() == [9, 5, 3]  # 9 thrice; 5 and 3 twice, 5 first seen earlier; 1 2 7 6 4 once
+    assert _agreed(rows, 2).tolist() == [9, 5]  # at most k
+    assert _agreed(rows[:3], 3).tolist() == []  # one row agrees with no other
 
 
 class Credits:
