@@ -14,6 +14,9 @@ the cache beyond that follows the tokens that are kept, not the rows that were c
   would read. Predicting for every row read each row's mispredictions, most of them for rows then rejected; an
   expert two rows agree on is more likely needed, and the rest are read on demand if a row does need them.
 
+Only the synchronised layer calls take part: a wholly resident layer (unsynced.py) reads nothing and counts every
+row's experts later, and a call split into waves (more experts than slots) credits all of them at once.
+
 The measurements behind both, and the variants that did less well, are in bench/results/notebook.md
 ("speculation reads fewer bytes per token at 25 %"). Owned by the engine and shared by its streaming layers; MLX
 thread only (between `begin` and `end` the layers' calls run).
