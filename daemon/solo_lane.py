@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Container
 
 import mlx.core as mx
 
+from .engine.draft_rows import DraftRows
 from .engine.drafters import DraftModel, load_draft_model, make_drafter
 from .engine.speculative import GreedyPicker, KeyedPicker, Speculator, cache_trimmable
 from .engine.speculative_loop import Decoder
@@ -170,8 +171,10 @@ class Speculation:
     """The daemon's side of speculation: its setting, the draft model (mode "draft"), the model as the lane calls it,
     each request's Speculator, and the daemon-wide counters status reports (`counters`)."""
 
-    def __init__(self, mode: str, model: Any, quarantine: Quarantine | None, draft: DraftModel | None = None):
+    def __init__(self, mode: str, model: Any, quarantine: Quarantine | None, draft: DraftModel | None = None,
+                 rows: DraftRows | None = None):
         self.config = SpeculationConfig(mode=mode, draft_model=draft.path if draft is not None else None)
+        self.rows = rows  # the engine's DraftRows (the expert cache credits only accepted drafts)
         self.model, self.draft = Watched(model, quarantine), draft
         self.counters = {"mode": mode, "passes": 0, "drafted": 0, "accepted": 0, "tokens": 0, "entered": 0}
 
@@ -187,7 +190,7 @@ class Speculation:
             log.warning("speculative decoding is off: this model's KV cache cannot be rewound")
             return None
         draft = load_draft_model(draft_model, engine.tokenizer) if mode == "draft" else None
-        return cls(mode, engine.model, quarantine, draft)
+        return cls(mode, engine.model, quarantine, draft, engine.draft_rows)
 
     def wants(self, job: Job) -> bool:
         """Whether the request (the only one in the batch) should enter the solo lane now: it may speculate, it is
@@ -200,7 +203,7 @@ class Speculation:
         if job.speculator is None:
             drafter = make_drafter(self.config.mode, ngram_max=self.config.ngram_max, ngram_min=self.config.ngram_min,
                                    draft=self.draft)
-            job.speculator = Speculator(self.config, drafter)
+            job.speculator = Speculator(self.config, drafter, rows=self.rows)
         return job.speculator
 
     def enter(self, bg: BatchGenerator, uid: int, job: Job) -> SoloLane:

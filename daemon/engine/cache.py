@@ -199,14 +199,17 @@ class ExpertCache:
         self._pool.drain()
 
     # -- the synced path --------------------------------------------------------------------------------------
-    def acquire(self, layer: int, experts: np.ndarray, before_wait=None) -> np.ndarray:
+    def acquire(self, layer: int, experts: np.ndarray, before_wait=None,
+                uses: np.ndarray | None = None) -> np.ndarray:
         """Make the given distinct experts of one layer resident and return their slot ids (same order).
 
         Waits for reads still needed; `before_wait()` runs once the demand reads are queued and the slots are
         claimed (the streaming layer starts its prefetches there, so they queue behind the demand reads). At most
         `capacity` experts may be asked for at once (callers split larger sets into waves). The returned slots
-        stay busy until the next acquire. Raises the reader's StoreError if a read fails (its slot is freed),
-        unless the cache has a `quarantine`: then a failed or quarantined expert's slot is -1 (quarantine.py).
+        stay busy until the next acquire. `uses`: the uses to credit per expert (default 1 each; a verification
+        pass credits its drafts' experts later, see draft_rows.py). Raises the reader's StoreError if a read
+        fails (its slot is freed), unless the cache has a `quarantine`: then a failed or quarantined expert's
+        slot is -1 (quarantine.py).
         """
         if len(experts) > self.capacity:
             raise ValueError(f"asked for {len(experts)} experts at once, the cache has {self.capacity} slots")
@@ -248,13 +251,14 @@ class ExpertCache:
                 self.quarantine.add(layer, int(experts[i]), err)
                 slots[i] = SKIP
         skipped = 0
+        uses = np.ones(len(experts)) if uses is None else np.asarray(uses, dtype=np.float64)
         if failed or blocked is not None:  # quarantined experts: no slot, not counted as used
             skipped = int(np.sum(slots < 0))
             slots[slots < 0] = -1
-            self._use([layer], slots[slots >= 0])
+            self._use([layer], slots[slots >= 0], uses[slots >= 0])
         else:
-            self._use([layer], slots)
-        self._usage.add(layer, experts)
+            self._use([layer], slots, uses)
+        self._usage.add(layer, experts, uses)
         self._counters.acquired(hits - len(inflight), len(inflight), len(experts) - hits - skipped, waited)
         probe.lap(Phase.COUNTED, t)
         return slots
@@ -285,6 +289,16 @@ class ExpertCache:
             pool.policy.enter_prefetch(slot, layer, score)
         self._counters.add(prefetches=len(chosen))
         return len(chosen)
+
+    def credit(self, layer: int, experts: np.ndarray, uses: np.ndarray) -> None:
+        """Count `uses` uses of the distinct `experts` of `layer` after their call (the accepted drafts of a
+        verification pass, draft_rows.py); the slot policy only hears of those still resident."""
+        self._usage.add(layer, experts, uses)
+        where = self._pool.table.where
+        keep = [i for i, e in enumerate(experts.tolist()) if (layer, e) in where]
+        if keep:
+            slots = np.array([where[(layer, int(experts[i]))] for i in keep], dtype=np.int64)
+            self._pool.policy.touch(slots, uses[keep])
 
     def _use(self, layers, slots: np.ndarray, uses: np.ndarray | float = 1.0) -> None:
         """Policy bookkeeping after calls of `layers` (synced or not): the distinct `slots` were used, `uses`

@@ -15,7 +15,9 @@ mlx-lm's MoE blocks keep their own routing (gate, top-k, score normalisation, sh
 2. Acquire the distinct experts of the call from the cache (cached ones cost nothing; missing ones are read);
    once the demand reads are queued, the predicted experts of the next layers are queued behind them, so they
    load while this layer computes. Prefill chunks and decode batches alike read each needed expert at most once
-   per call. The output is registered with the cache (`guard`), which evaluates it before any slot is refilled.
+   per call. In a verification pass (draft_rows.py) only row 0's experts count as uses now, the drafts' once
+   accepted, and only experts two rows agree on are prefetched, at most what one row would read. The output is
+   registered with the cache (`guard`), which evaluates it before any slot is refilled.
 3. Map expert ids to slot ids and run the same ops SwitchGLU runs (`gather_qmm` / `gather_mm`, activation,
    the same sort for large inputs) over the slot banks. Each output row depends only on its own input row and
    expert, so the result is identical to mlx-lm's.
@@ -37,6 +39,7 @@ import numpy as np
 from mlx_lm.models.switch_layers import SwitchGLU, _gather_sort, _scatter_unsort
 
 from .cache import ExpertCache
+from .draft_rows import DraftRows
 from .prefetch import Prefetcher
 from .probe import Phase
 
@@ -47,7 +50,7 @@ class StreamingSwitchGLU(nn.Module):
     """SwitchGLU over cached experts. `layer` is the manifest position of this layer's expert file."""
 
     def __init__(self, layer: int, original: SwitchGLU, cache: ExpertCache, quantization: dict | None,
-                 prefetcher: Prefetcher | None = None, num_experts: int = 0):
+                 prefetcher: Prefetcher | None = None, num_experts: int = 0, draft_rows: DraftRows | None = None):
         super().__init__()
         # Plain attributes only (ints, strings, objects): nn.Module keeps dicts, tuples and arrays as items,
         # reached through its slower __getattr__ and counted as parameters. This call runs per layer per token.
@@ -55,6 +58,7 @@ class StreamingSwitchGLU(nn.Module):
         self._num_experts = num_experts  # 0: unknown, always synchronise
         self._cache = cache
         self._prefetcher = prefetcher
+        self._draft_rows = draft_rows  # open during a verification pass: row 0 is kept, the other rows drafts
         self.activation = original.activation
         q = quantization  # {"bits", "group_size", "mode"} or None for float experts
         self._quantized = q is not None
@@ -102,12 +106,15 @@ class StreamingSwitchGLU(nn.Module):
         if len(experts) > cap:
             return self._compute_in_waves(x, idx, experts, cap)
 
+        drafts = self._draft_rows if self._draft_rows is not None and self._draft_rows.open else None
+
         def start_prefetch() -> None:
             if pf is not None:
-                pf.issue(self._layer, experts, predicted)
+                pf.issue(self._layer, experts, predicted, agreed=drafts is not None)
 
         probe.lap(Phase.DISTINCT, t)
-        slots = cache.acquire(self._layer, experts, before_wait=start_prefetch)
+        uses = drafts.uses(self._layer, idx, experts) if drafts is not None else None
+        slots = cache.acquire(self._layer, experts, before_wait=start_prefetch, uses=uses)
         t = probe.now()
         bad = slots < 0  # quarantined experts (only with a cache quarantine, quarantine.py)
         if bad.any():  # compute their positions from any slot, then zero them

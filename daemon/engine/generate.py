@@ -25,6 +25,7 @@ from mlx_lm.generate import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
 from ..speculation import SpeculationConfig
+from .draft_rows import DraftRows
 from .drafters import DraftModel, load_draft_model, make_drafter
 from .model import Engine
 from .speculative import KeyedPicker, Picker, Speculator, cache_trimmable, make_picker
@@ -163,7 +164,7 @@ def _speculative(engine: Engine, ids: list[int], max_tokens: int, picker: Picker
     tic = time.perf_counter()
     prompt_tps, token, n = 0.0, -1, -1
     tokens = speculative_tokens(engine.model, ids, max_tokens, picker,
-                                lambda cache: _speculator(cache, spec, draft, stats), stats)
+                                lambda cache: _speculator(cache, spec, draft, stats, engine.draft_rows), stats)
     try:
         for n, token in enumerate(tokens):
             if n == 0:
@@ -185,8 +186,8 @@ def _speculative(engine: Engine, ids: list[int], max_tokens: int, picker: Picker
     yield detok.last_segment, token
 
 
-def _speculator(cache: list, spec: SpeculationConfig, draft: DraftModel | None,
-                stats: GenerationStats) -> Speculator | None:
+def _speculator(cache: list, spec: SpeculationConfig, draft: DraftModel | None, stats: GenerationStats,
+                rows: DraftRows | None) -> Speculator | None:
     """The request's Speculator, or None (said in stats and once in the log) where its cache cannot be trimmed."""
     if not cache_trimmable(cache):
         kinds = sorted({type(c).__name__ for c in cache if not c.is_trimmable()})
@@ -198,7 +199,7 @@ def _speculator(cache: list, spec: SpeculationConfig, draft: DraftModel | None,
         return None
     stats.speculation = spec.mode
     drafter = make_drafter(spec.mode, ngram_max=spec.ngram_max, ngram_min=spec.ngram_min, draft=draft)
-    return Speculator(spec, drafter)
+    return Speculator(spec, drafter, rows=rows)
 
 
 def _finish(engine: Engine, stats: GenerationStats, cache0, reader0, wall: float) -> None:

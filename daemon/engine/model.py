@@ -24,6 +24,7 @@ from ..config import EngineConfig
 from ..store.format import Manifest, StoreError, read_manifest
 from ..store.reader import ExpertReader
 from .cache import WARM, ExpertCache
+from .draft_rows import DraftRows
 from .experts import StreamingSwitchGLU
 from .prefetch import Prefetcher, find_router
 from .probe import Probe
@@ -46,6 +47,7 @@ class Engine:
     reader: ExpertReader
     prefetcher: Prefetcher
     dense_bytes: int
+    draft_rows: DraftRows | None = None  # verification passes tell the cache their drafts through it
 
     def save_state(self, path: str | os.PathLike[str]) -> None:
         """Save the expert usage statistics (atomically) so a restart can warm the cache; see warm.py."""
@@ -114,7 +116,8 @@ def load_engine(config: EngineConfig, *, verify: bool = True, preload: bool = Tr
         cache = ExpertCache(manifest.layout, reader, cache_budget.bytes, policy=config.cache_policy,
                             half_life=DECAY_TOKENS * len(manifest.layers), upload=upload, unsynced=unsynced,
                             probe=probe)
-        prefetcher = _swap_expert_layers(model, manifest, cache, config.prefetch_depth)
+        draft_rows = DraftRows(cache)
+        prefetcher = _swap_expert_layers(model, manifest, cache, config.prefetch_depth, draft_rows)
         dense = model.parameters()
         mx.eval(dense)
         dense_bytes = sum(a.nbytes for _, a in tree_flatten(dense))
@@ -122,13 +125,14 @@ def load_engine(config: EngineConfig, *, verify: bool = True, preload: bool = Tr
     except BaseException:
         reader.close()
         raise
-    engine = Engine(model, tokenizer, manifest, cache, reader, prefetcher, dense_bytes)
+    engine = Engine(model, tokenizer, manifest, cache, reader, prefetcher, dense_bytes, draft_rows)
     if preload:
         engine.preload()
     return engine
 
 
-def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache, depth: int) -> Prefetcher:
+def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache, depth: int,
+                        draft_rows: DraftRows) -> Prefetcher:
     modules = dict(model.named_modules())
     parents = [modules.get(layer.module.rpartition(".")[0], model) for layer in manifest.layers]
     prefetcher = Prefetcher(cache, [find_router(p, manifest.config) for p in parents], depth)
@@ -142,7 +146,7 @@ def _swap_expert_layers(model: nn.Module, manifest: Manifest, cache: ExpertCache
         parent_path, _, name = layer.module.rpartition(".")
         parent = modules[parent_path] if parent_path else model
         setattr(parent, name, StreamingSwitchGLU(pos, original, cache, manifest.quantization, prefetcher,
-                                                 num_experts=layer.num_experts))
+                                                 num_experts=layer.num_experts, draft_rows=draft_rows))
     left = [p for p, m in model.named_modules() if isinstance(m, SwitchGLU)]
     if left:
         raise StoreError(f"the store has no experts for SwitchGLU modules {left[:3]}{'...' if len(left) > 3 else ''}")

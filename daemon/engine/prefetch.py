@@ -77,13 +77,18 @@ class Prefetcher:
                 out.append((j, mx.argpartition(-logits, kth=r.k - 1, axis=-1)[..., : r.k]))
         return out
 
-    def issue(self, pos: int, used: np.ndarray, predictions: list[tuple[int, np.ndarray]]) -> None:
-        """Record what layer `pos` used (accuracy, temporal fallback) and start reads for the predictions."""
+    def issue(self, pos: int, used: np.ndarray, predictions: list[tuple[int, np.ndarray]],
+              agreed: bool = False) -> None:
+        """Record what layer `pos` used (accuracy, temporal fallback) and start reads for the predictions.
+
+        `agreed` (a verification pass, draft_rows.py): per layer only the experts at least two rows predict, most
+        votes first, at most the router's top-k: no more than a plain step would read, and not what a single
+        row (often a draft then rejected) alone predicts."""
         self._score(pos, used)
         self._last_used[pos] = used
         if self.depth == 0:
             return
-        predicted = {j: np.unique(p) for j, p in predictions}
+        predicted = {j: _agreed(p, self.routers[j].k) if agreed else np.unique(p) for j, p in predictions}
         for j in range(pos + 1, min(pos + 1 + self.depth, len(self.routers))):
             if j not in predicted and self._last_used[j] is not None:
                 predicted[j] = self._last_used[j]  # temporal fallback for routers we cannot run
@@ -106,3 +111,11 @@ class Prefetcher:
     def stats(self) -> PrefetchStats:
         with self._lock:
             return PrefetchStats(**self._stats.__dict__)
+
+
+def _agreed(flat: np.ndarray, k: int) -> np.ndarray:
+    """Of predictions [rows * k] (row by row), the experts at least two rows predicted, at most k: those most rows
+    predicted first, ties to the earlier row."""
+    experts, first, counts = np.unique(flat, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))  # by count (descending), then by first appearance
+    return experts[order[counts[order] >= 2][:k]]

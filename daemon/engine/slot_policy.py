@@ -81,13 +81,17 @@ class SlotPolicy:
         return wasted
 
     def touch(self, slots: np.ndarray, uses: np.ndarray | float = 1.0) -> None:
-        """Distinct `slots` used `uses` times each, in this order (slots listed first count as used first)."""
+        """Distinct `slots` used `uses` times each, in this order (slots listed first count as used first). A
+        slot touched with 0 uses keeps its rank (LFU: its score is aged to now; LRU: its last use stays)."""
         if not len(slots):
             return
         now = self.tick + np.arange(len(slots)) / len(slots)
         if self.policy == "lfu":
             self.score[slots] = self.score[slots] * self.decay ** (now - self.last[slots]) + uses
-        self.last[slots] = now
+            self.last[slots] = now
+        else:
+            counted = np.broadcast_to(np.asarray(uses) > 0, slots.shape)
+            self.last[slots[counted]] = now[counted]
 
     def used(self, layers: Iterable[int], slots: np.ndarray, uses: np.ndarray | float = 1.0) -> int:
         """Bookkeeping after calls of `layers`: the distinct `slots` were used `uses` times each. Returns how many

@@ -12,7 +12,7 @@ general rule for a draft distribution q (accept with min(1, p/q), else sample no
 API, for the engine's loop (generate.py) and the daemon's scheduler alike (one request, its own KV cache):
 
     picker = make_picker(temp, top_p, top_k, min_p, seed)        # GreedyPicker or KeyedPicker
-    spec = Speculator(config, drafter)                           # drafters.make_drafter(...), AdaptiveK inside
+    spec = Speculator(config, drafter, rows=engine.draft_rows)   # drafters.make_drafter(...), AdaptiveK inside
     spec.start(prompt_ids + [first_token])                       # the context; its last token is not yet cached
     tokens = spec.step(model, cache, picker, index, limit)       # one pass: 1..min(K+1, limit) tokens emitted;
                                                                  # index = generated tokens so far (key of row 0)
@@ -37,6 +37,7 @@ from mlx_lm.sample_utils import make_sampler
 from .keyed import KeyedSampler
 from ..speculation import SpeculationConfig
 from .adaptive import AdaptiveK
+from .draft_rows import DraftRows
 from .drafters import Drafter
 
 __all__ = ["AdaptiveK", "GreedyPicker", "KeyedPicker", "Picker", "Speculator", "cache_trimmable", "make_picker",
@@ -94,20 +95,31 @@ def cache_trimmable(cache: Sequence[Any]) -> bool:
 
 
 def verify(model: nn.Module, cache: list[Any], last: int, drafts: Sequence[int], pick: Picker,
-           first_index: int) -> tuple[list[int], int]:
+           first_index: int, rows: DraftRows | None = None) -> tuple[list[int], int]:
     """One verification pass; returns (emitted tokens, accepted draft count).
 
     Runs the target on [last] + drafts in one forward call, picks the target's token per row, accepts the longest
     matching draft prefix (n), trims the cache by len(drafts) - n and emits drafts[:n] + [target token at row n].
-    With no drafts this is a plain decoding step.
+    With no drafts this is a plain decoding step. `rows`: the engine's DraftRows (draft_rows.py), told of the
+    pass so the expert cache credits only the drafts that were accepted.
     """
     x = mx.array([[int(last), *(int(d) for d in drafts)]], dtype=mx.uint32)  # [1, R], R = K + 1
-    logits = model(x, cache=cache)[0]  # [R, vocab]
-    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    targets = pick(logprobs, first_index).tolist()  # [R]
+    rows = rows if rows is not None and drafts else None
+    if rows is not None:
+        rows.begin()
+    try:
+        logits = model(x, cache=cache)[0]  # [R, vocab]
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        targets = pick(logprobs, first_index).tolist()  # [R]
+    except BaseException:
+        if rows is not None:
+            rows.abort()
+        raise
     n = 0
     while n < len(drafts) and targets[n] == int(drafts[n]):
         n += 1
+    if rows is not None:
+        rows.end(n)
     if len(drafts) > n:
         trim_prompt_cache(cache, len(drafts) - n)
     return [int(d) for d in drafts[:n]] + [int(targets[n])], n
@@ -143,10 +155,11 @@ class Speculator:
     """
 
     def __init__(self, config: SpeculationConfig, drafter: Drafter, *,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, rows: DraftRows | None = None):
         if not config.enabled:
             raise ValueError("a Speculator needs speculation mode 'lookup' or 'draft', not 'off'")
         self.config, self.drafter, self.clock = config, drafter, clock
+        self.rows = rows  # the engine's DraftRows: passes tell the expert cache which rows are drafts
         self.controller = AdaptiveK(config.max_draft, adaptive=config.adaptive)
         self.draft_tokens = self.accepted_tokens = self.passes = 0
 
@@ -178,7 +191,7 @@ class Speculator:
         kind = self._kind()
         k = self.choose(limit) if k is None else min(k, max(0, limit - 1))
         drafts = self.drafter.propose(k) if k > 0 else []
-        tokens, accepted = verify(model, cache, self.last, drafts, pick, index)
+        tokens, accepted = verify(model, cache, self.last, drafts, pick, index, self.rows)
         self.drafter.accept(tokens)
         self.controller.record(len(drafts), accepted, self.clock() - t0, kind)
         self.passes += 1
