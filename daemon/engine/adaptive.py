@@ -22,7 +22,7 @@ units; once K has `guard_after` passes measured, its score is the lower of the m
 that really loses against plain steps is then dropped whatever the model says, which keeps the promise that
 speculation is never a loss, while a K the model undervalues is not promoted on a few lucky passes.
 
-    ctl = AdaptiveK(max_draft=4)
+    ctl = AdaptiveK(max_draft=8)
     k = ctl.choose(kind)                    # kind: None, or what the drafter says about its next guess
     ... draft up to k tokens, verify them in one pass taking `seconds` ...
     ctl.record(drafted=len(drafts), accepted=n, seconds=seconds, kind=kind)

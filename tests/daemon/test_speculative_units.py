@@ -15,7 +15,7 @@ from moed.daemon.speculation import SpeculationConfig
 # -- settings ---------------------------------------------------------------------------------------------------
 def test_config_defaults_are_off_and_valid():
     c = SpeculationConfig()
-    assert (c.mode, c.max_draft, c.adaptive, c.ngram_max, c.ngram_min, c.enabled) == ("off", 4, True, 3, 1, False)
+    assert (c.mode, c.max_draft, c.adaptive, c.ngram_max, c.ngram_min, c.enabled) == ("off", 8, True, 3, 1, False)
     assert SpeculationConfig(mode="lookup").enabled
     assert SpeculationConfig(mode="draft", draft_model="m").draft_model == "m"
 
@@ -227,7 +227,7 @@ def test_verify_accepts_the_matching_prefix_and_trims_the_rest():
 
 
 def test_speculator_counts_drafts_and_stays_within_the_limit():
-    spec = Speculator(SpeculationConfig(mode="lookup", adaptive=False), make_drafter("lookup"))
+    spec = Speculator(SpeculationConfig(mode="lookup", adaptive=False, max_draft=4), make_drafter("lookup"))
     cache = [Counter()]
     ctx = [1, 2, 3, 4, 5, 6, 7, 1]  # lookup proposes 2 3 4 5, the model agrees
     spec.start(ctx)
