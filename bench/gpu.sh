@@ -13,7 +13,8 @@
 #                               # mlx-lm (in one process, alternated); upload candidates; 25 % per
 #                               # upload path and read mode; where a synced layer call goes; the read path alone;
 #                               # exactness; the daemon
-# MLX CUDA gets there with bench/gpu-wheels.sh (three pieces, three calls). Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel); making it took
+# MLX CUDA gets there with bench/gpu-wheels.sh (three pieces, three calls).
+# Writes JSON under $OUT (default /tmp/out). The model lives in /tmp/moed-models (it does not travel); making it took
 # 2.5 to over 4 minutes on the lent machine: leave room for it, and do not pipe a phase through grep (a buffered pipe
 # loses its output when the call times out).
 set -euo pipefail
