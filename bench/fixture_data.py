@@ -14,6 +14,7 @@ fitted on the training tokens, scored on the same held-out tokens.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -34,6 +35,13 @@ class Corpus:
     bos: int
     separator: tuple[int, ...]
     vocab: int
+
+    @functools.cached_property
+    def unigram(self) -> np.ndarray:
+        """The training tokens' frequencies over the vocabulary, special tokens (ids 0-2) left out."""
+        counts = np.bincount(self.train, minlength=self.vocab).astype(np.float64)
+        counts[:3] = 0.0
+        return counts / counts.sum()
 
 
 def load_corpus(vocab: int) -> Corpus:
@@ -56,6 +64,12 @@ def copy_row(corpus: Corpus, rng: np.random.Generator, seq_len: int, shuffled: b
 
     A `shuffled` span is a training window in random order: it cannot be recalled from training, only copied
     from the context, so these rows teach copying itself."""
+    return copy_row_and_span(corpus, rng, seq_len, shuffled, min_span)[0]
+
+
+def copy_row_and_span(corpus: Corpus, rng: np.random.Generator, seq_len: int, shuffled: bool = False,
+                      min_span: int = 8) -> tuple[np.ndarray, int]:
+    """copy_row's row and the length of its quoted span."""
     sep = np.asarray(corpus.separator, dtype=np.int32)
     max_span = max(min_span, (seq_len - len(sep)) // 2)
     span = int(rng.integers(min_span, max_span + 1))
@@ -64,7 +78,7 @@ def copy_row(corpus: Corpus, rng: np.random.Generator, seq_len: int, shuffled: b
     quoted = corpus.train[start:start + span]
     if shuffled:
         quoted = rng.permutation(quoted)
-    return np.concatenate([[corpus.bos], quoted, sep, quoted, corpus.train[start + span:start + rest]])
+    return np.concatenate([[corpus.bos], quoted, sep, quoted, corpus.train[start + span:start + rest]]), span
 
 
 def batch(corpus: Corpus, rng: np.random.Generator, size: int, seq_len: int, copy_fraction: float,
@@ -88,23 +102,11 @@ def random_span(corpus: Corpus, rng: np.random.Generator, span: int, source: str
     if source == "uniform":
         return rng.integers(3, corpus.vocab, span).astype(np.int32)  # ids 0-2 are the special tokens
     if source == "unigram":
-        return rng.choice(corpus.vocab, size=span, p=_unigram(corpus)).astype(np.int32)
+        return rng.choice(corpus.vocab, size=span, p=corpus.unigram).astype(np.int32)
     if source == "shuffled":
         start = int(rng.integers(0, len(corpus.train) - span))
         return rng.permutation(corpus.train[start:start + span]).astype(np.int32)
     raise ValueError(f"unknown random-row source {source!r}; expected one of {', '.join(RANDOM_SOURCES)}")
-
-
-_UNIGRAMS: dict[int, np.ndarray] = {}
-
-
-def _unigram(corpus: Corpus) -> np.ndarray:
-    key = id(corpus.train)
-    if key not in _UNIGRAMS:
-        counts = np.bincount(corpus.train, minlength=corpus.vocab).astype(np.float64)
-        counts[:3] = 0.0  # no special tokens inside a span
-        _UNIGRAMS[key] = counts / counts.sum()
-    return _UNIGRAMS[key]
 
 
 def random_row(corpus: Corpus, rng: np.random.Generator, seq_len: int, min_span: int = 8, source: str = "uniform"
@@ -135,10 +137,9 @@ def training_batch(corpus: Corpus, rng: np.random.Generator, size: int, seq_len:
             row, w = random_row(corpus, rng, seq_len, source=random_source)
         elif rng.random() < copy_fraction:
             shuffled = rng.random() < shuffled_fraction
-            row = copy_row(corpus, rng, seq_len, shuffled=shuffled)
+            row, span = copy_row_and_span(corpus, rng, seq_len, shuffled=shuffled)
             w = np.full(seq_len, text_weight, np.float32)
             if shuffled and quote_weight is not None:
-                span = quoted_span_length(row, corpus)
                 sep = len(corpus.separator)
                 w[span + sep + 1:2 * span + sep] = quote_weight  # the repeat's targets after its first token
         else:
@@ -146,15 +147,6 @@ def training_batch(corpus: Corpus, rng: np.random.Generator, size: int, seq_len:
         rows.append(row)
         weights.append(w)
     return np.stack(rows).astype(np.int32), np.stack(weights)
-
-
-def quoted_span_length(row: np.ndarray, corpus: Corpus) -> int:
-    """The span length of a copy row ([BOS] span sep span ...): the shortest span that the row repeats."""
-    body, sep = row[1:], list(corpus.separator)
-    for span in range(1, (len(body) - len(sep)) // 2 + 1):
-        if list(body[span:span + len(sep)]) == sep and np.array_equal(body[:span], body[span + len(sep):2 * span + len(sep)]):
-            return span
-    raise ValueError("not a copy row: no span is repeated after the separator")
 
 
 def add_input_noise(rows: np.ndarray, rng: np.random.Generator, rate: float, vocab: int) -> np.ndarray:

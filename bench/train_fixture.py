@@ -151,11 +151,10 @@ def selection_score(point: dict, copy_weight: float, max_ppl: float = 0.0) -> fl
     """What the kept weights minimise: the weighted mean of the held-out text loss and held-out copy loss; with
     `max_ppl`, the held-out copy loss alone where the held-out perplexity is at most max_ppl (else infinity, with
     the weighted mean added so that the least bad point still wins when none qualifies)."""
-    if max_ppl:
-        if math.exp(point["heldout_loss"]) <= max_ppl:
-            return point["heldout_copy_loss"]
-        return 1e6 + (point["heldout_loss"] + copy_weight * point["heldout_copy_loss"]) / (1.0 + copy_weight)
-    return (point["heldout_loss"] + copy_weight * point["heldout_copy_loss"]) / (1.0 + copy_weight)
+    mean = (point["heldout_loss"] + copy_weight * point["heldout_copy_loss"]) / (1.0 + copy_weight)
+    if not max_ppl:
+        return mean
+    return point["heldout_copy_loss"] if math.exp(point["heldout_loss"]) <= max_ppl else 1e6 + mean
 
 
 def selection_text(tc: TrainConfig) -> str:

@@ -8,8 +8,9 @@ says it can.
 
 Why not zmq.asyncio's recv: it makes a Future per message and reads EVENTS five to seven times per wake-up through
 pyzmq's Python option layer; on the gateway's hot path (one message per streamed token) that was a fifth of the
-gateway's CPU per token (docs/gateway.md, Overhead). The zmq.asyncio socket stays the owner (options, monitor, close); this drives a plain shadow
-of it, and its own async methods must not be used meanwhile (their reader would replace this one).
+gateway's CPU per token (docs/gateway.md, Overhead). The zmq.asyncio socket stays the owner (options, monitor,
+close); this drives a plain shadow of it, and its own async methods must not be used meanwhile (their reader would
+replace this one).
 """
 
 from __future__ import annotations

@@ -295,10 +295,10 @@ class ExpertCache:
         verification pass, draft_rows.py); the slot policy only hears of those still resident."""
         self._usage.add(layer, experts, uses)
         where = self._pool.table.where
-        keep = [i for i, e in enumerate(experts.tolist()) if (layer, e) in where]
-        if keep:
-            slots = np.array([where[(layer, int(experts[i]))] for i in keep], dtype=np.int64)
-            self._pool.policy.touch(slots, uses[keep])
+        slots = np.array([where.get((layer, e), -1) for e in experts.tolist()], dtype=np.int64)
+        resident = slots >= 0
+        if resident.any():
+            self._pool.policy.touch(slots[resident], uses[resident])
 
     def _use(self, layers, slots: np.ndarray, uses: np.ndarray | float = 1.0) -> None:
         """Policy bookkeeping after calls of `layers` (synced or not): the distinct `slots` were used, `uses`

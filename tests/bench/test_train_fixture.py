@@ -196,12 +196,22 @@ def test_selection_under_a_perplexity_limit_prefers_copying_among_eligible_point
     assert tf.selection_score(good_text, 1.0) < tf.selection_score(better_copy, 1.0)  # the weighted mean otherwise
 
 
+def _quoted_span_length(row: np.ndarray, corpus: fd.Corpus) -> int:
+    """The span length of a copy row ([BOS] span sep span ...): the shortest span that the row repeats."""
+    body, sep = row[1:], list(corpus.separator)
+    for span in range(1, (len(body) - len(sep)) // 2 + 1):
+        repeat = body[span + len(sep):2 * span + len(sep)]
+        if list(body[span:span + len(sep)]) == sep and np.array_equal(body[:span], repeat):
+            return span
+    raise ValueError("not a copy row: no span is repeated after the separator")
+
+
 def test_shuffled_copy_rows_weigh_their_quoted_repeat_as_asked(corpus):
     rows, w = fd.training_batch(corpus, np.random.default_rng(5), 30, 64, copy_fraction=1.0, shuffled_fraction=1.0,
                                 random_fraction=0.0, text_weight=0.25, quote_weight=1.0)
     sep = len(corpus.separator)
     for row, weights in zip(rows, w):
-        span = fd.quoted_span_length(row, corpus)
+        span = _quoted_span_length(row, corpus)
         assert (weights[span + sep + 1:2 * span + sep] == 1.0).all()  # every target of the repeat after its first
         assert weights[span + sep] == 0.25 and (weights[:span + sep] == 0.25).all()
         assert (weights[2 * span + sep:] == 0.25).all()
