@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from moed.clients import exitcodes
 
 # Subcommand modules, in the order `moed --help` lists them.
 COMMANDS = ("demo", "make_test_model", "convert", "pull", "list", "generate", "inspect", "bench", "serve", "gateway",
@@ -33,10 +36,16 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a reader that left is caught below, not at the interpreter's exit
+        return rc
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `moed generate ... | head`: the reader left; end quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush finds nothing to complain about
+        return exitcodes.BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def run_speculation(args: argparse.Namespace) -> int:
     from ..bench.spec_report import pass_cost_lines, profile_table, spec_table, summarise_spec
 
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
-    problem = _speculation_problem(split(args.speculation), split(args.workloads), args)
+    problem = _speculation_problem(split(args.speculation), split(args.workloads), args) or _store_problem(args)
     if problem:
         print(f"moed bench: {problem}", file=sys.stderr)
         return 2
@@ -162,6 +162,20 @@ def run_speculation(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in records) else 0
 
 
+def _store_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with STORE (not a store, no such name), checked before any configuration runs; else None,
+    with args.store resolved to its folder (a pulled store may be given by name)."""
+    from ..store.format import StoreError, read_manifest
+    from ..store.registry import resolve_store
+
+    try:
+        args.store = str(resolve_store(args.store))
+        read_manifest(args.store)
+    except StoreError as e:
+        return str(e)
+    return None
+
+
 def _speculation_problem(modes: tuple[str, ...], workloads: tuple[str, ...], args: argparse.Namespace) -> str | None:
     """What is wrong with the speculation matrix's settings, checked before any configuration runs; None if nothing."""
     from ..bench.workloads import WORKLOADS
@@ -182,10 +196,14 @@ def _speculation_problem(modes: tuple[str, ...], workloads: tuple[str, ...], arg
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.speculation:  # its settings are checked first, then the store (run_speculation)
+        return run_speculation(args)
+    problem = _store_problem(args)
+    if problem:
+        print(f"moed bench: {problem}", file=sys.stderr)
+        return 2
     if args.clients:
         return run_clients(args)
-    if args.speculation:
-        return run_speculation(args)
     from ..bench.plan import configs
     from ..bench.report import summarise, table
 

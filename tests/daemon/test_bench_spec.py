@@ -187,3 +187,12 @@ def test_bench_refuses_a_bad_speculation_matrix_before_running_anything(tmp_path
     assert main(["bench", str(tmp_path / "no-store"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("moed bench: ") and says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--speculation", "off,lookup"], ["--budgets", "100"], ["--clients", "1"]])
+def test_bench_refuses_a_path_that_is_not_a_store_before_running_anything(tmp_path, capsys, argv):
+    from moed.daemon.cli import main
+
+    assert main(["bench", str(tmp_path / "no-store"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moed bench: ") and "does not exist" in err and "Traceback" not in err
