@@ -8,6 +8,8 @@
 #   bench/gpu.sh speculation # the trained fixture (tests/fixtures/trained-moe) converted to a store; moed bench
 #                               # --speculation off,lookup at 100 % and 25 %, quote/quote-train/free, then a random
 #                               # small model at 25 % (drafts fail there) (~5 min)
+#   bench/gpu.sh numerics  # row-count numerics of multi-row passes, a speculating request's passes timed (~6 min)
+#   bench/gpu.sh thrash    # MLX's cuDNN attention-plan cache against new key lengths, with moed's setting (~1.5 min)
 #   bench/gpu.sh model|profile|paired|upload|paths|host|readpath|exact|serve
 #                               # a short visit, one phase per step: the model; where a step goes; 100 % against
 #                               # mlx-lm (in one process, alternated); upload candidates; 25 % per
@@ -106,8 +108,9 @@ speculation)  # the trained fixture: real routing; speculation off vs lookup, al
   rm -rf "$FS"; moed convert "$FX" "$FS" --quiet  # small: always from the fixture given
   python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)"
   ref=(--reference "$FX")
-  # BUDGETS, MODES, WORKLOADS, NUM_DRAFT (adaptive K's most drafts per pass), TOKENS, REPEAT: see moed bench --help
-  for b in ${BUDGETS:-25 100}; do  # one bench per budget: each writes its JSON as soon as it ends
+  # BUDGETS, MODES, WORKLOADS, NUM_DRAFT (adaptive K's most drafts per pass), TOKENS, REPEAT: see moed bench --help;
+  # BUDGETS="" leaves the fixture out (only the random model then)
+  for b in ${BUDGETS-25 100}; do  # one bench per budget: each writes its JSON as soon as it ends
     moed bench "$FS" "${ref[@]}" --speculation "${MODES:-off,lookup}" \
       --budgets "$b" --max-tokens "${TOKENS:-128}" --prompts 3 --repeat "${REPEAT:-3}" --pass-rows 1,2,3,5,9 \
       ${NUM_DRAFT:+--num-draft "$NUM_DRAFT"} --workloads "${WORKLOADS:-quote,quote-train,free}" \
@@ -116,12 +119,34 @@ speculation)  # the trained fixture: real routing; speculation off vs lookup, al
   done
   # where drafts fail: a random-weight model (prompt lookup finds next to nothing), to show speculation costs nothing
   if [ "${RANDOM_MODEL:-1}" = 1 ]; then
-    [ -d "$M/small-store" ] || { moed make-test-model "$M/small" --size small >/dev/null; moed convert "$M/small" "$M/small-store" --quiet; }
-    moed bench "$M/small-store" --speculation off,lookup --workloads free,quote --budgets 25 --max-tokens "${TOKENS:-128}" \
+    R=$M/small-bfloat16
+    [ -d "$R-store" ] || { [ -d "$R" ] || moed make-test-model "$R" --size small >/dev/null; moed convert "$R" "$R-store" --quiet; }
+    moed bench "$R-store" --speculation off,lookup --workloads free,quote --budgets 25 --max-tokens "${TOKENS:-128}" \
       --prompts 3 --repeat "${REPEAT:-3}" --out "$OUT/speculation-random-25.json" --results "$OUT/speculation.md" \
       --note "lent GPU, bench/gpu.sh speculation, random-weight small model"
   fi
   ;;
-*) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients|fixture|speculation" >&2
+numerics)  # does a token's logits depend on its pass's row count (bench/row_numerics.py, mlx-lm alone), and where
+  # a speculating request's time goes pass by pass (bench/pass_times.py), on random small models in bf16 and float32
+  for d in bfloat16 float32; do
+    [ -d "$M/small-$d-store" ] || { moed make-test-model "$M/small-$d" --size small --dtype $d >/dev/null
+                                     moed convert "$M/small-$d" "$M/small-$d-store" --quiet; }
+  done
+  timeout 150 python3 -m bench.pass_times "$M/small-bfloat16-store" --out "$OUT/pass-times-bf16.json" || true
+  timeout 250 python3 -m bench.row_numerics tests/fixtures/trained-moe "$M/small-bfloat16" "$M/small-float32" \
+    --out "$OUT/row-numerics.json" || true
+  timeout 120 python3 -m bench.pass_times "$M/small-float32-store" --out "$OUT/pass-times-fp32.json" || true
+  ;;
+thrash)  # MLX's cuDNN attention-plan cache against new key lengths (bench/sdpa_thrash.py): MLX's default, moed's
+  # setting, and the same passes without cuDNN (~1.5 min)
+  [ -d "$M/small-bfloat16" ] || moed make-test-model "$M/small-bfloat16" --size small >/dev/null
+  for env in "" --moed-env; do
+    timeout 150 python3 -m bench.sdpa_thrash "$M/small-bfloat16" --passes 1100 $env >> "$OUT/sdpa-thrash.jsonl" || true
+  done
+  MLX_CUDA_USE_CUDNN_SDPA=0 timeout 100 python3 -m bench.sdpa_thrash "$M/small-bfloat16" --passes 300 \
+    >> "$OUT/sdpa-thrash.jsonl" || true
+  cat "$OUT/sdpa-thrash.jsonl"
+  ;;
+*) echo "usage: $0 setup|model|profile|paired|upload|paths|host|readpath|exact|serve|bench|clients|fixture|speculation|numerics|thrash" >&2
    exit 2 ;;
 esac

@@ -15,6 +15,10 @@ E(K) = (1 - a^(K+1)) / (1 - a) is the expected number of tokens a pass emits (ac
 K = 0 is a plain step. Having backed off to 0, it probes with a small K now and then (the interval doubles while
 probes keep failing), so a request whose text turns repetitive later is noticed.
 
+A probe only tests acceptance, so where no K could pay even with every draft accepted (K + 1 tokens for the cost of
+K + 1 rows: on MLX's CUDA backend a bf16 model's verification pass costs several plain steps, docs/speculation.md)
+probes come only at the longest interval, to notice that costs have changed.
+
 The model can be wrong: acceptance is not geometric (drafts often land all together or not at all), and at a small
 cache budget a pass's cost depends on more than its rows (it also reads the experts of rejected drafts). So each K
 also has a measured rate: tokens emitted per second by recent passes of K drafts (decayed sums), in plain-step
@@ -125,11 +129,15 @@ class AdaptiveK:
             self._plain_run, self._probe_every = 0, self.probe_start
             return k
         self._plain_run += 1
-        if self._plain_run > self._probe_every:
+        if self._plain_run > (self._probe_every if self.could_pay() else self.probe_max):
             self._plain_run = 0
             self._probe_every = min(self._probe_every * 2, self.probe_max)
             return min(2, self.max_draft)
         return 0
+
+    def could_pay(self) -> bool:
+        """Whether a pass of some K in 1..max_draft would beat plain steps were every draft accepted."""
+        return any((k + 1) / self.cost(k + 1) > 1.0 for k in range(1, self.max_draft + 1))
 
     def measured_rate(self, k: int) -> float | None:
         """Tokens per plain step's time that recent passes of k drafts emitted; None until `guard_after` of them

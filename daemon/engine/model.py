@@ -87,6 +87,21 @@ class Engine:
         self.close()
 
 
+# MLX's CUDA backend keeps cuDNN attention plans in an LRU keyed on exact shapes (a multi-row bf16/fp16 attention
+# call: a verification pass or a prompt, at each new key length) and by default raises "Cache thrashing is
+# happening" once it has missed twice its capacity, after which every such call fails: a daemon would stop serving
+# after a few hundred verification passes or prompt lengths. The cache keeps evicting without the check; the misses
+# still cost their plan builds (adaptive K measures that, docs/speculation.md). No effect on Metal or the CPU.
+BACKEND_ENV_DEFAULTS = {"MLX_ENABLE_CACHE_THRASHING_CHECK": "0"}
+
+
+def long_lived_backend_env() -> None:
+    """Set BACKEND_ENV_DEFAULTS where the environment does not set them (a user's own setting wins). Before the
+    first model call: MLX reads them when it first builds the caches they govern."""
+    for key, value in BACKEND_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def load_engine(config: EngineConfig, *, verify: bool = True, preload: bool = True, upload: str = "auto",
                 unsynced: bool = True, probe: Probe | None = None) -> Engine:
     """Load a store for streaming generation, as the engine config says.
@@ -105,6 +120,7 @@ def load_engine(config: EngineConfig, *, verify: bool = True, preload: bool = Tr
         BudgetError: a cache budget that cannot be used (a ValueError).
         ValueError: an unknown upload path.
     """
+    long_lived_backend_env()
     root = Path(config.store)
     manifest = read_manifest(root)
     cache_budget = budget.resolve(config.cache_budget, manifest.total_expert_bytes, manifest.expert_bytes)

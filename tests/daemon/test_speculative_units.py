@@ -158,6 +158,28 @@ def test_adaptive_k_backs_off_where_passes_lose_though_the_acceptance_model_says
     assert _all_or_nothing_rate(AdaptiveK(4), 300) >= 0.98  # the measured rates keep it near plain speed
 
 
+def _gpu_bf16_pass(rows: int) -> float:
+    """A pass as MLX's CUDA backend runs a bf16 model's, in plain steps: a verification pass costs about 4.5 plain
+    steps more than its rows (a cuDNN attention plan built for each new key length), a plain step 1."""
+    return 1.0 if rows == 1 else 5.0 + 0.3 * rows
+
+
+def test_where_no_pass_could_pay_probes_come_only_at_the_longest_interval():
+    # every draft accepted, yet a pass of K drafts costs more than K + 1 plain steps: a probe cannot find a K that
+    # pays, only lose, so it comes every probe_max plain steps instead of after 4, 8, 16, 32, ...
+    ctl = AdaptiveK(4, probe_start=4, probe_max=64)
+    ctl.record(0, 0, 1.0)
+    ctl.record(1, 1, _gpu_bf16_pass(2), 1)
+    ctl.record(2, 2, _gpu_bf16_pass(3), 1)
+    assert not ctl.could_pay()
+    probes = [k for k in feed(ctl, 200, accept=lambda k: k, seconds=_gpu_bf16_pass) if k > 0]
+    assert 1 <= len(probes) <= 3
+    cheap = AdaptiveK(4, probe_start=4, probe_max=64)
+    cheap.record(0, 0, 1.0)
+    cheap.record(2, 0, 1.2)
+    assert cheap.could_pay()  # cheap passes: probing stays frequent while drafts fail (the probe test above)
+
+
 def test_adaptive_k_keeps_acceptance_per_kind_of_draft():
     # prompt lookup: 1-token matches are always rejected, 3-token matches always accepted
     ctl = AdaptiveK(4)
