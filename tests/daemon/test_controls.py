@@ -128,7 +128,12 @@ def test_a_budget_policy_replaces_idle_keep_alive(store):
         wait_ready(d.endpoint)
         c = Conn(d.endpoint)
         try:
-            one = c.result("status")["cache"]["budget_bytes"]  # raised to one expert
+            # the first boundary applies the idle decision (one expert) after the daemon is ready: wait for it
+            deadline = time.monotonic() + 30
+            while (one := c.result("status")["cache"]["budget_bytes"]) and time.monotonic() < deadline:
+                if asked and one < max(conf for _, conf in asked) // 2:
+                    break
+                time.sleep(0.05)
             assert check_sequence(c.call("generate", {"prompt": "Hello", "max_tokens": 3}))["status"] == "ok"
             configured = max(conf for _, conf in asked)
             assert one < configured // 2 and (1, configured) in asked
