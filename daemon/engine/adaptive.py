@@ -60,6 +60,7 @@ class AdaptiveK:
         self._plain_run = 0  # plain steps chosen in a row since the last probe
         self._probe_every = probe_start
         self._passes = 0
+        self._verified = 0  # verification passes measured
 
     # -- estimates ------------------------------------------------------------------------------------------------
     @property
@@ -97,13 +98,13 @@ class AdaptiveK:
         return self._seconds[r] / (1.0 + self.prior_slope * (r - 1))
 
     def _slope(self, base: float | None) -> float:
-        # least squares through (1, 1) over the measured row counts: cost(r) = 1 + s (r - 1)
+        # cost(r) = 1 + s (r - 1) with the least s any measured row count shows: a row count measured once on a slow
+        # pass (kernel compilation, a cold cache) is rarely measured again once it looks dear, so a fit through it
+        # would price every longer pass by it; a slope too low is corrected by the longer pass's own measurement
         if base is None or base <= 0:
             return self.prior_slope
-        pts = [(r - 1, t / base - 1.0) for r, t in self._seconds.items() if r > 1]
-        if not pts:
-            return self.prior_slope
-        return max(0.0, sum(x * y for x, y in pts) / sum(x * x for x, _ in pts))
+        slopes = [(t / base - 1.0) / (r - 1) for r, t in self._seconds.items() if r > 1]
+        return max(0.0, min(slopes)) if slopes else self.prior_slope
 
     # -- decisions ------------------------------------------------------------------------------------------------
     def best(self, kind: Hashable | None = None) -> int:
@@ -136,7 +137,10 @@ class AdaptiveK:
         return 0
 
     def could_pay(self) -> bool:
-        """Whether a pass of some K in 1..max_draft would beat plain steps were every draft accepted."""
+        """Whether a pass of some K in 1..max_draft would beat plain steps were every draft accepted; True until two
+        verification passes are measured (one may have been slow for reasons of its own)."""
+        if self._verified < 2:
+            return True
         return any((k + 1) / self.cost(k + 1) > 1.0 for k in range(1, self.max_draft + 1))
 
     def measured_rate(self, k: int) -> float | None:
@@ -150,6 +154,7 @@ class AdaptiveK:
     def record(self, drafted: int, accepted: int, seconds: float, kind: Hashable | None = None) -> None:
         """What a pass did: drafts checked, drafts accepted, its seconds (drafting included), the drafts' kind."""
         if drafted > 0:
+            self._verified += 1
             decided = accepted + (1 if accepted < drafted else 0)
             self._hits = self.decay * self._hits + accepted
             self._trials = self.decay * self._trials + decided

@@ -180,6 +180,22 @@ def test_where_no_pass_could_pay_probes_come_only_at_the_longest_interval():
     assert cheap.could_pay()  # cheap passes: probing stays frequent while drafts fail (the probe test above)
 
 
+def test_one_slow_first_pass_does_not_stop_a_request_from_speculating():
+    # the first pass of a row count may pay for kernel compilation (a fresh process, a new shape): 100 plain steps
+    # here; every later pass is cheap and all drafts land. One such measurement must not make every pass look dear
+    ctl = AdaptiveK(8)
+    slow = {"left": 1}
+
+    def seconds(rows):
+        if rows > 1 and slow["left"]:
+            slow["left"] -= 1
+            return 100.0
+        return 1.0 if rows == 1 else 1.0 + 0.1 * rows
+
+    chosen = feed(ctl, 80, accept=lambda k: k, seconds=seconds)
+    assert not slow["left"] and chosen[-10:].count(8) >= 8
+
+
 def test_adaptive_k_keeps_acceptance_per_kind_of_draft():
     # prompt lookup: 1-token matches are always rejected, 3-token matches always accepted
     ctl = AdaptiveK(4)
