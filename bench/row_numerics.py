@@ -24,6 +24,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 
 
 def _plain(model, ids: list[int], n: int) -> tuple[list[int], np.ndarray]:
@@ -68,7 +69,7 @@ def measure(path: str, *, tokens: int, prompts: int, chunks: list[int], drafts: 
     from moed.daemon.bench.workloads import prompts as workload_prompts
 
     model, tokenizer = load(path)
-    dtype = str(next(v for k, v in _leaves(model.parameters()) if k.endswith("norm.weight")).dtype)
+    dtype = str(next(v for k, v in tree_flatten(model.parameters()) if k.endswith("norm.weight")).dtype)
     out = {"checkpoint": path, "dtype": dtype, "device": str(mx.default_device()), "chunks": {}, "speculative": {}}
     gaps, per_chunk, per_k = [], {c: [] for c in chunks}, {k: [] for k in drafts}
     for p in workload_prompts("free", tokenizer, count=prompts, max_tokens=tokens):
@@ -90,17 +91,6 @@ def measure(path: str, *, tokens: int, prompts: int, chunks: list[int], drafts: 
                                  "flips": sum(r["flips"] for r in rs)}
     out["speculative"] = {str(k): v for k, v in per_k.items()}
     return out
-
-
-def _leaves(tree, prefix=""):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _leaves(v, f"{prefix}{k}.")
-    elif isinstance(tree, list):
-        for i, v in enumerate(tree):
-            yield from _leaves(v, f"{prefix}{i}.")
-    else:
-        yield prefix[:-1], tree
 
 
 def main(argv: list[str] | None = None) -> int:

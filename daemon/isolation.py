@@ -14,6 +14,8 @@ requests end; the others go on with exactly the tokens they would have had alone
   Where the calling batch cannot be found, every row of the call counts as spoiled (never a wrong token).
 - Sampler errors. `guard_sampler` wraps a request's sampler: an exception is kept on the request and a
   placeholder token returned, so the rest of the batch samples as usual; the scheduler then ends that request.
+- What the client is told: `spoiled_reply`, `sampler_reply` and `step_failure_reply` give the error code and message
+  (and log them) for a spoiled row, a failed sampler and a failed step.
 """
 
 from __future__ import annotations
@@ -103,3 +105,29 @@ def guard_sampler(sampler: Sampler, failure: SamplerFailure) -> Sampler:
         return mx.argmax(logprobs, axis=-1)
 
     return sample
+
+
+# -- what the client is told -----------------------------------------------------------------------------------
+def spoiled_reply(request: str, reason: str, named: list[tuple[int, int]]) -> tuple[str, str, dict[str, int]]:
+    """(code, message, extra fields) for a request a failing expert spoiled (logged here)."""
+    log.error("request %s: %s", request, reason)
+    extra = {"layer": named[0][0], "expert": named[0][1]} if named else {}
+    return ("store_error", f"{reason} (the expert is quarantined: `moectl status` lists it; check the store with "
+            "`moed inspect STORE --verify`, then `moectl clear-quarantine`)", extra)
+
+
+def sampler_reply(request: str, e: BaseException) -> tuple[str, str]:
+    """(code, message) for a request whose own sampler raised (logged here)."""
+    log.error("request %s: sampling failed: %s: %s", request, type(e).__name__, e)
+    return "internal", f"sampling failed for this request: {type(e).__name__}: {e}"
+
+
+def step_failure_reply(e: Exception) -> tuple[str, str]:
+    """(code, message) for the requests a failed step takes down: one row's, or the whole batch's (logged here)."""
+    from .store.format import StoreError
+
+    if isinstance(e, StoreError):
+        log.error("step failed: %s", e)
+        return "store_error", f"{e} (check the store with `moed inspect STORE --verify`)"
+    log.exception("step failed")
+    return "internal", f"generation failed: {type(e).__name__}: {e}"

@@ -49,7 +49,7 @@ from . import budget
 from .budget_policy import BudgetPolicy, IdleKeepAlive
 from .config import DaemonConfig, EngineConfig
 from .handover import Handover
-from .isolation import EVERY, RowTracker
+from .isolation import EVERY, RowTracker, sampler_reply, spoiled_reply, step_failure_reply
 from .jobs import Job, JobError, Key, Model, charge_step
 from .limits import Limits
 from .engine.quarantine import Quarantine
@@ -494,36 +494,20 @@ class Scheduler:
             spoiled = {uid: spoiled[EVERY] for uid in self._active} | spoiled
         for uid, job in list(self._active.items()):
             if uid in spoiled:
-                reason, named = spoiled[uid]
-                self._tracker.quarantine.failed_request(named)
+                self._tracker.quarantine.failed_request(spoiled[uid][1])
                 self._remove(job)
-                extra = {"layer": named[0][0], "expert": named[0][1]} if named else {}
-                log.error("request %s: %s", job.key[1], reason)
-                self._end_error(job, "store_error", f"{reason} (the expert is quarantined: `moectl status` lists "
-                                "it; check the store with `moed inspect STORE --verify`, then `moectl "
-                                "clear-quarantine`)", **extra)
+                code, message, extra = spoiled_reply(job.key[1], *spoiled[uid])
+                self._end_error(job, code, message, **extra)
             elif job.failure.error is not None:
-                e = job.failure.error
                 self._remove(job)
-                log.error("request %s: sampling failed: %s: %s", job.key[1], type(e).__name__, e)
-                self._end_error(job, "internal", f"sampling failed for this request: {type(e).__name__}: {e}")
-
-    def _failure(self, e: Exception) -> tuple[str, str]:
-        """The error code and message for requests a failed step takes down (logged here)."""
-        from .store.format import StoreError
-
-        if isinstance(e, StoreError):
-            log.error("step failed: %s", e)
-            return "store_error", f"{e} (check the store with `moed inspect STORE --verify`)"
-        log.exception("step failed")
-        return "internal", f"generation failed: {type(e).__name__}: {e}"
+                self._end_error(job, *sampler_reply(job.key[1], job.failure.error))
 
     def _fail_one(self, job: Job, e: Exception) -> None:
         self._remove(job)
-        self._end_error(job, *self._failure(e))
+        self._end_error(job, *step_failure_reply(e))
 
     def _fail_batch(self, e: Exception) -> None:
-        code, msg = self._failure(e)
+        code, msg = step_failure_reply(e)
         jobs = list(self._active.values())
         if self._tracker is not None:
             self._tracker.take()  # rows of the failed generator: every one of them fails here anyway

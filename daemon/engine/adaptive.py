@@ -60,7 +60,6 @@ class AdaptiveK:
         self._plain_run = 0  # plain steps chosen in a row since the last probe
         self._probe_every = probe_start
         self._passes = 0
-        self._verified = 0  # verification passes measured
 
     # -- estimates ------------------------------------------------------------------------------------------------
     @property
@@ -139,7 +138,7 @@ class AdaptiveK:
     def could_pay(self) -> bool:
         """Whether a pass of some K in 1..max_draft would beat plain steps were every draft accepted; True until two
         verification passes are measured (one may have been slow for reasons of its own)."""
-        if self._verified < 2:
+        if sum(m[2] for m in self._measured.values()) < 2:  # verification passes measured
             return True
         return any((k + 1) / self.cost(k + 1) > 1.0 for k in range(1, self.max_draft + 1))
 
@@ -154,7 +153,6 @@ class AdaptiveK:
     def record(self, drafted: int, accepted: int, seconds: float, kind: Hashable | None = None) -> None:
         """What a pass did: drafts checked, drafts accepted, its seconds (drafting included), the drafts' kind."""
         if drafted > 0:
-            self._verified += 1
             decided = accepted + (1 if accepted < drafted else 0)
             self._hits = self.decay * self._hits + accepted
             self._trials = self.decay * self._trials + decided

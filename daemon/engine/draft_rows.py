@@ -61,8 +61,8 @@ class DraftRows:
         rows, self._rows = self._rows, []
         for layer, drafts in rows:
             kept = drafts[:accepted]
-            if kept.size:
-                distinct, per_row = np.unique(np.concatenate([np.unique(r) for r in kept]), return_counts=True)
+            if kept.size:  # a row's top-k experts are distinct, so a count is the rows that used the expert
+                distinct, per_row = np.unique(kept, return_counts=True)
                 self.cache.credit(layer, distinct, per_row.astype(np.float64))
 
     def abort(self) -> None:
